@@ -1,0 +1,252 @@
+"""The one list of gpuscope's metric names, types, help texts and labels.
+
+Collectors build their families from these entries, and the dashboards, alert rules, README
+metric table and tests read the same entries, so a metric name is spelled in exactly one place.
+Names follow the Prometheus conventions: the `gpuscope_` prefix, base units, `_total` on
+counters, `_info` gauges (value 1) for metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client.metrics_core import Metric as PromMetric
+from prometheus_client.samples import Sample
+
+COUNTER = "counter"
+GAUGE = "gauge"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric as exposed: full name (with `_total` for counters), type, help, label names."""
+
+    name: str
+    type: str
+    help: str
+    labels: tuple[str, ...] = ()
+    collector: str = ""
+    source: str = ""
+
+    def family(self) -> Family:
+        """A fresh, empty family for one scrape."""
+        return Family(self)
+
+
+class Family:
+    """Samples of one catalog metric gathered during a single scrape."""
+
+    __slots__ = ("metric", "prom", "sample_name")
+
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+        base = metric.name[: -len("_total")] if metric.type == COUNTER else metric.name
+        self.prom = PromMetric(base, metric.help, metric.type)
+        self.sample_name = metric.name
+
+    def add(self, value: float, *label_values: str) -> None:
+        """Append one sample; label values are given in the catalog's label order."""
+        labels = dict(zip(self.metric.labels, label_values, strict=True))
+        self.prom.samples.append(Sample(self.sample_name, labels, value))
+
+
+class Scrape:
+    """The families of one collector run, each created on first use so absent hardware emits nothing."""
+
+    __slots__ = ("families",)
+
+    def __init__(self) -> None:
+        self.families: dict[str, Family] = {}
+
+    def add(self, metric: Metric, value: float, *label_values: str) -> None:
+        family = self.families.get(metric.name)
+        if family is None:
+            family = self.families[metric.name] = metric.family()
+        family.add(value, *label_values)
+
+
+CATALOG: dict[str, Metric] = {}
+
+
+def _define(kind: str, collector: str, name: str, help_: str, labels: tuple[str, ...], source: str) -> Metric:
+    if name in CATALOG:
+        raise ValueError(f"metric {name} defined twice")
+    if (kind == COUNTER) != name.endswith("_total"):
+        raise ValueError(f"metric {name}: counters and only counters end in _total")
+    metric = Metric(name, kind, help_, labels, collector, source)
+    CATALOG[name] = metric
+    return metric
+
+
+def counter(collector: str, name: str, help_: str, labels: tuple[str, ...] = (), source: str = "") -> Metric:
+    return _define(COUNTER, collector, name, help_, labels, source)
+
+
+def gauge(collector: str, name: str, help_: str, labels: tuple[str, ...] = (), source: str = "") -> Metric:
+    return _define(GAUGE, collector, name, help_, labels, source)
+
+
+# --- exporter self-metrics -------------------------------------------------------------------
+BUILD_INFO = gauge("exporter", "gpuscope_build_info", "gpuscope version and the Python running it (value 1).",
+                   ("version", "python_version"))
+COLLECTOR_SUCCESS = gauge("exporter", "gpuscope_collector_success",
+                          "1 if the collector finished within --collector.timeout without error, else 0.",
+                          ("collector",))
+COLLECTOR_DURATION = gauge("exporter", "gpuscope_collector_duration_seconds",
+                           "Wall time the collector took in this scrape (the timeout when it overran).",
+                           ("collector",))
+
+# --- RDMA / EFA ----------------------------------------------------------------------------------
+_DEV = ("device",)
+_PORT = ("device", "port")
+
+RDMA_DEVICE_INFO = gauge(
+    "rdma", "gpuscope_rdma_device_info",
+    "RDMA device identity (value 1): driver, PCI address, NUMA node, firmware, driver version, EFA or not.",
+    ("device", "driver", "pci_address", "numa_node", "firmware", "driver_version", "efa"),
+    "class/infiniband/<dev>/{device,fw_ver}, module/<driver>/version")
+RDMA_PORT_INFO = gauge("rdma", "gpuscope_rdma_port_info",
+                       "RDMA port link layer and advertised rate text (value 1).",
+                       ("device", "port", "link_layer", "rate"), "ports/<n>/{link_layer,rate}")
+RDMA_PORT_RATE = gauge("rdma", "gpuscope_rdma_port_rate_bytes_per_second",
+                       "Advertised port rate in bytes per second.", _PORT, "ports/<n>/rate")
+RDMA_DEVICE_READ_SUCCESS = gauge(
+    "rdma", "gpuscope_rdma_device_read_success",
+    "1 if every counter file of the device was read and parsed in this scrape; 0 if one failed or "
+    "an earlier read of this device is still blocked (its series are then absent).", _DEV)
+RDMA_PORT_COUNTER = counter("rdma", "gpuscope_rdma_port_counter_total",
+                            "Raw InfiniBand PMA port counter (ports/<n>/counters, counters_ext).",
+                            ("device", "port", "counter"), "ports/<n>/counters/*")
+RDMA_PORT_HW_COUNTER = counter("rdma", "gpuscope_rdma_port_hw_counter_total",
+                               "Raw driver port counter without a gpuscope name of its own.",
+                               ("device", "port", "counter"), "ports/<n>/hw_counters/*")
+RDMA_DEVICE_HW_COUNTER = counter("rdma", "gpuscope_rdma_device_hw_counter_total",
+                                 "Raw driver device counter without a gpuscope name of its own.",
+                                 ("device", "counter"), "hw_counters/*")
+
+
+def _efa_port(sysfs_name: str, name: str, help_: str) -> tuple[str, Metric]:
+    return sysfs_name, counter("rdma", f"gpuscope_efa_{name}_total", help_, _PORT,
+                               f"ports/<n>/hw_counters/{sysfs_name}")
+
+
+# EFA port counters by sysfs file name (ports/<n>/hw_counters/ on kernels >= 5.15 and in the
+# older combined layout). Meanings from the EFA driver and the EC2 user guide (REFERENCE.md §1).
+EFA_PORT_COUNTERS: dict[str, Metric] = dict([
+    _efa_port("tx_bytes", "transmit_bytes", "Bytes transmitted."),
+    _efa_port("tx_pkts", "transmit_packets", "Packets transmitted."),
+    _efa_port("rx_bytes", "receive_bytes", "Bytes received."),
+    _efa_port("rx_pkts", "receive_packets", "Packets received."),
+    _efa_port("rx_drops", "receive_drops", "Received packets dropped (AWS health checks warn on any)."),
+    _efa_port("send_bytes", "send_bytes", "Bytes sent by send work requests."),
+    _efa_port("send_wrs", "send_work_requests", "Send work requests posted."),
+    _efa_port("recv_bytes", "recv_bytes", "Bytes received by receive work requests."),
+    _efa_port("recv_wrs", "recv_work_requests", "Receive work requests completed."),
+    _efa_port("rdma_read_wrs", "rdma_read_work_requests", "RDMA read work requests."),
+    _efa_port("rdma_read_bytes", "rdma_read_bytes", "Bytes read by RDMA read."),
+    _efa_port("rdma_read_wr_err", "rdma_read_work_request_errors", "RDMA read work requests that failed."),
+    _efa_port("rdma_read_resp_bytes", "rdma_read_response_bytes", "Bytes served to remote RDMA reads."),
+    _efa_port("rdma_write_wrs", "rdma_write_work_requests", "RDMA write work requests (driver 2.5+)."),
+    _efa_port("rdma_write_bytes", "rdma_write_bytes", "Bytes written by RDMA write (driver 2.5+)."),
+    _efa_port("rdma_write_wr_err", "rdma_write_work_request_errors", "RDMA write work requests that failed."),
+    _efa_port("rdma_write_recv_bytes", "rdma_write_receive_bytes", "Bytes received by remote RDMA writes."),
+    _efa_port("retrans_bytes", "retransmitted_bytes", "Bytes retransmitted (driver 2.17+, Nitro v4+)."),
+    _efa_port("retrans_pkts", "retransmitted_packets", "Packets retransmitted (driver 2.17+, Nitro v4+)."),
+    _efa_port("retrans_timeout_events", "retransmit_timeout_events",
+              "Traffic timed out and the network path changed (driver 2.17+)."),
+    _efa_port("unresponsive_remote_events", "unresponsive_remote_events",
+              "A remote connection was unresponsive (driver 2.17+)."),
+    _efa_port("impaired_remote_conn_events", "impaired_remote_connection_events",
+              "A connection was impaired and rate-limited (driver 2.17+)."),
+])
+
+EFA_ADMIN_COMMANDS = counter("rdma", "gpuscope_efa_admin_commands_total",
+                             "Device admin commands by outcome: submitted, completed, error, no_completion.",
+                             ("device", "outcome"), "hw_counters/{submitted,completed,no_completion}_cmds, cmds_err")
+EFA_KEEP_ALIVE = counter("rdma", "gpuscope_efa_keep_alive_received_total",
+                         "Keep-alive events received from the device.", _DEV, "hw_counters/keep_alive_rcvd")
+EFA_VERBS_ERRORS = counter("rdma", "gpuscope_efa_verbs_errors_total",
+                           "Failed verbs resource operations (alloc_pd, create_qp, reg_mr, mmap, ...).",
+                           ("device", "operation"), "hw_counters/*_err")
+
+# Device-level EFA counters by sysfs name: (metric, label value). The *_err files share one family.
+EFA_DEVICE_COUNTERS: dict[str, tuple[Metric, str]] = {
+    "submitted_cmds": (EFA_ADMIN_COMMANDS, "submitted"),
+    "completed_cmds": (EFA_ADMIN_COMMANDS, "completed"),
+    "cmds_err": (EFA_ADMIN_COMMANDS, "error"),
+    "no_completion_cmds": (EFA_ADMIN_COMMANDS, "no_completion"),
+    "keep_alive_rcvd": (EFA_KEEP_ALIVE, ""),
+    **{f"{op}_err": (EFA_VERBS_ERRORS, op) for op in (
+        "alloc_pd", "create_qp", "create_cq", "reg_mr", "alloc_ucontext", "create_ah", "mmap",
+        "alloc_mr", "get_dma_mr")},
+}
+
+# --- Lustre client -------------------------------------------------------------------------------
+_FS = ("fs",)
+_TARGET = ("fs", "target")
+
+LUSTRE_READ_BYTES = counter("lustre", "gpuscope_lustre_read_bytes_total",
+                            "Bytes read through the Lustre client.", _FS, "llite/*/stats read_bytes sum")
+LUSTRE_WRITE_BYTES = counter("lustre", "gpuscope_lustre_write_bytes_total",
+                             "Bytes written through the Lustre client.", _FS, "llite/*/stats write_bytes sum")
+LUSTRE_READ_CALLS = counter("lustre", "gpuscope_lustre_read_calls_total",
+                            "Read calls served by the Lustre client.", _FS, "llite/*/stats read_bytes samples")
+LUSTRE_WRITE_CALLS = counter("lustre", "gpuscope_lustre_write_calls_total",
+                             "Write calls served by the Lustre client.", _FS, "llite/*/stats write_bytes samples")
+LUSTRE_OPERATIONS = counter("lustre", "gpuscope_lustre_operations_total",
+                            "Client operations by type (open, close, getattr, ...).", ("fs", "operation"),
+                            "llite/*/stats samples")
+LUSTRE_OPERATION_SECONDS = counter(
+    "lustre", "gpuscope_lustre_operation_duration_seconds_total",
+    "Summed latency of client operations (Lustre 2.14+ reports it); divide by operations_total.",
+    ("fs", "operation"), "llite/*/stats [usecs] sum")
+LUSTRE_IMPORT_STATE = gauge(
+    "lustre", "gpuscope_lustre_import_state",
+    "Import state code: 0 CLOSED, 1 NEW, 2 DISCONN, 3 CONNECTING, 4 REPLAY, 5 REPLAY_LOCKS, "
+    "6 REPLAY_WAIT, 7 RECOVER, 8 FULL, 9 EVICTED, 10 IDLE, -1 unknown.", _TARGET, "{osc,mdc}/*/import state")
+LUSTRE_IMPORT_HEALTHY = gauge("lustre", "gpuscope_lustre_import_healthy",
+                              "1 if the import is FULL or IDLE (usable), else 0.", _TARGET, "{osc,mdc}/*/import")
+LUSTRE_RPCS_IN_FLIGHT = gauge("lustre", "gpuscope_lustre_import_rpcs_in_flight",
+                              "RPCs in flight to the target.", _TARGET, "import rpcs.inflight")
+LUSTRE_RPC_TIMEOUTS = counter("lustre", "gpuscope_lustre_import_rpc_timeouts_total",
+                              "RPCs to the target that timed out.", _TARGET, "import rpcs.timeouts")
+LUSTRE_AVG_WAIT = gauge("lustre", "gpuscope_lustre_import_average_wait_seconds",
+                        "Average RPC wait time the client measured for the target.", _TARGET,
+                        "import rpcs.avg_waittime")
+LUSTRE_CONNECT_ATTEMPTS = counter("lustre", "gpuscope_lustre_import_connection_attempts_total",
+                                  "Connection attempts to the target; rises on every reconnect.", _TARGET,
+                                  "import connection.connection_attempts")
+LUSTRE_CONNECTIONS = counter("lustre", "gpuscope_lustre_import_connections_total",
+                             "Successful connections (import generation); rises on every reconnect.", _TARGET,
+                             "import connection.generation")
+LUSTRE_DIRECTION_RPCS = gauge("lustre", "gpuscope_lustre_rpcs_in_flight",
+                              "Read or write RPCs in flight, from rpc_stats.", ("fs", "target", "direction"),
+                              "{osc,mdc}/*/rpc_stats")
+LUSTRE_PENDING_PAGES = gauge("lustre", "gpuscope_lustre_pending_pages",
+                             "Read or write pages queued in the client cache for the target.",
+                             ("fs", "target", "direction"), "osc/*/rpc_stats")
+LUSTRE_LAST_REPLY = gauge("lustre", "gpuscope_lustre_import_last_reply_timestamp_seconds",
+                          "Unix time of the last reply from the target; time() minus it is the silence.",
+                          _TARGET, "{osc,mdc}/*/timeouts last reply")
+LUSTRE_TARGET_READ_SUCCESS = gauge(
+    "lustre", "gpuscope_lustre_target_read_success",
+    "1 if the target's files were read and parsed; 0 if one failed or an earlier read is still "
+    "blocked (a dead server).", _TARGET)
+LUSTRE_HEALTH_CHECK = gauge("lustre", "gpuscope_lustre_health_check_healthy",
+                            "1 if the client's health_check reads 'healthy', 0 for NOT HEALTHY or LBUG.",
+                            (), "fs/lustre/health_check")
+
+# --- host ------------------------------------------------------------------------------------------
+HOST_CPU_BUSY = counter("host", "gpuscope_host_cpu_busy_seconds_total",
+                        "CPU time not idle or waiting for I/O, summed over the NUMA node's CPUs.",
+                        ("numa_node",), "/proc/stat")
+HOST_CPUS = gauge("host", "gpuscope_host_cpus", "Online CPUs of the NUMA node.", ("numa_node",),
+                  "devices/system/node/node*/cpulist")
+HOST_MEMORY_AVAILABLE = gauge("host", "gpuscope_host_memory_available_bytes",
+                              "Memory available for new work without swapping (MemAvailable).", (),
+                              "/proc/meminfo")
+HOST_MEMORY_TOTAL = gauge("host", "gpuscope_host_memory_total_bytes", "Usable physical memory (MemTotal).",
+                          (), "/proc/meminfo")
+HOST_PRESSURE = counter("host", "gpuscope_host_pressure_stalled_seconds_total",
+                        "Pressure stall time: some (at least one task) or full (all tasks) stalled.",
+                        ("resource", "kind"), "/proc/pressure/{cpu,memory,io}")

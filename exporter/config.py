@@ -1,0 +1,162 @@
+"""The exporter's settings: flags, environment, config file and defaults, in that order of precedence.
+
+Every flag `--a.b-c` can also be given as the environment variable `GPUSCOPE_A_B_C` (what a
+DaemonSet sets) or as the key `a.b-c` in the YAML file named by `--config.file`. Each value is
+checked by the same parser whatever its source, and a bad one is reported naming that source.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from exporter.collectors import FACTORIES, Roots
+from exporter.logs import LEVELS
+
+DEFAULT_PORT = 19400
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the operator as one line."""
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """`500ms`, `5s`, `1m` or a plain number of seconds; must be positive."""
+    match = _DURATION.match(str(value).strip())
+    if not match or float(match[1]) <= 0:
+        raise ValueError(f"invalid duration {value!r} (examples: 500ms, 5s, 1m)")
+    return float(match[1]) * _DURATION_UNITS[match[2]]
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"invalid boolean {value!r} (use true or false)")
+
+
+def parse_listen_address(value: Any) -> tuple[str, int]:
+    """`host:port`, `:port` (every interface) or `[v6addr]:port`."""
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid listen address {value!r} (expected host:port, e.g. :{DEFAULT_PORT})")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return (host or "::", int(port))
+
+
+def parse_path(value: Any) -> str:
+    text = str(value)
+    if not text.startswith("/"):
+        raise ValueError(f"invalid path {value!r} (must start with /)")
+    return text
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if str(value) not in allowed:
+            raise ValueError(f"invalid value {value!r} (one of {', '.join(allowed)})")
+        return str(value)
+    return parse
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    default: Any
+    parse: Callable[[Any], Any]
+    help: str
+    is_flag: bool = False
+
+    @property
+    def env(self) -> str:
+        return "GPUSCOPE_" + re.sub(r"[.-]", "_", self.name).upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("web.listen-address", f":{DEFAULT_PORT}", parse_listen_address,
+           "address to serve metrics on; ':PORT' means every interface"),
+    Option("web.telemetry-path", "/metrics", parse_path, "path under which metrics are served"),
+    Option("web.config.file", "", str, "exporter-toolkit web config file (TLS, basic auth); empty: plain HTTP"),
+    Option("path.sysfs", "/sys", parse_path, "sysfs mount point (debugfs is looked up under it)"),
+    Option("path.procfs", "/proc", parse_path, "procfs mount point"),
+    Option("collector.timeout", "5s", parse_duration,
+           "longest a scrape waits for a collector before reporting it failed"),
+    Option("log.level", "info", _choice(*LEVELS), "log level: " + ", ".join(LEVELS)),
+    Option("log.format", "logfmt", _choice("logfmt", "json"), "log line format: logfmt or json"),
+    *(Option(f"collector.{name}", True, parse_bool, f"enable the {name} collector", is_flag=True)
+      for name in FACTORIES),
+)
+
+
+@dataclass(frozen=True)
+class ExporterSettings:
+    listen_address: tuple[str, int]
+    telemetry_path: str
+    web_config_file: str
+    roots: Roots
+    collectors: tuple[str, ...]
+    timeout: float
+    log_level: str
+    log_format: str
+
+
+def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) -> ExporterSettings:
+    """Merge the sources option by option; raises ConfigError naming the source of a bad value."""
+    file_values = _load_config_file(config_file) if config_file else {}
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        if option.name in cli:
+            raw, source = cli[option.name], f"flag --{option.name}"
+        elif option.env in env:
+            raw, source = env[option.env], f"environment variable {option.env}"
+        elif option.name in file_values:
+            raw, source = file_values[option.name], f"config file {config_file}: {option.name}"
+        else:
+            raw, source = option.default, "default"
+        try:
+            values[option.name] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    return ExporterSettings(
+        listen_address=values["web.listen-address"],
+        telemetry_path=values["web.telemetry-path"],
+        web_config_file=values["web.config.file"],
+        roots=Roots(sysfs=values["path.sysfs"], procfs=values["path.procfs"]),
+        collectors=tuple(name for name in FACTORIES if values[f"collector.{name}"]),
+        timeout=values["collector.timeout"],
+        log_level=values["log.level"],
+        log_format=values["log.format"],
+    )
+
+
+def _load_config_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: invalid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: must be a mapping of flag names to values")
+    known = {option.name for option in OPTIONS}
+    unknown = sorted(str(key) for key in data if key not in known)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting {unknown[0]!r}")
+    return data
+
+
+def config_file_from(cli: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> str:
+    return str(cli.get("config.file") or env.get("GPUSCOPE_CONFIG_FILE", ""))

@@ -1,0 +1,178 @@
+"""The HTTP endpoint: /metrics, a landing page, health and readiness, with TLS and basic auth.
+
+Each connection is served on its own thread with a socket timeout, and the TLS handshake happens
+on that thread too, so one slow or silent client never holds up Prometheus.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import html
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import bcrypt
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from exporter import __version__
+from exporter.registry import ScrapeRegistry
+from exporter.webconfig import WebConfig
+
+REQUEST_TIMEOUT_SECONDS = 30.0
+_AUTH_CACHE_SIZE = 64
+
+log = logging.getLogger("gpuscope")
+
+
+class BasicAuth:
+    """Checks bcrypt credentials, caching verdicts: bcrypt costs ~50 ms and Prometheus asks every 15 s."""
+
+    def __init__(self, users: dict[str, bytes]) -> None:
+        self._users = users
+        self._verdicts: dict[bytes, bool] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._users)
+
+    def allows(self, header: str | None) -> bool:
+        if not header or not header.startswith("Basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        hashed = self._users.get(user)
+        if hashed is None:
+            return False
+        key = hashlib.sha256(b"\0".join((user.encode(), password.encode(), hashed))).digest()
+        with self._lock:
+            verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = bcrypt.checkpw(password.encode(), hashed)
+            with self._lock:
+                if len(self._verdicts) >= _AUTH_CACHE_SIZE:
+                    self._verdicts.clear()
+                self._verdicts[key] = verdict
+        return verdict
+
+
+class ExporterHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *,
+                 registry: CollectorRegistry, scrapes: ScrapeRegistry, web: WebConfig,
+                 telemetry_path: str) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.prom_registry = registry
+        self.scrapes = scrapes
+        self.web = web
+        self.auth = BasicAuth(web.basic_auth_users)
+        self.telemetry_path = telemetry_path
+        super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # ":port" serves IPv4 too
+        super().server_bind()
+
+    def finish_request(self, request, client_address) -> None:
+        """Runs on the connection's own thread: TLS handshake here, bounded by the socket timeout."""
+        request.settimeout(REQUEST_TIMEOUT_SECONDS)
+        context = self.web.ssl_context
+        if context is None:
+            super().finish_request(request, client_address)
+            return
+        try:
+            tls = context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.debug("TLS handshake failed", extra={"client": client_address[0], "error": str(exc)})
+            return
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            tls.close()
+
+    def handle_error(self, request, client_address) -> None:
+        log.debug("connection error", extra={"client": client_address[0]}, exc_info=True)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ExporterHTTPServer
+    server_version = f"gpuscope/{__version__}"
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        if self.server.auth.enabled and not self.server.auth.allows(self.headers.get("Authorization")):
+            self._send(401, "text/plain; charset=utf-8", b"Unauthorized\n",
+                       {"WWW-Authenticate": 'Basic realm="gpuscope"'})
+            return
+        path = self.path.split("?", 1)[0]
+        route: Callable[[], None] | None = {
+            self.server.telemetry_path: self._metrics,
+            "/": self._landing,
+            "/-/healthy": lambda: self._send(200, "text/plain; charset=utf-8", b"Healthy\n"),
+            "/-/ready": self._ready,
+        }.get(path)
+        if route is None:
+            self._send(404, "text/plain; charset=utf-8", b"Not Found\n")
+        else:
+            route()
+
+    def _metrics(self) -> None:
+        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        body = encoder(self.server.prom_registry)
+        extra = {}
+        if "gzip" in self.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body, compresslevel=1)
+            extra["Content-Encoding"] = "gzip"
+        self._send(200, content_type, body, extra)
+
+    def _ready(self) -> None:
+        if self.server.scrapes.ever_succeeded.is_set():
+            self._send(200, "text/plain; charset=utf-8", b"Ready\n")
+        else:
+            self._send(503, "text/plain; charset=utf-8", b"Not ready: no collector has succeeded yet\n")
+
+    def _landing(self) -> None:
+        rows = []
+        for runner in self.server.scrapes.runners:
+            last = runner.last
+            status = "not run yet" if last is None else "ok" if last.success else f"failed: {last.error}"
+            duration = "" if last is None else f"{last.duration * 1000:.1f} ms"
+            rows.append(f"<tr><td>{html.escape(runner.name)}</td><td>{html.escape(status)}</td>"
+                        f"<td>{duration}</td></tr>")
+        path = html.escape(self.server.telemetry_path)
+        page = (f"<!doctype html><html><head><title>gpuscope exporter</title></head><body>"
+                f"<h1>gpuscope exporter {__version__}</h1><p><a href=\"{path}\">Metrics</a></p>"
+                f"<table><tr><th>collector</th><th>last status</th><th>duration</th></tr>{''.join(rows)}"
+                f"</table></body></html>\n")
+        self._send(200, "text/html; charset=utf-8", page.encode())
+
+    def _send(self, status: int, content_type: str, body: bytes, extra: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in {**self.server.web.headers, **(extra or {})}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:
+        log.debug(format % args, extra={"client": self.client_address[0]})
+
+
+def serve(address: tuple[str, int], *, registry: CollectorRegistry, scrapes: ScrapeRegistry,
+          web: WebConfig, telemetry_path: str) -> ExporterHTTPServer:
+    """Bind now (so a busy port fails at start-up) and return the server for serve_forever()."""
+    return ExporterHTTPServer(address, Handler, registry=registry, scrapes=scrapes, web=web,
+                              telemetry_path=telemetry_path)
