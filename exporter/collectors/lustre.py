@@ -25,8 +25,9 @@ _STATE_CODE = {state: code for code, state in enumerate(IMPORT_STATES)}
 _TARGET_DIR = re.compile(r"^(?P<fs>.+)-(?P<target>(?:OST|MDT)[0-9a-fA-F]{4})-(?:osc|mdc)-[0-9a-fA-Fx]+$")
 _LLITE_DIR = re.compile(r"^(?P<fs>.+)-[0-9a-fA-Fx]+$")
 _STATS_ROW = re.compile(r"^(\S+)\s+(\d+)\s+samples\s+\[(\w+)\](?:\s+(\d+)\s+(\d+)\s+(\d+))?", re.M)
-_KEY_VALUE = re.compile(r"^\s*([\w-]+):\s*(\S+)", re.M)
-_RPC_STATS = re.compile(r"^(read|write) RPCs in flight:\s*(\d+)|^pending (read|write) pages:\s*(\d+)", re.M)
+_KEY_VALUE = re.compile(r"^[ \t]*([\w-]+):[ \t]*(\S+)", re.M)
+_RPC_STATS = re.compile(r"^(read|write) RPCs in flight:\s*(\d+)|^pending (read|write) pages:\s*(\d+)"
+                        r"|^(modify)_RPCs_in_flight:\s*(\d+)", re.M)
 _LAST_REPLY = re.compile(r"^last reply\s*:\s*(\d+)", re.M)
 _MICRO_UNITS = frozenset({"usec", "usecs"})
 
@@ -72,13 +73,15 @@ def parse_import(text: str) -> ImportStatus:
 
 
 def parse_rpc_stats(text: str) -> dict[tuple[str, str], int]:
-    """{("rpcs"|"pages", "read"|"write"): n} from the header lines of `rpc_stats`."""
+    """{("rpcs"|"pages", "read"|"write"|"modify"): n} from the header lines of `rpc_stats` (osc and mdc)."""
     out: dict[tuple[str, str], int] = {}
-    for rpc_dir, rpcs, page_dir, pages in _RPC_STATS.findall(text):
+    for rpc_dir, rpcs, page_dir, pages, modify, modify_rpcs in _RPC_STATS.findall(text):
         if rpc_dir:
             out["rpcs", rpc_dir] = int(rpcs)
-        else:
+        elif page_dir:
             out["pages", page_dir] = int(pages)
+        else:
+            out["rpcs", modify] = int(modify_rpcs)
     return out
 
 

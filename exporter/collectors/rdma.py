@@ -50,7 +50,7 @@ class RdmaCollector:
         driver = _link_name(os.path.join(pci, "driver"))
         is_efa = read_optional(os.path.join(pci, "vendor")) == EFA_PCI_VENDOR or driver == EFA_DRIVER
         scrape.add(catalog.RDMA_DEVICE_INFO, 1.0, device, driver,
-                   _link_name(pci),
+                   os.path.basename(os.path.realpath(pci)) if os.path.islink(pci) else "",
                    read_optional(os.path.join(pci, "numa_node")),
                    read_optional(os.path.join(path, "fw_ver")),
                    read_optional(os.path.join(self._module_dir, driver, "version")) if driver else "",

@@ -1,0 +1,52 @@
+"""Shared test helpers: fixture paths, in-process scrapes, exposition parsing, free ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter import catalog
+from exporter.collectors import Collector
+from exporter.registry import ScrapeRegistry
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("GPUSCOPE_FIXTURES", REPO.parent / "shared" / "fixtures"))
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(collectors: list[Collector], timeout: float = 5.0) -> str:
+    """One scrape of the given collectors through the real registry, as exposition text."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ScrapeRegistry(collectors, timeout))
+    return generate_latest(registry).decode()
+
+
+def samples(text: str) -> Samples:
+    """{(sample name, labels): value} of an exposition text, without the timing-dependent durations."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == catalog.COLLECTOR_DURATION.name:
+            continue
+        for sample in family.samples:
+            out[sample.name, frozenset(sample.labels.items())] = sample.value
+    return out
+
+
+def value(parsed: Samples, name: str, **labels: str) -> float:
+    return parsed[name, frozenset(labels.items())]
+
+
+def series(parsed: Samples, name: str) -> list[dict[str, str]]:
+    """Label sets of every sample named `name`."""
+    return [dict(labels) for sample_name, labels in parsed if sample_name == name]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
