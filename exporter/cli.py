@@ -28,6 +28,7 @@ def _exporter_parser(subparsers) -> None:
         description=f"Serve GPU, EFA/RDMA, Lustre and host metrics to Prometheus (default port {DEFAULT_PORT}). "
                     "Precedence: flag > environment variable > --config.file > default.",
         argument_default=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"gpuscope {__version__}")
     parser.add_argument("--config.file", dest="config.file", metavar="FILE",
                         help="YAML file of flag names to values (env GPUSCOPE_CONFIG_FILE)")
     for option in OPTIONS:

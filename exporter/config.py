@@ -50,7 +50,7 @@ def parse_bool(value: Any) -> bool:
 def parse_listen_address(value: Any) -> tuple[str, int]:
     """`host:port`, `:port` (every interface) or `[v6addr]:port`."""
     host, sep, port = str(value).rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"invalid listen address {value!r} (expected host:port, e.g. :{DEFAULT_PORT})")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     return (host or "::", int(port))

@@ -1,0 +1,57 @@
+"""Real exporter processes for tests: started with flags, ready when /-/healthy answers, stopped cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import requests
+
+from tests.helpers import free_port
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
+    """`python -m exporter ARGS` to completion (for commands expected to exit)."""
+    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@contextmanager
+def exporter_process(*args: str, scheme: str = "http", verify=None, user: int | None = None,
+                     **request_kwargs) -> Iterator[str]:
+    """Starts `gpuscope exporter` on a free loopback port and yields its base URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{port}", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, user=user)
+    base = f"{scheme}://127.0.0.1:{port}"
+    try:
+        _wait_healthy(proc, base, verify, request_kwargs)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError("exporter did not stop on SIGTERM") from None
+        assert proc.returncode == 0, f"exporter exited {proc.returncode}: {err}"
+
+
+def _wait_healthy(proc: subprocess.Popen, base: str, verify, request_kwargs: dict) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"exporter exited {proc.returncode}: {proc.stderr.read()}")
+        try:
+            requests.get(f"{base}/-/healthy", timeout=1, verify=verify if verify is not None else True,
+                         **request_kwargs)
+            return
+        except requests.RequestException:
+            time.sleep(0.05)
+    raise AssertionError("exporter did not come up within 15 s")

@@ -1,0 +1,194 @@
+"""The HTTP endpoint over real sockets: routes, gzip, readiness, TLS, client certificates, basic auth."""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import ipaddress
+import socket
+import threading
+import time
+import urllib.request
+
+import bcrypt
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from prometheus_client import CollectorRegistry
+
+from exporter import webconfig
+from exporter.registry import ScrapeRegistry
+from exporter.server import serve
+from exporter.sim.rdma_tree import p5_efa_devices, write_rdma_tree
+from tests.helpers import samples, value
+from tests.procs import exporter_process
+from tests.test_faults import Exploding
+
+
+@pytest.fixture
+def efa_sysfs(tmp_path):
+    write_rdma_tree(str(tmp_path / "sys"), p5_efa_devices())
+    return str(tmp_path / "sys")
+
+
+def exporter_flags(sysfs: str, *extra: str) -> tuple[str, ...]:
+    return (f"--path.sysfs={sysfs}", "--no-collector.lustre", "--no-collector.host", *extra)
+
+
+def test_routes_of_a_running_exporter(efa_sysfs):
+    with exporter_process(*exporter_flags(efa_sysfs)) as base:
+        metrics = requests.get(f"{base}/metrics", timeout=5)
+        assert metrics.status_code == 200
+        assert metrics.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        parsed = samples(metrics.text)
+        assert value(parsed, "gpuscope_collector_success", collector="rdma") == 1
+        assert value(parsed, "gpuscope_efa_transmit_bytes_total", device="rdmap79s0", port="1") == 1000
+        assert any(name == "gpuscope_build_info" for name, _ in parsed)
+        assert any(name == "process_resident_memory_bytes" for name, _ in parsed)
+
+        raw = urllib.request.urlopen(urllib.request.Request(f"{base}/metrics",
+                                                            headers={"Accept-Encoding": "gzip"}), timeout=5)
+        assert raw.headers["Content-Encoding"] == "gzip"
+        assert b"gpuscope_efa_transmit_bytes_total" in gzip.decompress(raw.read())
+
+        landing = requests.get(f"{base}/", timeout=5)
+        assert landing.status_code == 200 and "<td>rdma</td><td>ok</td>" in landing.text
+        assert requests.get(f"{base}/-/healthy", timeout=5).status_code == 200
+        assert requests.get(f"{base}/-/ready", timeout=5).status_code == 200
+        assert requests.get(f"{base}/metrics/extra", timeout=5).status_code == 404
+
+
+def test_telemetry_path_flag(efa_sysfs):
+    with exporter_process(*exporter_flags(efa_sysfs, "--web.telemetry-path=/prom")) as base:
+        assert "gpuscope_efa_transmit_bytes_total" in requests.get(f"{base}/prom", timeout=5).text
+        assert requests.get(f"{base}/metrics", timeout=5).status_code == 404
+
+
+@pytest.fixture
+def in_process():
+    """Serves a ScrapeRegistry on a loopback port inside the test process."""
+    servers = []
+
+    def start(collectors, web=None):
+        scrapes = ScrapeRegistry(collectors, 1.0)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(scrapes)
+        httpd = serve(("127.0.0.1", 0), registry=registry, scrapes=scrapes, web=web or webconfig.WebConfig(),
+                      telemetry_path="/metrics")
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+        return f"127.0.0.1:{httpd.server_address[1]}"
+
+    yield start
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_not_ready_until_a_collector_succeeds(in_process):
+    address = in_process([Exploding()])
+    assert requests.get(f"http://{address}/-/ready", timeout=5).status_code == 503
+    requests.get(f"http://{address}/metrics", timeout=5)
+    assert requests.get(f"http://{address}/-/ready", timeout=5).status_code == 503
+    assert "failed: RuntimeError: boom" in requests.get(f"http://{address}/", timeout=5).text
+
+
+def test_a_silent_client_does_not_block_others(in_process, efa_sysfs):
+    from exporter.collectors.rdma import RdmaCollector
+
+    address = in_process([RdmaCollector(efa_sysfs)])
+    host, port = address.split(":")
+    with socket.create_connection((host, int(port))):  # connects, then says nothing
+        started = time.monotonic()
+        assert requests.get(f"http://{address}/metrics", timeout=5).status_code == 200
+        assert time.monotonic() - started < 1.0
+
+
+# --- TLS and basic auth -------------------------------------------------------------------------------
+
+
+def _key():
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _cert(subject: str, key, issuer_cert=None, issuer_key=None, *, ca: bool = False, san_ip: str | None = None):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (x509.CertificateBuilder().subject_name(name)
+               .issuer_name(issuer_cert.subject if issuer_cert else name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if san_ip:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(san_ip))]),
+                                        critical=False)
+    return builder.sign(issuer_key or key, hashes.SHA256())
+
+
+def _write_pem(path, cert=None, key=None) -> str:
+    if cert is not None:
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    else:
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all made in the test."""
+    d = tmp_path_factory.mktemp("pki")
+    ca_key = _key()
+    ca = _cert("gpuscope test CA", ca_key, ca=True)
+    server_key, client_key = _key(), _key()
+    server = _cert("127.0.0.1", server_key, ca, ca_key, san_ip="127.0.0.1")
+    client = _cert("prometheus", client_key, ca, ca_key)
+    return {
+        "dir": d,
+        "ca": _write_pem(d / "ca.pem", ca),
+        "server_cert": _write_pem(d / "server.pem", server),
+        "server_key": _write_pem(d / "server.key", key=server_key),
+        "client": (_write_pem(d / "client.pem", client), _write_pem(d / "client.key", key=client_key)),
+    }
+
+
+def test_tls_serves_https_only(efa_sysfs, pki):
+    web = pki["dir"] / "web-tls.yml"
+    web.write_text("tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  min_version: TLS12\n")
+    with exporter_process(*exporter_flags(efa_sysfs, f"--web.config.file={web}"), scheme="https",
+                          verify=pki["ca"]) as base:
+        response = requests.get(f"{base}/metrics", verify=pki["ca"], timeout=5)
+        assert response.status_code == 200 and "gpuscope_efa_receive_bytes_total" in response.text
+        with pytest.raises(requests.ConnectionError):
+            requests.get(base.replace("https", "http") + "/metrics", timeout=5)
+
+
+def test_client_certificate_required(efa_sysfs, pki):
+    web = pki["dir"] / "web-mtls.yml"
+    web.write_text("tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n"
+                   "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n")
+    with exporter_process(*exporter_flags(efa_sysfs, f"--web.config.file={web}"), scheme="https",
+                          verify=pki["ca"], cert=pki["client"]) as base:
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(f"{base}/metrics", verify=pki["ca"], timeout=5)
+        assert requests.get(f"{base}/metrics", verify=pki["ca"], cert=pki["client"], timeout=5).status_code == 200
+
+
+def test_basic_auth(efa_sysfs, pki):
+    web = pki["dir"] / "web-auth.yml"
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(10)).decode()
+    web.write_text(f"tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n"
+                   f"basic_auth_users:\n  prometheus: '{hashed}'\n")
+    with exporter_process(*exporter_flags(efa_sysfs, f"--web.config.file={web}"), scheme="https",
+                          verify=pki["ca"]) as base:
+        assert requests.get(f"{base}/metrics", verify=pki["ca"], timeout=5).status_code == 401
+        wrong = requests.get(f"{base}/metrics", verify=pki["ca"], auth=("prometheus", "guess"), timeout=5)
+        assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"].startswith("Basic")
+        assert requests.get(f"{base}/metrics", verify=pki["ca"], auth=("nobody", "s3cret"), timeout=5) \
+            .status_code == 401
+        good = requests.get(f"{base}/metrics", verify=pki["ca"], auth=("prometheus", "s3cret"), timeout=5)
+        assert good.status_code == 200 and "gpuscope_collector_success" in good.text
