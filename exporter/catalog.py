@@ -114,13 +114,13 @@ RDMA_DEVICE_READ_SUCCESS = gauge(
     "rdma", "gpuscope_rdma_device_read_success",
     "1 if every counter file of the device was read and parsed in this scrape; 0 if one failed or "
     "an earlier read of this device is still blocked (its series are then absent).", _DEV)
-RDMA_PORT_COUNTER = counter("rdma", "gpuscope_rdma_port_counter_total",
+RDMA_PORT_COUNTER = counter("rdma", "gpuscope_rdma_port_stat_total",
                             "Raw InfiniBand PMA port counter (ports/<n>/counters, counters_ext).",
                             ("device", "port", "counter"), "ports/<n>/counters/*")
-RDMA_PORT_HW_COUNTER = counter("rdma", "gpuscope_rdma_port_hw_counter_total",
+RDMA_PORT_HW_COUNTER = counter("rdma", "gpuscope_rdma_port_hw_stat_total",
                                "Raw driver port counter without a gpuscope name of its own.",
                                ("device", "port", "counter"), "ports/<n>/hw_counters/*")
-RDMA_DEVICE_HW_COUNTER = counter("rdma", "gpuscope_rdma_device_hw_counter_total",
+RDMA_DEVICE_HW_COUNTER = counter("rdma", "gpuscope_rdma_device_hw_stat_total",
                                  "Raw driver device counter without a gpuscope name of its own.",
                                  ("device", "counter"), "hw_counters/*")
 

@@ -57,8 +57,8 @@ def test_real_efa0_counters_get_their_names(tmp_path, client_counters):
     assert not series(parsed, "gpuscope_efa_rdma_write_bytes_total")
     assert not series(parsed, "gpuscope_efa_retransmit_timeout_events_total")
     # Known EFA counters never fall into the raw families, and lifespan is not a counter.
-    assert not series(parsed, "gpuscope_rdma_port_hw_counter_total")
-    assert not series(parsed, "gpuscope_rdma_device_hw_counter_total")
+    assert not series(parsed, "gpuscope_rdma_port_hw_stat_total")
+    assert not series(parsed, "gpuscope_rdma_device_hw_stat_total")
 
 
 def test_combined_layout_exports_exactly_what_split_layout_does(tmp_path, client_counters):
@@ -107,18 +107,18 @@ def test_efa_is_recognised_by_driver_or_vendor_not_by_name(tmp_path):
     parsed = samples(scrape([RdmaCollector(sysfs)]))
     assert value(parsed, "gpuscope_efa_transmit_bytes_total", device="efa_0", port="1") == 5
     assert value(parsed, "gpuscope_efa_transmit_bytes_total", device="rdmap99s0", port="1") == 6
-    assert value(parsed, "gpuscope_rdma_port_hw_counter_total", device="efa_mimic", port="1", counter="tx_bytes") == 7
+    assert value(parsed, "gpuscope_rdma_port_hw_stat_total", device="efa_mimic", port="1", counter="tx_bytes") == 7
     assert not [s for s in series(parsed, "gpuscope_efa_transmit_bytes_total") if s["device"] == "efa_mimic"]
 
 
 def test_mellanox_capture_exports_raw_counters(fixtures):
     parsed = samples(scrape([RdmaCollector(str(fixtures / "prometheus-procfs" / "sys"))]))
     mlx5 = {"device": "mlx5_0", "port": "1"}
-    assert value(parsed, "gpuscope_rdma_port_hw_counter_total", counter="out_of_buffer", **mlx5) == 0
-    assert value(parsed, "gpuscope_rdma_port_counter_total", counter="port_xmit_data", device="hfi1_0",
+    assert value(parsed, "gpuscope_rdma_port_hw_stat_total", counter="out_of_buffer", **mlx5) == 0
+    assert value(parsed, "gpuscope_rdma_port_stat_total", counter="port_xmit_data", device="hfi1_0",
                  port="1") == 273558326543
     assert value(parsed, "gpuscope_rdma_port_rate_bytes_per_second", device="mlx4_0", port="2") == 5e9
-    assert not [s for s in series(parsed, "gpuscope_rdma_port_hw_counter_total") if s["counter"] == "lifespan"]
+    assert not [s for s in series(parsed, "gpuscope_rdma_port_hw_stat_total") if s["counter"] == "lifespan"]
     assert {s["device"] for s in series(parsed, "gpuscope_rdma_device_info")} == {"hfi1_0", "mlx4_0", "mlx5_0"}
     assert all(s["efa"] == "false" for s in series(parsed, "gpuscope_rdma_device_info"))
 
@@ -126,8 +126,8 @@ def test_mellanox_capture_exports_raw_counters(fixtures):
 def test_na_counters_are_skipped_not_errors(fixtures):
     parsed = samples(scrape([RdmaCollector(str(fixtures / "prometheus-node_exporter" / "sys"))]))
     assert value(parsed, "gpuscope_rdma_device_read_success", device="i40iw0") == 1
-    assert not [s for s in series(parsed, "gpuscope_rdma_port_counter_total") if s["device"] == "i40iw0"]
-    assert value(parsed, "gpuscope_rdma_port_counter_total", device="mlx4_0", port="1",
+    assert not [s for s in series(parsed, "gpuscope_rdma_port_stat_total") if s["device"] == "i40iw0"]
+    assert value(parsed, "gpuscope_rdma_port_stat_total", device="mlx4_0", port="1",
                  counter="port_xmit_data_64") > 0
     assert value(parsed, "gpuscope_collector_success", collector="rdma") == 1
 

@@ -1,0 +1,83 @@
+"""Whole scrapes of fixture trees against golden files, and promtool's lint on them.
+
+Regenerate after an intended change with `GPUSCOPE_UPDATE_GOLDEN=1 pytest tests/test_golden.py`
+and review the diff like code.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+import requests
+
+from exporter import catalog
+from exporter.collectors import Roots, build
+from exporter.sim.rdma_tree import p5_efa_devices, write_rdma_tree
+from tests.helpers import REPO, scrape
+from tests.procs import exporter_process
+from tests.test_host import host_tree  # noqa: F401  (fixture)
+from tests.test_lustre import HPE
+
+GOLDEN = REPO / "tests" / "golden"
+ALL = ("rdma", "lustre", "host")
+
+
+def stable(text: str) -> str:
+    """The scrape without the duration samples, which differ run to run."""
+    return "".join(line + "\n" for line in text.splitlines()
+                   if not line.startswith(catalog.COLLECTOR_DURATION.name + "{"))
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / f"{name}.prom"
+    if os.environ.get("GPUSCOPE_UPDATE_GOLDEN"):
+        path.write_text(stable(text))
+    assert stable(text) == path.read_text(), f"{path} differs; regenerate with GPUSCOPE_UPDATE_GOLDEN=1 and review"
+
+
+@pytest.fixture
+def p5_node(tmp_path, fixtures, host_tree):  # noqa: F811
+    """A p5.48xlarge-shaped node: 32 EFA devices, the real Lustre 2.10 client tree, a small host."""
+    sysfs, procfs = host_tree
+    shutil.copytree(fixtures / HPE / "proc", procfs, dirs_exist_ok=True, symlinks=True)
+    shutil.copytree(fixtures / HPE / "sys", sysfs, dirs_exist_ok=True, symlinks=True)
+    return sysfs, procfs
+
+
+@pytest.mark.parametrize("layout", ["split", "combined"])
+def test_p5_node_whole_scrape(p5_node, layout):
+    sysfs, procfs = p5_node
+    write_rdma_tree(sysfs, p5_efa_devices(), layout=layout)
+    check_golden("p5_node", scrape(build(ALL, Roots(sysfs, procfs))))
+
+
+@pytest.mark.parametrize(("name", "subdir"), [("procfs_infiniband", "prometheus-procfs"),
+                                              ("node_exporter_infiniband", "prometheus-node_exporter")])
+def test_real_infiniband_captures_whole_scrape(fixtures, name, subdir):
+    check_golden(name, scrape(build(("rdma",), Roots(str(fixtures / subdir / "sys"), "/nonexistent"))))
+
+
+def promtool_check(text: str) -> subprocess.CompletedProcess:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: scripts/test installs Debian's prometheus package"
+    return subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("name", ["p5_node", "procfs_infiniband", "node_exporter_infiniband"])
+def test_promtool_accepts_golden_scrapes(name):
+    result = promtool_check((GOLDEN / f"{name}.prom").read_text())
+    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), \
+        result.stdout + result.stderr
+
+
+def test_promtool_accepts_a_live_scrape(p5_node):
+    sysfs, procfs = p5_node
+    write_rdma_tree(sysfs, p5_efa_devices())
+    with exporter_process(f"--path.sysfs={sysfs}", f"--path.procfs={procfs}") as base:
+        text = requests.get(f"{base}/metrics", timeout=5).text
+    result = promtool_check(text)
+    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), \
+        result.stdout + result.stderr
