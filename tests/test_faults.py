@@ -6,6 +6,7 @@ import os
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -174,3 +175,56 @@ def samples_of(scrapes: ScrapeRegistry):
     registry = CollectorRegistry(auto_describe=False)
     registry.register(scrapes)
     return samples(generate_latest(registry).decode())
+
+
+def scrape_as_nobody(collectors) -> str:
+    """A scrape by an unprivileged process (root reads everything, so permission tests drop to nobody)."""
+    if os.geteuid() != 0:
+        return scrape(collectors)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: modules are already imported, so nothing under /root is needed
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write_end, scrape(collectors).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode()
+
+
+def test_permission_denied_costs_only_that_device_and_target(fixtures):
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="gpuscope-perm-")
+    try:
+        os.chmod(root, 0o755)
+        sysfs = os.path.join(root, "sys")
+        write_rdma_tree(sysfs, p5_efa_devices())
+        lustre = os.path.join(root, "lustre")
+        shutil.copytree(fixtures / HPE, lustre, symlinks=True)
+        for directory, _, files in os.walk(root):
+            os.chmod(directory, 0o755)
+            for name in files:
+                os.chmod(os.path.join(directory, name), 0o644)
+        os.chmod(port_counter(Path(sysfs), "rdmap98s0", "rdma_read_bytes"), 0)
+        os.chmod(os.path.join(lustre, "proc/fs/lustre/osc/lustrefs-OST0001-osc-ffff88105db50000/import"), 0)
+
+        parsed = samples(scrape_as_nobody([RdmaCollector(sysfs),
+                                           LustreCollector(os.path.join(lustre, "sys"),
+                                                           os.path.join(lustre, "proc"))]))
+        assert value(parsed, "gpuscope_rdma_device_read_success", device="rdmap98s0") == 0
+        assert value(parsed, "gpuscope_efa_rdma_write_bytes_total", device="rdmap98s0", port="1") > 0
+        assert len(series(parsed, "gpuscope_efa_rdma_read_bytes_total")) == 31
+        assert value(parsed, "gpuscope_lustre_target_read_success", fs="lustrefs", target="OST0001") == 0
+        assert len(series(parsed, "gpuscope_lustre_import_state")) == 7
+        assert value(parsed, "gpuscope_collector_success", collector="rdma") == 1
+        assert value(parsed, "gpuscope_collector_success", collector="lustre") == 1
+    finally:
+        shutil.rmtree(root)
