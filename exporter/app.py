@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import platform
 import signal
 import threading
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
-from exporter import __version__, catalog, collectors, server
+from exporter import __version__, collectors, server
 from exporter.config import ExporterSettings
 from exporter.registry import ScrapeRegistry
 from exporter.webconfig import WebConfig
@@ -17,38 +16,27 @@ from exporter.webconfig import WebConfig
 log = logging.getLogger("gpuscope")
 
 
-class BuildInfo:
-    """gpuscope_build_info, constant for the life of the process."""
-
-    def collect(self):
-        family = catalog.BUILD_INFO.family()
-        family.add(1.0, __version__, platform.python_version())
-        yield family.prom
-
-
 def build_registries(settings: ExporterSettings) -> tuple[CollectorRegistry, ScrapeRegistry]:
-    """The exposition registry (gpuscope collectors plus process self-metrics) and the scrape runner."""
+    """The process self-metrics (prometheus_client's collectors) and the gpuscope collectors."""
     scrapes = ScrapeRegistry(collectors.build(settings.collectors, settings.roots), settings.timeout)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(scrapes)
-    registry.register(BuildInfo())
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    return registry, scrapes
+    process = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=process)
+    PlatformCollector(registry=process)
+    return process, scrapes
 
 
 def run(settings: ExporterSettings, web: WebConfig) -> int:
     """Serve until SIGTERM or SIGINT; the caller has already checked the configuration."""
-    registry, scrapes = build_registries(settings)
+    process_registry, scrapes = build_registries(settings)
     try:
-        httpd = server.serve(settings.listen_address, registry=registry, scrapes=scrapes, web=web,
+        httpd = server.serve(settings.listen_address, process_registry=process_registry, scrapes=scrapes, web=web,
                              telemetry_path=settings.telemetry_path)
     except OSError as exc:
         host, port = settings.listen_address
         log.error("cannot listen", extra={"address": f"{host}:{port}", "error": exc.strerror or str(exc)})
         return 1
     # One collection right away, so /-/ready turns true without waiting for Prometheus.
-    threading.Thread(target=lambda: list(scrapes.collect()), name="warm-up", daemon=True).start()
+    threading.Thread(target=scrapes.render, name="warm-up", daemon=True).start()
 
     def stop(signum, _frame) -> None:
         log.info("stopping", extra={"signal": signal.Signals(signum).name})

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client.metrics_core import Metric as PromMetric
-from prometheus_client.samples import Sample
-
 COUNTER = "counter"
 GAUGE = "gauge"
 
@@ -36,18 +33,15 @@ class Metric:
 class Family:
     """Samples of one catalog metric gathered during a single scrape."""
 
-    __slots__ = ("metric", "prom", "sample_name")
+    __slots__ = ("metric", "samples")
 
     def __init__(self, metric: Metric) -> None:
         self.metric = metric
-        base = metric.name[: -len("_total")] if metric.type == COUNTER else metric.name
-        self.prom = PromMetric(base, metric.help, metric.type)
-        self.sample_name = metric.name
+        self.samples: list[tuple[tuple[str, ...], float]] = []
 
     def add(self, value: float, *label_values: str) -> None:
         """Append one sample; label values are given in the catalog's label order."""
-        labels = dict(zip(self.metric.labels, label_values, strict=True))
-        self.prom.samples.append(Sample(self.sample_name, labels, value))
+        self.samples.append((label_values, value))
 
 
 class Scrape:

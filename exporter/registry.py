@@ -10,15 +10,15 @@ run is still within its time share that run instead of starting another, and at 
 from __future__ import annotations
 
 import logging
+import platform
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from prometheus_client.metrics_core import Metric as PromMetric
-
-from exporter import catalog
+from exporter import __version__, catalog
 from exporter.collectors import Collector
+from exporter.exposition import TextRenderer
 
 MAX_PARKED_RUNS = 4
 
@@ -96,29 +96,32 @@ class CollectorRunner:
 
 
 class ScrapeRegistry:
-    """A prometheus_client collector that gathers every enabled gpuscope collector per scrape."""
+    """Gathers every enabled gpuscope collector per scrape and renders the result."""
 
     def __init__(self, collectors: Sequence[Collector], timeout: float) -> None:
         self.runners = [CollectorRunner(collector, timeout) for collector in collectors]
         self.timeout = timeout
         self.ever_succeeded = threading.Event()
+        self._renderer = TextRenderer()
+        self._build_info = catalog.BUILD_INFO.family()
+        self._build_info.add(1, __version__, platform.python_version())
 
-    def describe(self) -> list[PromMetric]:
-        # Keeps prometheus_client from calling collect() at registration time.
-        return []
-
-    def collect(self) -> Iterator[PromMetric]:
+    def collect(self) -> Iterator[catalog.Family]:
         runs = [(runner, runner.start()) for runner in self.runners]
         deadline = time.monotonic() + self.timeout
         success = catalog.COLLECTOR_SUCCESS.family()
         duration = catalog.COLLECTOR_DURATION.family()
         for runner, run in runs:
             outcome = runner.finish(run, deadline)
-            for family in outcome.families:
-                yield family.prom
-            success.add(1.0 if outcome.success else 0.0, runner.name)
+            yield from outcome.families
+            success.add(1 if outcome.success else 0, runner.name)
             duration.add(outcome.duration, runner.name)
             if outcome.success:
                 self.ever_succeeded.set()
-        yield success.prom
-        yield duration.prom
+        yield success
+        yield duration
+        yield self._build_info
+
+    def render(self) -> str:
+        """One scrape in the Prometheus text format."""
+        return self._renderer.render(self.collect())

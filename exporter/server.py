@@ -18,10 +18,10 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import bcrypt
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter import __version__
+from exporter.exposition import CONTENT_TYPE
 from exporter.registry import ScrapeRegistry
 from exporter.webconfig import WebConfig
 
@@ -70,10 +70,10 @@ class ExporterHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *,
-                 registry: CollectorRegistry, scrapes: ScrapeRegistry, web: WebConfig,
+                 process_registry: CollectorRegistry, scrapes: ScrapeRegistry, web: WebConfig,
                  telemetry_path: str) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.prom_registry = registry
+        self.process_registry = process_registry
         self.scrapes = scrapes
         self.web = web
         self.auth = BasicAuth(web.basic_auth_users)
@@ -129,13 +129,13 @@ class Handler(BaseHTTPRequestHandler):
             route()
 
     def _metrics(self) -> None:
-        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-        body = encoder(self.server.prom_registry)
+        # Always the 0.0.4 text format: every Prometheus version accepts it, whatever it asks first.
+        body = self.server.scrapes.render().encode() + generate_latest(self.server.process_registry)
         extra = {}
         if "gzip" in self.headers.get("Accept-Encoding", ""):
             body = gzip.compress(body, compresslevel=1)
             extra["Content-Encoding"] = "gzip"
-        self._send(200, content_type, body, extra)
+        self._send(200, CONTENT_TYPE, body, extra)
 
     def _ready(self) -> None:
         if self.server.scrapes.ever_succeeded.is_set():
@@ -171,8 +171,8 @@ class Handler(BaseHTTPRequestHandler):
         log.debug(format % args, extra={"client": self.client_address[0]})
 
 
-def serve(address: tuple[str, int], *, registry: CollectorRegistry, scrapes: ScrapeRegistry,
+def serve(address: tuple[str, int], *, process_registry: CollectorRegistry, scrapes: ScrapeRegistry,
           web: WebConfig, telemetry_path: str) -> ExporterHTTPServer:
     """Bind now (so a busy port fails at start-up) and return the server for serve_forever()."""
-    return ExporterHTTPServer(address, Handler, registry=registry, scrapes=scrapes, web=web,
+    return ExporterHTTPServer(address, Handler, process_registry=process_registry, scrapes=scrapes, web=web,
                               telemetry_path=telemetry_path)

@@ -6,7 +6,6 @@ import os
 import socket
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import catalog
@@ -21,9 +20,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 def scrape(collectors: list[Collector], timeout: float = 5.0) -> str:
     """One scrape of the given collectors through the real registry, as exposition text."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ScrapeRegistry(collectors, timeout))
-    return generate_latest(registry).decode()
+    return ScrapeRegistry(collectors, timeout).render()
 
 
 def samples(text: str) -> Samples:

@@ -170,11 +170,7 @@ def test_garbage_vanished_and_removed(efa_sysfs):
 
 
 def samples_of(scrapes: ScrapeRegistry):
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(scrapes)
-    return samples(generate_latest(registry).decode())
+    return samples(scrapes.render())
 
 
 def scrape_as_nobody(collectors) -> str:

@@ -74,10 +74,8 @@ def in_process():
 
     def start(collectors, web=None):
         scrapes = ScrapeRegistry(collectors, 1.0)
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(scrapes)
-        httpd = serve(("127.0.0.1", 0), registry=registry, scrapes=scrapes, web=web or webconfig.WebConfig(),
-                      telemetry_path="/metrics")
+        httpd = serve(("127.0.0.1", 0), process_registry=CollectorRegistry(), scrapes=scrapes,
+                      web=web or webconfig.WebConfig(), telemetry_path="/metrics")
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         servers.append(httpd)
         return f"127.0.0.1:{httpd.server_address[1]}"

@@ -100,10 +100,14 @@ def write_rdma_tree(sysfs: str, devices: Iterable[RdmaDevice], *, driver: str = 
         _symlink(pci, os.path.join(ib, "device"))
         _symlink(ib, os.path.join(sysfs, "class", "infiniband", dev.name))
         _write(os.path.join(ib, "fw_ver"), firmware)
+        _write(os.path.join(ib, "board_id"), "EFA" if driver == "efa" else "MT_0000000838")
+        _write(os.path.join(ib, "hca_type"), "" if driver == "efa" else "MT4129")
+        _write(os.path.join(ib, "node_type"), "1: CA")
         port_dir = os.path.join(ib, "ports", "1")
         _write(os.path.join(port_dir, "link_layer"), "Unspecified" if driver == "efa" else "InfiniBand")
         _write(os.path.join(port_dir, "rate"), rate)
         _write(os.path.join(port_dir, "state"), "4: ACTIVE")
+        _write(os.path.join(port_dir, "phys_state"), "5: LinkUp")
         everything = {**dev.port_counters, **dev.device_counters}
         port_values = everything if layout == "combined" else dev.port_counters
         device_values = everything if layout == "combined" else dev.device_counters
