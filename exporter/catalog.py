@@ -52,11 +52,14 @@ class Scrape:
     def __init__(self) -> None:
         self.families: dict[str, Family] = {}
 
-    def add(self, metric: Metric, value: float, *label_values: str) -> None:
+    def family(self, metric: Metric) -> Family:
         family = self.families.get(metric.name)
         if family is None:
             family = self.families[metric.name] = metric.family()
-        family.add(value, *label_values)
+        return family
+
+    def add(self, metric: Metric, value: float, *label_values: str) -> None:
+        self.family(metric).samples.append((label_values, value))
 
 
 CATALOG: dict[str, Metric] = {}

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 # sysfs hands a whole attribute (at most one page) to a single read() call.
 _PAGE = 4096
+_FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def read_bytes(path: str) -> bytes:
     """The whole file; raises OSError like open() would."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, _FILE_FLAGS)
     try:
         chunks = [os.read(fd, _PAGE)]
         while len(chunks[-1]) == _PAGE:
@@ -27,13 +29,32 @@ def read_bytes(path: str) -> bytes:
         os.close(fd)
 
 
-def read_counter(path: str) -> bytes:
-    """A one-value attribute file in one read() call, as sysfs serves it."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def read_numbers(directory: str, names: Sequence[str]) -> list[int | None]:
+    """The integer in each named file of one directory, in order; None where a read or parse failed.
+
+    Files are opened relative to the directory, so the kernel resolves one name per file instead
+    of the whole sysfs path again: this is the hot loop of a scrape. A directory that is gone
+    gives None for every name.
+    """
     try:
-        return os.read(fd, 64)
+        dir_fd = os.open(directory, _DIR_FLAGS)
+    except OSError:
+        return [None] * len(names)
+    values: list[int | None] = []
+    append = values.append
+    try:
+        for name in names:
+            try:
+                fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+                try:
+                    append(int(os.read(fd, 64)))
+                finally:
+                    os.close(fd)
+            except (OSError, ValueError):
+                append(None)
     finally:
-        os.close(fd)
+        os.close(dir_fd)
+    return values
 
 
 def read_text(path: str) -> str:

@@ -4,6 +4,10 @@ EFA is recognised by PCI vendor 0x1d0f or the `efa` driver, never by its name: r
 `efa_0` to `rdmap79s0`. Kernels before 5.15 list every EFA counter in both the port and the
 device `hw_counters/`; each name is taken only from the directory where it belongs, so the
 combined layout exports exactly what the split layout does.
+
+A device's set of counter files is fixed while it exists, so the first scrape lists the
+directories and works out which metric each file feeds (its plan); later scrapes only read the
+files. Any failed read drops the plan, and the next scrape lists the device again.
 """
 
 from __future__ import annotations
@@ -11,16 +15,34 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from exporter import catalog
-from exporter.catalog import Scrape
-from exporter.files import InFlight, list_dir, read_counter, read_optional
+from exporter.catalog import Family, Metric, Scrape
+from exporter.files import InFlight, list_dir, read_numbers, read_optional
 
 EFA_PCI_VENDOR = "0x1d0f"
 EFA_DRIVER = "efa"
-# Not counters: the kernel's stats cache period in milliseconds.
-_NOT_COUNTERS = frozenset({"lifespan"})
+# Not a counter: the kernel's stats cache period in milliseconds.
+_SKIP = frozenset({"lifespan"})
 _RATE = re.compile(r"^\s*([0-9.]+)\s*Gb/sec")
+
+
+@dataclass(frozen=True)
+class _CounterDir:
+    """One counter directory: the files to read and, for each, the metric and label values it feeds."""
+
+    path: str
+    names: tuple[str, ...]
+    targets: tuple[tuple[Metric, tuple[str, ...]], ...]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    key: tuple[int, int]
+    info: tuple[str, ...]
+    ports: tuple[tuple[str, str, str], ...]  # (port, port dir, link layer)
+    counter_dirs: tuple[_CounterDir, ...]
 
 
 class RdmaCollector:
@@ -32,95 +54,112 @@ class RdmaCollector:
         self._class_dir = os.path.join(sysfs, "class", "infiniband")
         self._module_dir = os.path.join(sysfs, "module")
         self._in_flight = InFlight()
+        self._plans: dict[str, _Plan] = {}
 
-    def collect(self) -> Iterator[catalog.Family]:
+    def collect(self) -> Iterator[Family]:
         scrape = Scrape()
-        for device in list_dir(self._class_dir):
+        devices = list_dir(self._class_dir)
+        for device in devices:
             ok = False
             if not self._in_flight.busy(device):
                 with self._in_flight.hold(device):
                     ok = self._read_device(device, scrape)
-            scrape.add(catalog.RDMA_DEVICE_READ_SUCCESS, 1.0 if ok else 0.0, device)
+            scrape.add(catalog.RDMA_DEVICE_READ_SUCCESS, 1 if ok else 0, device)
+        for gone in set(self._plans) - set(devices):
+            self._plans.pop(gone, None)
         yield from scrape.families.values()
 
     def _read_device(self, device: str, scrape: Scrape) -> bool:
         """Adds the device's samples; False if any file failed (the rest still count)."""
-        path = os.path.join(self._class_dir, device)
-        pci = os.path.join(path, "device")
-        driver = _link_name(os.path.join(pci, "driver"))
-        is_efa = read_optional(os.path.join(pci, "vendor")) == EFA_PCI_VENDOR or driver == EFA_DRIVER
-        scrape.add(catalog.RDMA_DEVICE_INFO, 1.0, device, driver,
-                   os.path.basename(os.path.realpath(pci)) if os.path.islink(pci) else "",
-                   read_optional(os.path.join(pci, "numa_node")),
-                   read_optional(os.path.join(path, "fw_ver")),
-                   read_optional(os.path.join(self._module_dir, driver, "version")) if driver else "",
-                   "true" if is_efa else "false")
-        ok = self._read_device_counters(device, os.path.join(path, "hw_counters"), is_efa, scrape)
-        ports_dir = os.path.join(path, "ports")
-        for port in list_dir(ports_dir):
-            ok = self._read_port(device, port, os.path.join(ports_dir, port), is_efa, scrape) and ok
-        return ok
-
-    def _read_port(self, device: str, port: str, path: str, is_efa: bool, scrape: Scrape) -> bool:
-        rate_text = read_optional(os.path.join(path, "rate"))
-        scrape.add(catalog.RDMA_PORT_INFO, 1.0, device, port,
-                   read_optional(os.path.join(path, "link_layer")), rate_text)
-        rate = _RATE.match(rate_text)
-        if rate:
-            scrape.add(catalog.RDMA_PORT_RATE, float(rate.group(1)) * 1e9 / 8, device, port)
+        path = f"{self._class_dir}/{device}"
+        try:
+            plan = self._plan(device, path)
+        except FileNotFoundError:
+            return False  # removed between listing and reading
+        scrape.add(catalog.RDMA_DEVICE_INFO, 1, *plan.info)
+        for port, port_dir, link_layer in plan.ports:
+            rate_text = read_optional(f"{port_dir}/rate")
+            scrape.add(catalog.RDMA_PORT_INFO, 1, device, port, link_layer, rate_text)
+            rate = _RATE.match(rate_text)
+            if rate:
+                scrape.add(catalog.RDMA_PORT_RATE, float(rate.group(1)) * 1e9 / 8, device, port)
         ok = True
-        for sub in ("counters", "counters_ext"):
-            for name, value in _read_counters(os.path.join(path, sub)):
+        for counter_dir in plan.counter_dirs:
+            values = read_numbers(counter_dir.path, counter_dir.names)
+            for (metric, labels), value in zip(counter_dir.targets, values, strict=True):
                 if value is None:
                     ok = False
                 else:
-                    scrape.add(catalog.RDMA_PORT_COUNTER, value, device, port, name)
-        for name, value in _read_counters(os.path.join(path, "hw_counters")):
-            if value is None:
-                ok = False
-            elif is_efa and name in catalog.EFA_PORT_COUNTERS:
-                scrape.add(catalog.EFA_PORT_COUNTERS[name], value, device, port)
-            elif not (is_efa and name in catalog.EFA_DEVICE_COUNTERS):
-                scrape.add(catalog.RDMA_PORT_HW_COUNTER, value, device, port, name)
+                    scrape.family(metric).samples.append((labels, value))
+        if not ok:
+            self._plans.pop(device, None)
         return ok
 
-    def _read_device_counters(self, device: str, path: str, is_efa: bool, scrape: Scrape) -> bool:
-        ok = True
-        for name, value in _read_counters(path):
-            if value is None:
-                ok = False
-            elif is_efa and name in catalog.EFA_DEVICE_COUNTERS:
-                metric, label = catalog.EFA_DEVICE_COUNTERS[name]
-                scrape.add(metric, value, device, *((label,) if label else ()))
-            elif not (is_efa and name in catalog.EFA_PORT_COUNTERS):
-                scrape.add(catalog.RDMA_DEVICE_HW_COUNTER, value, device, name)
-        return ok
+    def _plan(self, device: str, path: str) -> _Plan:
+        """The device's plan, rebuilt when the device directory is new (a re-probed device has a new inode)."""
+        stat = os.stat(path)
+        key = (stat.st_dev, stat.st_ino)
+        plan = self._plans.get(device)
+        if plan is None or plan.key != key:
+            plan = self._plans[device] = self._make_plan(device, path, key)
+        return plan
+
+    def _make_plan(self, device: str, path: str, key: tuple[int, int]) -> _Plan:
+        pci = f"{path}/device"
+        driver = _link_name(f"{pci}/driver")
+        is_efa = read_optional(f"{pci}/vendor") == EFA_PCI_VENDOR or driver == EFA_DRIVER
+        info = (device, driver,
+                os.path.basename(os.path.realpath(pci)) if os.path.islink(pci) else "",
+                read_optional(f"{pci}/numa_node"),
+                read_optional(f"{path}/fw_ver"),
+                read_optional(f"{self._module_dir}/{driver}/version") if driver else "",
+                "true" if is_efa else "false")
+        dirs = [_counter_dir(f"{path}/hw_counters", lambda name: _device_target(device, name, is_efa))]
+        ports = []
+        for port in list_dir(f"{path}/ports"):
+            port_dir = f"{path}/ports/{port}"
+            ports.append((port, port_dir, read_optional(f"{port_dir}/link_layer")))
+            for sub in ("counters", "counters_ext"):
+                dirs.append(_counter_dir(f"{port_dir}/{sub}",
+                                         lambda name, p=port: (catalog.RDMA_PORT_COUNTER, (device, p, name))))
+            dirs.append(_counter_dir(f"{port_dir}/hw_counters",
+                                     lambda name, p=port: _port_target(device, p, name, is_efa)))
+        return _Plan(key, info, tuple(ports), tuple(d for d in dirs if d.names))
+
+
+def _counter_dir(path: str, target) -> _CounterDir:
+    """Lists a counter directory, leaving out non-counters and files the hardware reports as N/A."""
+    names = [name for name in list_dir(path) if name not in _SKIP and not _not_available(f"{path}/{name}")]
+    targets = [target(name) for name in names]
+    keep = [i for i, t in enumerate(targets) if t is not None]
+    return _CounterDir(path, tuple(names[i] for i in keep), tuple(targets[i] for i in keep))
+
+
+def _not_available(path: str) -> bool:
+    """`N/A (no PMA)`: the port has no such counter, permanently."""
+    return read_optional(path).startswith("N/A")
+
+
+def _port_target(device: str, port: str, name: str, is_efa: bool) -> tuple[Metric, tuple[str, ...]] | None:
+    if is_efa and name in catalog.EFA_PORT_COUNTERS:
+        return catalog.EFA_PORT_COUNTERS[name], (device, port)
+    if is_efa and name in catalog.EFA_DEVICE_COUNTERS:
+        return None  # the combined layout repeats device counters here; they are read at device level
+    return catalog.RDMA_PORT_HW_COUNTER, (device, port, name)
+
+
+def _device_target(device: str, name: str, is_efa: bool) -> tuple[Metric, tuple[str, ...]] | None:
+    if is_efa and name in catalog.EFA_DEVICE_COUNTERS:
+        metric, label = catalog.EFA_DEVICE_COUNTERS[name]
+        return metric, (device, label) if label else (device,)
+    if is_efa and name in catalog.EFA_PORT_COUNTERS:
+        return None  # the combined layout repeats port counters here; they are read per port
+    return catalog.RDMA_DEVICE_HW_COUNTER, (device, name)
 
 
 def _link_name(path: str) -> str:
-    """The last part of a symlink's target (a driver or PCI address); empty when absent."""
+    """The last part of a symlink's target (a driver name); empty when absent."""
     try:
         return os.path.basename(os.readlink(path))
     except OSError:
         return ""
-
-
-def _read_counters(path: str) -> Iterator[tuple[str, float | None]]:
-    """(name, value) for each counter file; value None when the file could not be read or parsed.
-
-    `N/A (no PMA)` means the hardware has no such counter: skipped, not an error.
-    """
-    for name in list_dir(path):
-        if name in _NOT_COUNTERS:
-            continue
-        try:
-            data = read_counter(os.path.join(path, name))
-        except OSError:
-            yield name, None
-            continue
-        if data.startswith(b"N/A"):
-            continue
-        try:
-            yield name, float(int(data))
-        except ValueError:
-            yield name, None
