@@ -39,11 +39,22 @@ def _exporter_parser(subparsers) -> None:
             parser.add_argument(f"--{option.name}", metavar="VALUE", **kwargs)
 
 
+def _simulate_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "simulate", help="write a simulated p5.48xlarge node (EFA, Lustre) for the exporter to read",
+        description="Writes the sysfs tree of a p5.48xlarge (32 EFA devices, an FSx for Lustre client) under "
+                    "DIR; then run: gpuscope exporter --path.sysfs=DIR/sys")
+    parser.add_argument("--out", required=True, metavar="DIR", help="directory to write (its sys/ is replaced)")
+    parser.add_argument("--layout", choices=("split", "combined"), default="split",
+                        help="EFA counter layout: split (kernel >= 5.15) or combined (older)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gpuscope", description="Observability for GPU training clusters.")
     parser.add_argument("--version", action="version", version=f"gpuscope {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _exporter_parser(subparsers)
+    _simulate_parser(subparsers)
     return parser
 
 
@@ -66,4 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.pop("command")
     if command == "exporter":
         return _run_exporter(args)
+    if command == "simulate":
+        from exporter.sim.node import write_p5_node
+
+        sysfs = write_p5_node(os.path.abspath(args["out"]), args["layout"])
+        print(f"simulated p5.48xlarge written; run: gpuscope exporter --path.sysfs={sysfs}")
+        return 0
     raise AssertionError(f"unhandled command {command}")

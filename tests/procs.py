@@ -15,8 +15,14 @@ import requests
 from tests.helpers import free_port
 
 
+def run_gpuscope(*args: str, env: dict[str, str] | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
+    """`gpuscope ARGS` to completion, through the console script's entry point."""
+    return subprocess.run([sys.executable, "-c", "import sys; from exporter.cli import main; sys.exit(main())", *args],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
-    """`python -m exporter ARGS` to completion (for commands expected to exit)."""
+    """`python -m exporter ARGS` (the daemon) to completion, for runs expected to exit."""
     return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
 

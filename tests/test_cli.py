@@ -8,8 +8,11 @@ import bcrypt
 import pytest
 
 from exporter import __version__
+from exporter.collectors.lustre import LustreCollector
+from exporter.collectors.rdma import RdmaCollector
 from exporter.config import DEFAULT_PORT, ConfigError, resolve
-from tests.procs import run_cli
+from tests.helpers import samples, scrape, series, value
+from tests.procs import run_cli, run_gpuscope
 
 
 def test_version():
@@ -126,3 +129,17 @@ def test_busy_port_is_one_log_line_and_exit_1():
     assert result.returncode == 1
     assert "msg=\"cannot listen\"" in result.stderr and f"127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+
+def test_simulate_writes_a_node_the_exporter_reads(tmp_path):
+    result = run_gpuscope("simulate", f"--out={tmp_path}/node")
+    assert result.returncode == 0, result.stderr
+    assert f"--path.sysfs={tmp_path}/node/sys" in result.stdout
+    parsed = samples(scrape([RdmaCollector(f"{tmp_path}/node/sys"),
+                             LustreCollector(f"{tmp_path}/node/sys", f"{tmp_path}/none")]))
+    assert len(series(parsed, "gpuscope_efa_retransmit_timeout_events_total")) == 32
+    assert value(parsed, "gpuscope_efa_transmit_bytes_total", device="rdmap79s0", port="1") == 48_213_556_011_008
+    assert value(parsed, "gpuscope_lustre_read_bytes_total", fs="fsx") == 912_337_190_912
+    assert len(series(parsed, "gpuscope_lustre_import_healthy")) == 5
+    assert value(parsed, "gpuscope_lustre_health_check_healthy") == 1

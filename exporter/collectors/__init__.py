@@ -37,7 +37,7 @@ FACTORIES: dict[str, Callable[[Roots], Collector]] = {
 }
 
 DESCRIPTIONS: dict[str, str] = {
-    "rdma": "RDMA/EFA device and port counters from <sysfs>/class/infiniband",
+    "rdma": "RDMA/EFA device and port counters from sysfs class/infiniband",
     "lustre": "Lustre client I/O and per-target import health (procfs, sysfs, debugfs)",
     "host": "CPU busy time per NUMA node, available memory, pressure stall information",
 }

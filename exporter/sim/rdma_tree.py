@@ -11,6 +11,8 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from exporter.sim.files import relative_symlink, write_file
+
 # Counter names the EFA driver exports (amzn-drivers efa_verbs.c; REFERENCE.md §1).
 EFA_PORT_COUNTERS = (
     "tx_bytes", "tx_pkts", "rx_bytes", "rx_pkts", "rx_drops", "send_bytes", "send_wrs", "recv_bytes",
@@ -87,27 +89,27 @@ def write_rdma_tree(sysfs: str, devices: Iterable[RdmaDevice], *, driver: str = 
     apart); "combined" is older kernels, where both directories list every counter."""
     if layout not in ("split", "combined"):
         raise ValueError(f"unknown layout {layout!r}")
-    _write(os.path.join(sysfs, "module", driver, "version"), driver_version)
+    write_file(os.path.join(sysfs, "module", driver, "version"), driver_version)
     os.makedirs(os.path.join(sysfs, "bus", "pci", "drivers", driver), exist_ok=True)
     for dev in devices:
         root_port = f"pci0000:{dev.pci_bus - 1:02x}"
         pci_rel = os.path.join("devices", root_port, f"0000:{dev.pci_bus - 1:02x}:01.0", dev.pci_address)
         pci = os.path.join(sysfs, pci_rel)
-        _write(os.path.join(pci, "vendor"), vendor)
-        _write(os.path.join(pci, "numa_node"), str(dev.numa_node))
-        _symlink(os.path.join(sysfs, "bus", "pci", "drivers", driver), os.path.join(pci, "driver"))
+        write_file(os.path.join(pci, "vendor"), vendor)
+        write_file(os.path.join(pci, "numa_node"), str(dev.numa_node))
+        relative_symlink(os.path.join(sysfs, "bus", "pci", "drivers", driver), os.path.join(pci, "driver"))
         ib = os.path.join(pci, "infiniband", dev.name)
-        _symlink(pci, os.path.join(ib, "device"))
-        _symlink(ib, os.path.join(sysfs, "class", "infiniband", dev.name))
-        _write(os.path.join(ib, "fw_ver"), firmware)
-        _write(os.path.join(ib, "board_id"), "EFA" if driver == "efa" else "MT_0000000838")
-        _write(os.path.join(ib, "hca_type"), "" if driver == "efa" else "MT4129")
-        _write(os.path.join(ib, "node_type"), "1: CA")
+        relative_symlink(pci, os.path.join(ib, "device"))
+        relative_symlink(ib, os.path.join(sysfs, "class", "infiniband", dev.name))
+        write_file(os.path.join(ib, "fw_ver"), firmware)
+        write_file(os.path.join(ib, "board_id"), "EFA" if driver == "efa" else "MT_0000000838")
+        write_file(os.path.join(ib, "hca_type"), "" if driver == "efa" else "MT4129")
+        write_file(os.path.join(ib, "node_type"), "1: CA")
         port_dir = os.path.join(ib, "ports", "1")
-        _write(os.path.join(port_dir, "link_layer"), "Unspecified" if driver == "efa" else "InfiniBand")
-        _write(os.path.join(port_dir, "rate"), rate)
-        _write(os.path.join(port_dir, "state"), "4: ACTIVE")
-        _write(os.path.join(port_dir, "phys_state"), "5: LinkUp")
+        write_file(os.path.join(port_dir, "link_layer"), "Unspecified" if driver == "efa" else "InfiniBand")
+        write_file(os.path.join(port_dir, "rate"), rate)
+        write_file(os.path.join(port_dir, "state"), "4: ACTIVE")
+        write_file(os.path.join(port_dir, "phys_state"), "5: LinkUp")
         everything = {**dev.port_counters, **dev.device_counters}
         port_values = everything if layout == "combined" else dev.port_counters
         device_values = everything if layout == "combined" else dev.device_counters
@@ -120,16 +122,4 @@ def write_rdma_tree(sysfs: str, devices: Iterable[RdmaDevice], *, driver: str = 
 
 def _write_counters(directory: str, values: Mapping[str, int]) -> None:
     for name, value in values.items():
-        _write(os.path.join(directory, name), str(value))
-
-
-def _write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="ascii") as handle:
-        handle.write(text + "\n")
-
-
-def _symlink(target: str, link: str) -> None:
-    """A relative symlink, as sysfs uses, so the tree can be moved."""
-    os.makedirs(os.path.dirname(link), exist_ok=True)
-    os.symlink(os.path.relpath(target, os.path.dirname(link)), link)
+        write_file(os.path.join(directory, name), str(value))
