@@ -141,14 +141,19 @@ def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) ->
     )
 
 
-def _load_config_file(path: str) -> dict[str, Any]:
+def load_yaml(path: str, what: str) -> Any:
+    """A YAML file's content (an empty file is {}); ConfigError naming `what` and the path otherwise."""
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle) or {}
+            return yaml.safe_load(handle) or {}
     except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{what} {path}: cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path}: invalid YAML: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"{what} {path}: invalid YAML: {' '.join(str(exc).split())}") from None
+
+
+def _load_config_file(path: str) -> dict[str, Any]:
+    data = load_yaml(path, "config file")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: must be a mapping of flag names to values")
     known = {option.name for option in OPTIONS}

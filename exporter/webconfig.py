@@ -12,9 +12,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
-from exporter.config import ConfigError
+from exporter.config import ConfigError, load_yaml
 
 # client_auth_type -> ssl verify mode. Python's ssl always verifies a certificate it asks for,
 # so RequireAnyClientCert (require but do not verify) has no faithful equivalent and is refused.
@@ -42,13 +40,7 @@ def load(path: str) -> WebConfig:
     """Parse and check a web config file; an empty path means plain HTTP without auth."""
     if not path:
         return WebConfig()
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle) or {}
-    except OSError as exc:
-        raise ConfigError(f"web config {path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"web config {path}: invalid YAML: {_first_line(exc)}") from None
+    data = load_yaml(path, "web config")
     _check_mapping(path, "", data, _TOP_KEYS)
     base = os.path.dirname(os.path.abspath(path))
     return WebConfig(
