@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
+import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from exporter import __version__, collectors, server
+from exporter.collectors import Roots
 from exporter.config import ExporterSettings
 from exporter.registry import ScrapeRegistry
 from exporter.webconfig import WebConfig
@@ -16,18 +21,43 @@ from exporter.webconfig import WebConfig
 log = logging.getLogger("gpuscope")
 
 
-def build_registries(settings: ExporterSettings) -> tuple[CollectorRegistry, ScrapeRegistry]:
+def build_registries(settings: ExporterSettings, roots: Roots) -> tuple[CollectorRegistry, ScrapeRegistry]:
     """The process self-metrics (prometheus_client's collectors) and the gpuscope collectors."""
-    scrapes = ScrapeRegistry(collectors.build(settings.collectors, settings.roots), settings.timeout)
+    scrapes = ScrapeRegistry(collectors.build(settings.collectors, roots), settings.timeout)
     process = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=process)
     PlatformCollector(registry=process)
     return process, scrapes
 
 
+@contextmanager
+def node_roots(settings: ExporterSettings) -> Iterator[Roots]:
+    """The host's roots, or those of a live simulated node (a temporary tree and a simulated NVML)."""
+    if not settings.simulate:
+        yield settings.roots
+        return
+    from exporter.sim.node import SimulatedNode  # the daemon loads the simulator only when asked to
+    from exporter.sim.nvml import SimulatedNvml, load_profile
+
+    profile = load_profile(settings.simulate)
+    with tempfile.TemporaryDirectory(prefix="gpuscope-sim-") as work:
+        node = SimulatedNode(work, profile)
+        node.start()
+        log.info("serving a simulated node", extra={"profile": settings.simulate, "sysfs": node.sysfs})
+        try:
+            yield dataclasses.replace(settings.roots, sysfs=node.sysfs, nvml=SimulatedNvml(profile))
+        finally:
+            node.stop()
+
+
 def run(settings: ExporterSettings, web: WebConfig) -> int:
     """Serve until SIGTERM or SIGINT; the caller has already checked the configuration."""
-    process_registry, scrapes = build_registries(settings)
+    with node_roots(settings) as roots:
+        return _serve(settings, web, roots)
+
+
+def _serve(settings: ExporterSettings, web: WebConfig, roots: Roots) -> int:
+    process_registry, scrapes = build_registries(settings, roots)
     try:
         httpd = server.serve(settings.listen_address, process_registry=process_registry, scrapes=scrapes, web=web,
                              telemetry_path=settings.telemetry_path)
@@ -49,4 +79,5 @@ def run(settings: ExporterSettings, web: WebConfig) -> int:
                                  "collectors": ",".join(settings.collectors), "version": __version__})
     httpd.serve_forever()
     httpd.server_close()
+    collectors.close(runner.collector for runner in scrapes.runners)
     return 0

@@ -247,3 +247,122 @@ HOST_MEMORY_TOTAL = gauge("host", "gpuscope_host_memory_total_bytes", "Usable ph
 HOST_PRESSURE = counter("host", "gpuscope_host_pressure_stalled_seconds_total",
                         "Pressure stall time: some (at least one task) or full (all tasks) stalled.",
                         ("resource", "kind"), "/proc/pressure/{cpu,memory,io}")
+
+# --- GPU (NVML) ------------------------------------------------------------------------------------
+# Every per-GPU series carries the GPU's index and UUID; model and PCI bus id live in gpuscope_gpu_info.
+_GPU = ("gpu", "uuid")
+
+
+def _gpu_gauge(name: str, help_: str, labels: tuple[str, ...] = (), source: str = "") -> Metric:
+    return gauge("gpu", f"gpuscope_gpu_{name}", help_, _GPU + labels, source)
+
+
+def _gpu_counter(name: str, help_: str, labels: tuple[str, ...] = (), source: str = "") -> Metric:
+    return counter("gpu", f"gpuscope_gpu_{name}_total", help_, _GPU + labels, source)
+
+
+GPU_INFO = _gpu_gauge("info", "GPU identity (value 1): model, PCI bus id.", ("model", "pci_bus_id"),
+                      "nvmlDeviceGetName, nvmlDeviceGetPciInfo")
+GPU_DRIVER_INFO = gauge("gpu", "gpuscope_gpu_driver_info",
+                        "NVIDIA driver, CUDA driver API and NVML versions (value 1).",
+                        ("driver_version", "cuda_version", "nvml_version"), "nvmlSystemGetDriverVersion")
+GPU_UP = _gpu_gauge("up", "1 if NVML answered for this GPU in this scrape; 0 if it is lost, hung or failing.")
+GPU_UTILIZATION = _gpu_gauge("utilization_ratio", "Fraction of the last sample period a kernel ran (0-1).", (),
+                             "nvmlDeviceGetUtilizationRates .gpu")
+GPU_MEMORY_UTILIZATION = _gpu_gauge("memory_utilization_ratio",
+                                    "Fraction of the last sample period device memory was read or written (0-1).",
+                                    (), "nvmlDeviceGetUtilizationRates .memory")
+GPU_MEMORY_USED = _gpu_gauge("memory_used_bytes", "Framebuffer memory in use.", (), "nvmlDeviceGetMemoryInfo")
+GPU_MEMORY_FREE = _gpu_gauge("memory_free_bytes", "Framebuffer memory free.", (), "nvmlDeviceGetMemoryInfo")
+GPU_MEMORY_TOTAL = _gpu_gauge("memory_total_bytes", "Framebuffer memory installed.", (), "nvmlDeviceGetMemoryInfo")
+GPU_TEMPERATURE = _gpu_gauge("temperature_celsius", "GPU die temperature.", (), "nvmlDeviceGetTemperature")
+GPU_MEMORY_TEMPERATURE = _gpu_gauge("memory_temperature_celsius", "HBM temperature.", (), "field 82 MEMORY_TEMP")
+GPU_TEMPERATURE_LIMIT = _gpu_gauge(
+    "temperature_limit_celsius",
+    "The GPU's own temperature limits in absolute degrees (slowdown, shutdown, gpu_max, memory_max), read at start; "
+    "drivers that report them relative to T.Limit are converted.", ("limit",),
+    "nvmlDeviceGetTemperatureThreshold or fields 193-196 + T.Limit")
+GPU_TEMPERATURE_MARGIN = _gpu_gauge("temperature_slowdown_margin_celsius",
+                                    "Degrees left before the GPU slows itself down.", (),
+                                    "nvmlDeviceGetMarginTemperature, else slowdown limit minus temperature")
+GPU_POWER = _gpu_gauge("power_watts", "Power draw.", (), "nvmlDeviceGetPowerUsage")
+GPU_POWER_LIMIT = _gpu_gauge("power_limit_watts", "Enforced power limit.", (), "nvmlDeviceGetEnforcedPowerLimit")
+GPU_ENERGY = _gpu_counter("energy_joules", "Energy used since the driver loaded.", (), "field 83 TOTAL_ENERGY")
+GPU_SM_CLOCK = _gpu_gauge("sm_clock_hertz", "SM clock.", (), "nvmlDeviceGetClockInfo(SM)")
+GPU_MEMORY_CLOCK = _gpu_gauge("memory_clock_hertz", "Memory clock.", (), "nvmlDeviceGetClockInfo(MEM)")
+GPU_SM_CLOCK_MAX = _gpu_gauge("sm_clock_max_hertz", "Highest SM clock the GPU supports.", (),
+                              "nvmlDeviceGetMaxClockInfo(SM)")
+GPU_MEMORY_CLOCK_MAX = _gpu_gauge("memory_clock_max_hertz", "Highest memory clock the GPU supports.", (),
+                                  "nvmlDeviceGetMaxClockInfo(MEM)")
+GPU_CLOCK_EVENT = _gpu_gauge(
+    "clock_event_active",
+    "1 while this clock event (throttle) reason holds clocks down: gpu_idle, applications_clocks, sw_power_cap, "
+    "hw_slowdown, sync_boost, sw_thermal_slowdown, hw_thermal_slowdown, hw_power_brake, display_clock, "
+    "board_limit, reliability.", ("reason",), "nvmlDeviceGetCurrentClocksEventReasons")
+GPU_VIOLATION = _gpu_counter("violation_seconds", "Time clocks were held below target by this policy.", ("policy",),
+                             "fields 74-79 PERF_POLICY_*")
+GPU_ECC_ERRORS = _gpu_counter("ecc_errors", "ECC errors: type corrected|uncorrected, scope volatile|aggregate.",
+                              ("type", "scope"), "fields 3-6 ECC_[SD]BE_{VOL,AGG}_TOTAL")
+GPU_REMAPPED_ROWS = _gpu_counter("remapped_rows", "Memory rows remapped, by the error that caused it.", ("cause",),
+                                 "fields 142-143 REMAPPED_{COR,UNC}")
+GPU_REMAP_PENDING = _gpu_gauge("remapped_rows_pending", "1 if a row remap waits for the next GPU reset.", (),
+                               "field 144 REMAPPED_PENDING")
+GPU_REMAP_FAILURE = _gpu_gauge("remapped_rows_failure", "1 if a row remap failed: the GPU needs service.", (),
+                               "field 145 REMAPPED_FAILURE")
+GPU_RETIRED_PAGES = _gpu_counter("retired_pages", "Pages retired (pre-Ampere), by cause single_bit|double_bit.",
+                                 ("cause",), "fields 29-30 RETIRED_[SD]BE")
+GPU_RETIRED_PENDING = _gpu_gauge("retired_pages_pending", "1 if a page waits to be retired (pre-Ampere).", (),
+                                 "field 31 RETIRED_PENDING")
+GPU_RECOVERY_ACTION = _gpu_gauge(
+    "recovery_action", "What the driver says the GPU needs: 0 none, 1 GPU reset, 2 node reboot, 3 drain P2P, "
+    "4 drain and reset.", (), "field 230 GET_GPU_RECOVERY_ACTION")
+GPU_XID_ERRORS = _gpu_counter(
+    "xid_errors", "XID errors seen since the exporter started, by XID (paging and warning XIDs start at 0).",
+    ("xid",), "NVML event set, XidCriticalError")
+GPU_LAST_XID = _gpu_gauge("last_xid_timestamp_seconds", "Unix time of the most recent XID error.", (),
+                          "NVML event set")
+GPU_PCIE_TX = _gpu_counter("pcie_transmit_bytes", "Bytes sent over PCIe.", (), "field 197 PCIE_COUNT_TX_BYTES")
+GPU_PCIE_RX = _gpu_counter("pcie_receive_bytes", "Bytes received over PCIe.", (), "field 198 PCIE_COUNT_RX_BYTES")
+GPU_PCIE_REPLAYS = _gpu_counter("pcie_replays", "PCIe replays (link-level retransmissions).", (),
+                                "field 94 PCIE_REPLAY_COUNTER")
+GPU_PCIE_GENERATION = _gpu_gauge("pcie_link_generation", "Current PCIe link generation.", (),
+                                 "nvmlDeviceGetCurrPcieLinkGeneration")
+GPU_PCIE_GENERATION_MAX = _gpu_gauge("pcie_link_generation_max", "Highest PCIe generation of GPU and system.", (),
+                                     "nvmlDeviceGetMaxPcieLinkGeneration")
+GPU_PCIE_WIDTH = _gpu_gauge("pcie_link_width", "Current PCIe link width (lanes).", (),
+                            "nvmlDeviceGetCurrPcieLinkWidth")
+GPU_PCIE_WIDTH_MAX = _gpu_gauge("pcie_link_width_max", "Highest PCIe link width (lanes).", (),
+                                "nvmlDeviceGetMaxPcieLinkWidth")
+GPU_NVLINK_LINKS = _gpu_gauge("nvlink_links", "NVLink links of the GPU.", (), "field 91 NVLINK_LINK_COUNT")
+GPU_NVLINK_TX = _gpu_counter("nvlink_transmit_bytes", "Bytes sent over all NVLinks.", (),
+                             "field 138 NVLINK_THROUGHPUT_DATA_TX, summed over links")
+GPU_NVLINK_RX = _gpu_counter("nvlink_receive_bytes", "Bytes received over all NVLinks.", (),
+                             "field 139 NVLINK_THROUGHPUT_DATA_RX, summed over links")
+GPU_NVLINK_LINK_TX = _gpu_counter("nvlink_link_transmit_bytes",
+                                  "Bytes sent over one NVLink (--collector.gpu.nvlink-per-link).", ("link",),
+                                  "field 138 per link")
+GPU_NVLINK_LINK_RX = _gpu_counter("nvlink_link_receive_bytes",
+                                  "Bytes received over one NVLink (--collector.gpu.nvlink-per-link).", ("link",),
+                                  "field 139 per link")
+GPU_NVLINK_ERRORS = _gpu_counter("nvlink_errors", "NVLink errors over all links: crc_flit, crc_data, replay, recovery.",
+                                 ("type",), "fields 38/45/52/59 NVLINK_*_ERROR_COUNT_TOTAL")
+# Profiling (DCGM_FI_PROF_* equivalents) from NVML GPM, sampled in the background (Hopper and later).
+GPU_SM_ACTIVE = _gpu_gauge("sm_active_ratio", "Fraction of time at least one warp was active on an SM, averaged "
+                           "over SMs (DCGM_FI_PROF_SM_ACTIVE).", (), "GPM SM_UTIL")
+GPU_SM_OCCUPANCY = _gpu_gauge("sm_occupancy_ratio", "Resident warps relative to the maximum "
+                              "(DCGM_FI_PROF_SM_OCCUPANCY).", (), "GPM SM_OCCUPANCY")
+GPU_TENSOR_ACTIVE = _gpu_gauge("tensor_active_ratio", "Fraction of time any tensor pipe was active "
+                               "(DCGM_FI_PROF_PIPE_TENSOR_ACTIVE).", (), "GPM ANY_TENSOR_UTIL")
+GPU_DRAM_ACTIVE = _gpu_gauge("dram_active_ratio", "Fraction of time device memory was busy "
+                             "(DCGM_FI_PROF_DRAM_ACTIVE).", (), "GPM DRAM_BW_UTIL")
+GPU_FP64_ACTIVE = _gpu_gauge("fp64_active_ratio", "Fraction of time the FP64 pipe was active.", (), "GPM FP64_UTIL")
+GPU_FP32_ACTIVE = _gpu_gauge("fp32_active_ratio", "Fraction of time the FP32 pipe was active.", (), "GPM FP32_UTIL")
+GPU_FP16_ACTIVE = _gpu_gauge("fp16_active_ratio", "Fraction of time the FP16 pipe was active.", (), "GPM FP16_UTIL")
+GPU_GPM_PCIE_TX = _gpu_gauge("pcie_transmit_bytes_per_second", "PCIe send rate over the last GPM interval.", (),
+                             "GPM PCIE_TX_PER_SEC")
+GPU_GPM_PCIE_RX = _gpu_gauge("pcie_receive_bytes_per_second", "PCIe receive rate over the last GPM interval.", (),
+                             "GPM PCIE_RX_PER_SEC")
+GPU_GPM_NVLINK_TX = _gpu_gauge("nvlink_transmit_bytes_per_second", "NVLink send rate over the last GPM interval.",
+                               (), "GPM NVLINK_TOTAL_TX_PER_SEC")
+GPU_GPM_NVLINK_RX = _gpu_gauge("nvlink_receive_bytes_per_second",
+                               "NVLink receive rate over the last GPM interval.", (), "GPM NVLINK_TOTAL_RX_PER_SEC")

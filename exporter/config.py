@@ -16,7 +16,9 @@ from typing import Any
 import yaml
 
 from exporter.collectors import FACTORIES, Roots
+from exporter.collectors.gpu import GpuOptions
 from exporter.logs import LEVELS
+from exporter.sim.profiles import PROFILES
 
 DEFAULT_PORT = 19400
 
@@ -63,6 +65,14 @@ def parse_path(value: Any) -> str:
     return text
 
 
+def parse_profile(value: Any) -> str:
+    """A simulated node profile, or empty for the real host."""
+    text = str(value or "")
+    if text and text not in PROFILES:
+        raise ValueError(f"unknown profile {text!r} (one of {', '.join(PROFILES)})")
+    return text
+
+
 def _choice(*allowed: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if str(value) not in allowed:
@@ -97,6 +107,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("log.format", "logfmt", _choice("logfmt", "json"), "log line format: logfmt or json"),
     *(Option(f"collector.{name}", True, parse_bool, f"enable the {name} collector", is_flag=True)
       for name in FACTORIES),
+    Option("collector.gpu.nvlink-per-link", False, parse_bool,
+           "also export NVLink bytes per link (18 links x 8 GPUs more series)", is_flag=True),
+    Option("collector.gpu.gpm-interval", "10s", parse_duration,
+           "how often GPM profiling samples are taken in the background (set it to the scrape interval)"),
+    Option("simulate", "", parse_profile,
+           "serve a simulated node of this profile instead of the host's hardware: " + ", ".join(PROFILES)),
 )
 
 
@@ -110,6 +126,7 @@ class ExporterSettings:
     timeout: float
     log_level: str
     log_format: str
+    simulate: str = ""
 
 
 def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) -> ExporterSettings:
@@ -133,11 +150,14 @@ def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) ->
         listen_address=values["web.listen-address"],
         telemetry_path=values["web.telemetry-path"],
         web_config_file=values["web.config.file"],
-        roots=Roots(sysfs=values["path.sysfs"], procfs=values["path.procfs"]),
+        roots=Roots(sysfs=values["path.sysfs"], procfs=values["path.procfs"],
+                    gpu=GpuOptions(nvlink_per_link=values["collector.gpu.nvlink-per-link"],
+                                   gpm_interval=values["collector.gpu.gpm-interval"])),
         collectors=tuple(name for name in FACTORIES if values[f"collector.{name}"]),
         timeout=values["collector.timeout"],
         log_level=values["log.level"],
         log_format=values["log.format"],
+        simulate=values["simulate"],
     )
 
 

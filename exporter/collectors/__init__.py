@@ -6,11 +6,13 @@ Each collector is a leaf: it takes its roots at construction and yields catalog 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from exporter.catalog import Family
+from exporter.collectors.gpu import GpuCollector, GpuOptions
 from exporter.collectors.host import HostCollector
 from exporter.collectors.lustre import LustreCollector
 from exporter.collectors.rdma import RdmaCollector
@@ -18,10 +20,15 @@ from exporter.collectors.rdma import RdmaCollector
 
 @dataclass(frozen=True)
 class Roots:
-    """Where the host's filesystems are mounted; tests and the simulator point these at trees."""
+    """Where the host's data comes from; tests and the simulator point these at trees and a simulated NVML.
+
+    `nvml` is the pynvml module to use; None means the real one, imported when the GPU collector starts.
+    """
 
     sysfs: str = "/sys"
     procfs: str = "/proc"
+    nvml: Any = None
+    gpu: GpuOptions = field(default_factory=GpuOptions)
 
 
 class Collector(Protocol):
@@ -30,13 +37,24 @@ class Collector(Protocol):
     def collect(self) -> Iterable[Family]: ...
 
 
+def close(collectors: Iterable[Collector]) -> None:
+    """Stops the background threads of the collectors that have them."""
+    for collector in collectors:
+        stop = getattr(collector, "close", None)
+        if stop:
+            stop()
+
+
 FACTORIES: dict[str, Callable[[Roots], Collector]] = {
+    "gpu": lambda roots: GpuCollector(roots.nvml or importlib.import_module("pynvml"), roots.gpu),
     "rdma": lambda roots: RdmaCollector(roots.sysfs),
     "lustre": lambda roots: LustreCollector(roots.sysfs, roots.procfs),
     "host": lambda roots: HostCollector(roots.sysfs, roots.procfs),
 }
 
 DESCRIPTIONS: dict[str, str] = {
+    "gpu": "NVIDIA GPUs through NVML: utilization, memory, temperatures and limits, power, clocks, throttle "
+           "reasons, ECC and row remapping, XIDs, PCIe, NVLink, GPM profiling",
     "rdma": "RDMA/EFA device and port counters from sysfs class/infiniband",
     "lustre": "Lustre client I/O and per-target import health (procfs, sysfs, debugfs)",
     "host": "CPU busy time per NUMA node, available memory, pressure stall information",

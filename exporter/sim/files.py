@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import os
+import threading
+
+_counter = iter(range(1 << 62))
+_counter_lock = threading.Lock()
 
 
-def write_file(path: str, text: str) -> None:
-    """Writes `text` plus a newline, as sysfs and procfs attributes read, creating parent directories."""
+def write_file(path: str, text: str, staging: str | None = None) -> None:
+    """Writes `text` plus a newline, as sysfs and procfs attributes read, creating parent directories.
+
+    With `staging` (a directory on the same filesystem, outside anything a collector lists), the
+    file is written there first and renamed into place, so a concurrent reader never sees it half
+    written: how a live simulated node updates its counters.
+    """
+    data = text if text.endswith("\n") else text + "\n"
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="ascii") as handle:
-        handle.write(text if text.endswith("\n") else text + "\n")
+    if staging is None:
+        with open(path, "w", encoding="ascii") as handle:
+            handle.write(data)
+        return
+    with _counter_lock:
+        tmp = os.path.join(staging, f"{os.getpid()}.{next(_counter)}")
+    with open(tmp, "w", encoding="ascii") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
 
 
 def relative_symlink(target: str, link: str) -> None:

@@ -42,17 +42,20 @@ class LustreClient:
     healthy: bool = True
 
 
-def write_lustre_tree(sysfs: str, client: LustreClient, now: float = 1_700_000_000.0) -> None:
+def write_lustre_tree(sysfs: str, client: LustreClient, now: float = 1_700_000_000.0,
+                      staging: str | None = None) -> None:
     instance = f"{client.fs}-{INSTANCE_ID}"
-    write_file(os.path.join(sysfs, "kernel/debug/lustre/llite", instance, "stats"), llite_stats(client, now))
-    write_file(os.path.join(sysfs, "fs/lustre/health_check"), "healthy" if client.healthy else "NOT HEALTHY")
+    write_file(os.path.join(sysfs, "kernel/debug/lustre/llite", instance, "stats"), llite_stats(client, now),
+               staging)
+    write_file(os.path.join(sysfs, "fs/lustre/health_check"), "healthy" if client.healthy else "NOT HEALTHY",
+               staging)
     for target in client.targets:
         kind = "mdc" if target.name.startswith("MDT") else "osc"
         directory = os.path.join(sysfs, "fs/lustre", kind, f"{client.fs}-{target.name}-{kind}-{INSTANCE_ID}")
-        write_file(os.path.join(directory, "import"), import_text(client.fs, target, kind))
-        write_file(os.path.join(directory, "rpc_stats"), rpc_stats_text(target, kind, now))
+        write_file(os.path.join(directory, "import"), import_text(client.fs, target, kind), staging)
+        write_file(os.path.join(directory, "rpc_stats"), rpc_stats_text(target, kind, now), staging)
         write_file(os.path.join(directory, "timeouts"), f"last reply : {target.last_reply}, "
-                                                    f"{max(0, int(now) - target.last_reply)}s ago\n")
+                                                        f"{max(0, int(now) - target.last_reply)}s ago", staging)
 
 
 def llite_stats(client: LustreClient, now: float) -> str:

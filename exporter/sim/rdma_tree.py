@@ -110,16 +110,22 @@ def write_rdma_tree(sysfs: str, devices: Iterable[RdmaDevice], *, driver: str = 
         write_file(os.path.join(port_dir, "rate"), rate)
         write_file(os.path.join(port_dir, "state"), "4: ACTIVE")
         write_file(os.path.join(port_dir, "phys_state"), "5: LinkUp")
-        everything = {**dev.port_counters, **dev.device_counters}
-        port_values = everything if layout == "combined" else dev.port_counters
-        device_values = everything if layout == "combined" else dev.device_counters
-        _write_counters(os.path.join(port_dir, "hw_counters"), port_values)
-        if device_values:
-            _write_counters(os.path.join(ib, "hw_counters"), device_values)
-        if dev.counters:
-            _write_counters(os.path.join(port_dir, "counters"), dev.counters)
+        write_counters(sysfs, dev, layout)
 
 
-def _write_counters(directory: str, values: Mapping[str, int]) -> None:
+def write_counters(sysfs: str, dev: RdmaDevice, layout: str = "split", staging: str | None = None) -> None:
+    """Rewrites an existing device's counter files with its current values."""
+    ib = os.path.join(sysfs, "class", "infiniband", dev.name)
+    everything = {**dev.port_counters, **dev.device_counters}
+    port_values = everything if layout == "combined" else dev.port_counters
+    device_values = everything if layout == "combined" else dev.device_counters
+    _write_counters(os.path.join(ib, "ports", "1", "hw_counters"), port_values, staging)
+    if device_values:
+        _write_counters(os.path.join(ib, "hw_counters"), device_values, staging)
+    if dev.counters:
+        _write_counters(os.path.join(ib, "ports", "1", "counters"), dev.counters, staging)
+
+
+def _write_counters(directory: str, values: Mapping[str, int], staging: str | None = None) -> None:
     for name, value in values.items():
-        write_file(os.path.join(directory, name), str(value))
+        write_file(os.path.join(directory, name), str(value), staging)

@@ -1,0 +1,421 @@
+"""NVIDIA GPUs through NVML: what dcgm-exporter exports, what it ships switched off, and more.
+
+The collector takes the NVML module as an argument (the real `pynvml`, or gpuscope's simulated
+one), so the code below is exactly what runs on a GPU node. Per scrape and GPU it makes at most
+12 NVML calls: one batched `nvmlDeviceGetFieldValues` carries energy, HBM temperature, ECC, row
+remapping, violation times, PCIe and NVLink counters; identity, limits and maxima are read once.
+
+Failure handling:
+- a call that is NotSupported / FunctionNotFound / NoPermission is dropped for that GPU (logged
+  once); its metric is simply absent;
+- a GPU that is lost (GpuIsLost, Unknown, GpuRequiresReset) reports gpuscope_gpu_up 0 and is
+  retried every scrape; the other GPUs are unaffected;
+- NVML that cannot initialise (no driver, driver reloading) fails the collector, retried with
+  exponential backoff, logged once per distinct error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from exporter import catalog
+from exporter.catalog import Family, Metric, Scrape
+from exporter.collectors.gpu_background import GpmSampler, XidWatcher
+from exporter.files import InFlight
+
+log = logging.getLogger("gpuscope")
+
+MAX_BACKOFF_SECONDS = 300.0
+MIB = 1024 * 1024
+
+# Clock event reason bits (nvmlClocksEventReason*), one 0/1 series each.
+CLOCK_EVENT_REASONS = (
+    ("gpu_idle", 0x1), ("applications_clocks", 0x2), ("sw_power_cap", 0x4), ("hw_slowdown", 0x8),
+    ("sync_boost", 0x10), ("sw_thermal_slowdown", 0x20), ("hw_thermal_slowdown", 0x40),
+    ("hw_power_brake", 0x80), ("display_clock", 0x100), ("board_limit", 0x200), ("reliability", 0x400),
+)
+# (field id, metric, extra label values, scale) for the scalar fields of the per-scrape batch.
+SCALAR_FIELDS: tuple[tuple[int, Metric, tuple[str, ...], float], ...] = (
+    (82, catalog.GPU_MEMORY_TEMPERATURE, (), 1.0),
+    (83, catalog.GPU_ENERGY, (), 1e-3),  # mJ
+    (74, catalog.GPU_VIOLATION, ("power",), 1e-9),  # ns
+    (75, catalog.GPU_VIOLATION, ("thermal",), 1e-9),
+    (76, catalog.GPU_VIOLATION, ("sync_boost",), 1e-9),
+    (77, catalog.GPU_VIOLATION, ("board_limit",), 1e-9),
+    (78, catalog.GPU_VIOLATION, ("low_utilization",), 1e-9),
+    (79, catalog.GPU_VIOLATION, ("reliability",), 1e-9),
+    (3, catalog.GPU_ECC_ERRORS, ("corrected", "volatile"), 1.0),
+    (4, catalog.GPU_ECC_ERRORS, ("uncorrected", "volatile"), 1.0),
+    (5, catalog.GPU_ECC_ERRORS, ("corrected", "aggregate"), 1.0),
+    (6, catalog.GPU_ECC_ERRORS, ("uncorrected", "aggregate"), 1.0),
+    (142, catalog.GPU_REMAPPED_ROWS, ("correctable",), 1.0),
+    (143, catalog.GPU_REMAPPED_ROWS, ("uncorrectable",), 1.0),
+    (144, catalog.GPU_REMAP_PENDING, (), 1.0),
+    (145, catalog.GPU_REMAP_FAILURE, (), 1.0),
+    (29, catalog.GPU_RETIRED_PAGES, ("single_bit",), 1.0),
+    (30, catalog.GPU_RETIRED_PAGES, ("double_bit",), 1.0),
+    (31, catalog.GPU_RETIRED_PENDING, (), 1.0),
+    (230, catalog.GPU_RECOVERY_ACTION, (), 1.0),
+    (94, catalog.GPU_PCIE_REPLAYS, (), 1.0),
+    (197, catalog.GPU_PCIE_TX, (), 1.0),
+    (198, catalog.GPU_PCIE_RX, (), 1.0),
+    (38, catalog.GPU_NVLINK_ERRORS, ("crc_flit",), 1.0),
+    (45, catalog.GPU_NVLINK_ERRORS, ("crc_data",), 1.0),
+    (52, catalog.GPU_NVLINK_ERRORS, ("replay",), 1.0),
+    (59, catalog.GPU_NVLINK_ERRORS, ("recovery",), 1.0),
+)
+NVLINK_LINK_COUNT_FIELD = 91
+NVLINK_TX_FIELD, NVLINK_RX_FIELD = 138, 139  # KiB, per link (scope id = link)
+# nvmlDeviceGetTemperatureThreshold ids and the T.Limit-relative fields of newer drivers.
+TEMPERATURE_LIMITS = (("shutdown", 0, 193), ("slowdown", 1, 194), ("memory_max", 2, 195), ("gpu_max", 3, 196))
+_LOST = ("NVMLError_GpuIsLost", "NVMLError_Unknown", "NVMLError_GpuRequiresReset")
+_DRIVER_GONE = ("NVMLError_Uninitialized", "NVMLError_DriverNotLoaded", "NVMLError_LibRmVersionMismatch")
+_UNSUPPORTED = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound", "NVMLError_NoPermission")
+
+
+@dataclass(frozen=True)
+class GpuOptions:
+    nvlink_per_link: bool = False
+    gpm_interval: float = 10.0
+
+
+class _GpuLost(Exception):
+    pass
+
+
+class _DriverGone(Exception):
+    pass
+
+
+@dataclass
+class _Gpu:
+    """What is read once per GPU, and which calls it does not support."""
+
+    index: int
+    handle: Any
+    uuid: str
+    model: str
+    pci_bus_id: str
+    labels: tuple[str, str]
+    static: list[tuple[Metric, tuple[str, ...], float]] = field(default_factory=list)
+    absolute_limits: dict[str, float] = field(default_factory=dict)
+    relative_limits: dict[str, float] = field(default_factory=dict)
+    fields: list[tuple[int, int]] = field(default_factory=list)
+    links: int = 0
+    unsupported: set[str] = field(default_factory=set)
+    lost: bool = False
+
+
+class GpuCollector:
+    """Reads every GPU once per scrape; XIDs and GPM profiling come from background threads."""
+
+    name = "gpu"
+
+    def __init__(self, nvml: Any, options: GpuOptions = GpuOptions(), clock: Callable[[], float] = time.monotonic):
+        self._nvml = nvml
+        self._options = options
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._gpus: list[_Gpu] | None = None
+        self._driver: tuple[str, str, str] = ("", "", "")
+        self._retry_at = 0.0
+        self._backoff = 1.0
+        self._last_error = ""
+        self._in_flight = InFlight()
+        self._xids: XidWatcher | None = None
+        self._gpm: GpmSampler | None = None
+        self._logged: set[tuple[int, str]] = set()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def _ensure_initialized(self) -> list[_Gpu]:
+        with self._lock:
+            if self._gpus is not None:
+                return self._gpus
+            now = self._clock()
+            if now < self._retry_at:
+                raise RuntimeError(f"NVML unavailable ({self._last_error}); retry in {self._retry_at - now:.0f}s")
+            try:
+                self._nvml.nvmlInit()
+                gpus = [self._discover(i) for i in range(self._nvml.nvmlDeviceGetCount())]
+                self._driver = (_text(self._nvml.nvmlSystemGetDriverVersion()),
+                                _cuda_version(self._optional(self._nvml.nvmlSystemGetCudaDriverVersion)),
+                                _text(self._optional(self._nvml.nvmlSystemGetNVMLVersion) or ""))
+            except self._nvml.NVMLError as exc:
+                self._fail_init(now, exc)
+                raise RuntimeError(f"NVML unavailable ({self._last_error})") from None
+            self._backoff, self._last_error, self._gpus = 1.0, "", gpus
+            self._xids = XidWatcher(self._nvml, {gpu.index: gpu.handle for gpu in gpus})
+            self._gpm = GpmSampler(self._nvml, {gpu.index: gpu.handle for gpu in gpus}, self._options.gpm_interval)
+            log.info("NVML initialised", extra={"gpus": len(gpus), "driver": self._driver[0]})
+            return gpus
+
+    def _fail_init(self, now: float, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        if error != self._last_error:
+            log.warning("NVML initialisation failed; retrying with backoff", extra={"error": error})
+        self._last_error = error
+        self._retry_at = now + self._backoff
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
+
+    def _reset(self) -> None:
+        """The driver went away (reload, unload): drop everything and initialise again next scrape."""
+        with self._lock:
+            self.close()
+            self._gpus = None
+            self._retry_at = self._clock()
+        self._optional(self._nvml.nvmlShutdown)
+
+    def close(self) -> None:
+        """Stops the background threads (tests, shutdown)."""
+        for worker in (self._xids, self._gpm):
+            if worker:
+                worker.stop()
+        self._xids = self._gpm = None
+
+    def _optional(self, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except self._nvml.NVMLError:
+            return None
+
+    # --- discovery (once per GPU) ------------------------------------------------------------------
+
+    def _discover(self, index: int) -> _Gpu:
+        n = self._nvml
+        handle = n.nvmlDeviceGetHandleByIndex(index)
+        uuid = _text(n.nvmlDeviceGetUUID(handle))
+        gpu = _Gpu(index, handle, uuid, _text(n.nvmlDeviceGetName(handle)),
+                   _text(n.nvmlDeviceGetPciInfo(handle).busId), (str(index), uuid))
+        for metric, call, scale in (
+            (catalog.GPU_SM_CLOCK_MAX, lambda: n.nvmlDeviceGetMaxClockInfo(handle, n.NVML_CLOCK_SM), 1e6),
+            (catalog.GPU_MEMORY_CLOCK_MAX, lambda: n.nvmlDeviceGetMaxClockInfo(handle, n.NVML_CLOCK_MEM), 1e6),
+            (catalog.GPU_PCIE_GENERATION_MAX, lambda: n.nvmlDeviceGetMaxPcieLinkGeneration(handle), 1),
+            (catalog.GPU_PCIE_WIDTH_MAX, lambda: n.nvmlDeviceGetMaxPcieLinkWidth(handle), 1),
+        ):
+            value = self._optional(call)
+            if value is not None:
+                gpu.static.append((metric, (), value * scale))
+        for name, threshold, _ in TEMPERATURE_LIMITS:
+            value = self._optional(lambda t=threshold: n.nvmlDeviceGetTemperatureThreshold(handle, t))
+            if value is not None and value > 0:
+                gpu.absolute_limits[name] = float(value)
+        if not gpu.absolute_limits:  # newer drivers: limits relative to T.Limit, in fields 193-196
+            for (name, *_), value in zip(TEMPERATURE_LIMITS,
+                                                  self._fields(handle, [(f, 0) for *_, f in TEMPERATURE_LIMITS]),
+                                                  strict=True):
+                if value is not None:
+                    gpu.relative_limits[name] = value
+        links = self._fields(handle, [(NVLINK_LINK_COUNT_FIELD, 0)])[0]
+        gpu.links = int(links or 0)
+        if gpu.links:
+            gpu.static.append((catalog.GPU_NVLINK_LINKS, (), gpu.links))
+        gpu.fields = [(f, 0) for f, *_ in SCALAR_FIELDS]
+        gpu.fields += [(f, link) for link in range(gpu.links) for f in (NVLINK_TX_FIELD, NVLINK_RX_FIELD)]
+        return gpu
+
+    def _fields(self, handle: Any, requests: list[tuple[int, int]]) -> list[float | None]:
+        """Batched field values; None for a field this GPU or driver does not have."""
+        try:
+            values = self._nvml.nvmlDeviceGetFieldValues(handle, requests)
+        except self._nvml.NVMLError as exc:
+            if type(exc).__name__ in _UNSUPPORTED:
+                return [None] * len(requests)
+            raise
+        return [_field_value(self._nvml, v) for v in values]
+
+    # --- the scrape --------------------------------------------------------------------------------
+
+    def collect(self) -> Iterator[Family]:
+        gpus = self._ensure_initialized()
+        scrape = Scrape()
+        scrape.add(catalog.GPU_DRIVER_INFO, 1, *self._driver)
+        driver_gone = False
+        for gpu in gpus:
+            key = str(gpu.index)
+            up = False
+            if not driver_gone and not self._in_flight.busy(key):
+                with self._in_flight.hold(key):
+                    try:
+                        up = self._read_gpu(gpu, scrape)
+                    except _DriverGone:
+                        driver_gone = True
+            scrape.add(catalog.GPU_UP, 1 if up else 0, *gpu.labels)
+        if driver_gone:
+            self._reset()
+            raise RuntimeError("NVML lost the driver (reload?); reinitialising")
+        self._add_background(gpus, scrape)
+        yield from scrape.families.values()
+
+    def _read_gpu(self, gpu: _Gpu, scrape: Scrape) -> bool:
+        """Adds one GPU's samples; False if the GPU is lost."""
+        n, labels = self._nvml, gpu.labels
+        try:
+            if gpu.lost:  # a GPU back from the dead may have a new handle
+                gpu.handle = n.nvmlDeviceGetHandleByIndex(gpu.index)
+            self._read_calls(gpu, scrape)
+        except _GpuLost:
+            if not gpu.lost:
+                log.warning("GPU lost", extra={"gpu": gpu.index, "uuid": gpu.uuid})
+            gpu.lost = True
+            return False
+        except n.NVMLError as exc:  # from the handle lookup
+            if type(exc).__name__ in _DRIVER_GONE:
+                raise _DriverGone() from None
+            gpu.lost = True
+            return False
+        if gpu.lost:
+            log.info("GPU back", extra={"gpu": gpu.index, "uuid": gpu.uuid})
+        gpu.lost = False
+        scrape.add(catalog.GPU_INFO, 1, *labels, gpu.model, gpu.pci_bus_id)
+        for metric, extra, value in gpu.static:
+            scrape.add(metric, value, *labels, *extra)
+        return True
+
+    def _read_calls(self, gpu: _Gpu, scrape: Scrape) -> None:
+        n, h, labels = self._nvml, gpu.handle, gpu.labels
+        call = self._caller(gpu)
+
+        utilization = call("nvmlDeviceGetUtilizationRates", lambda: n.nvmlDeviceGetUtilizationRates(h))
+        if utilization is not None:
+            scrape.add(catalog.GPU_UTILIZATION, utilization.gpu / 100, *labels)
+            scrape.add(catalog.GPU_MEMORY_UTILIZATION, utilization.memory / 100, *labels)
+        memory = call("nvmlDeviceGetMemoryInfo", lambda: n.nvmlDeviceGetMemoryInfo(h))
+        if memory is not None:
+            scrape.add(catalog.GPU_MEMORY_USED, memory.used, *labels)
+            scrape.add(catalog.GPU_MEMORY_FREE, memory.free, *labels)
+            scrape.add(catalog.GPU_MEMORY_TOTAL, memory.total, *labels)
+        for metric, name, fn, scale in (
+            (catalog.GPU_POWER, "nvmlDeviceGetPowerUsage", lambda: n.nvmlDeviceGetPowerUsage(h), 1e-3),
+            (catalog.GPU_POWER_LIMIT, "nvmlDeviceGetEnforcedPowerLimit",
+             lambda: n.nvmlDeviceGetEnforcedPowerLimit(h), 1e-3),
+            (catalog.GPU_SM_CLOCK, "nvmlDeviceGetClockInfo(SM)",
+             lambda: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM), 1e6),
+            (catalog.GPU_MEMORY_CLOCK, "nvmlDeviceGetClockInfo(MEM)",
+             lambda: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM), 1e6),
+            (catalog.GPU_PCIE_GENERATION, "nvmlDeviceGetCurrPcieLinkGeneration",
+             lambda: n.nvmlDeviceGetCurrPcieLinkGeneration(h), 1),
+            (catalog.GPU_PCIE_WIDTH, "nvmlDeviceGetCurrPcieLinkWidth", lambda: n.nvmlDeviceGetCurrPcieLinkWidth(h), 1),
+        ):
+            value = call(name, fn)
+            if value is not None:
+                scrape.add(metric, value * scale, *labels)
+        reasons = call("nvmlDeviceGetCurrentClocksEventReasons", lambda: n.nvmlDeviceGetCurrentClocksEventReasons(h))
+        if reasons is not None:
+            for reason, bit in CLOCK_EVENT_REASONS:
+                scrape.add(catalog.GPU_CLOCK_EVENT, 1 if reasons & bit else 0, *labels, reason)
+        self._read_temperatures(gpu, scrape, call)
+        values = call("nvmlDeviceGetFieldValues", lambda: self._fields(h, gpu.fields))
+        if values is not None:
+            self._add_fields(gpu, values, scrape)
+
+    def _read_temperatures(self, gpu: _Gpu, scrape: Scrape, call) -> None:
+        n, h, labels = self._nvml, gpu.handle, gpu.labels
+        temperature = call("nvmlDeviceGetTemperature", lambda: n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU))
+        if temperature is None:
+            return
+        scrape.add(catalog.GPU_TEMPERATURE, temperature, *labels)
+        if gpu.absolute_limits:
+            for name, limit in gpu.absolute_limits.items():
+                scrape.add(catalog.GPU_TEMPERATURE_LIMIT, limit, *labels, name)
+            if "slowdown" in gpu.absolute_limits:
+                scrape.add(catalog.GPU_TEMPERATURE_MARGIN, gpu.absolute_limits["slowdown"] - temperature, *labels)
+            return
+        # T.Limit drivers: the margin is the distance to T.Limit; a limit of -2 means 2 degrees past it.
+        margin = call("nvmlDeviceGetMarginTemperature", lambda: n.nvmlDeviceGetMarginTemperature(h))
+        if margin is None:
+            return
+        for name, relative in gpu.relative_limits.items():
+            scrape.add(catalog.GPU_TEMPERATURE_LIMIT, temperature + margin - relative, *labels, name)
+        if "slowdown" in gpu.relative_limits:
+            scrape.add(catalog.GPU_TEMPERATURE_MARGIN, margin - gpu.relative_limits["slowdown"], *labels)
+
+    def _add_fields(self, gpu: _Gpu, values: list[float | None], scrape: Scrape) -> None:
+        labels = gpu.labels
+        for (_, metric, extra, scale), value in zip(SCALAR_FIELDS, values, strict=False):
+            if value is not None:
+                scrape.add(metric, value * scale, *labels, *extra)
+        link_values = values[len(SCALAR_FIELDS):]
+        if not gpu.links or any(v is None for v in link_values):
+            return
+        tx = [v * 1024 for v in link_values[0::2]]  # KiB
+        rx = [v * 1024 for v in link_values[1::2]]
+        scrape.add(catalog.GPU_NVLINK_TX, sum(tx), *labels)
+        scrape.add(catalog.GPU_NVLINK_RX, sum(rx), *labels)
+        if self._options.nvlink_per_link:
+            for link, (sent, received) in enumerate(zip(tx, rx, strict=True)):
+                scrape.add(catalog.GPU_NVLINK_LINK_TX, sent, *labels, str(link))
+                scrape.add(catalog.GPU_NVLINK_LINK_RX, received, *labels, str(link))
+
+    def _caller(self, gpu: _Gpu) -> Callable[[str, Callable[[], Any]], Any]:
+        """Runs one NVML call for a GPU: None when unsupported (remembered), raises when the GPU is lost."""
+        nvml = self._nvml
+
+        def call(name: str, fn: Callable[[], Any]) -> Any:
+            if name in gpu.unsupported:
+                return None
+            try:
+                return fn()
+            except nvml.NVMLError as exc:
+                kind = type(exc).__name__
+                if kind in _LOST:
+                    raise _GpuLost() from None
+                if kind in _DRIVER_GONE:
+                    raise _DriverGone() from None
+                if kind in _UNSUPPORTED:
+                    gpu.unsupported.add(name)
+                    log.info("NVML call unsupported; metric dropped for this GPU",
+                             extra={"gpu": gpu.index, "call": name, "error": kind})
+                elif (gpu.index, name) not in self._logged:
+                    self._logged.add((gpu.index, name))
+                    log.warning("NVML call failed", extra={"gpu": gpu.index, "call": name, "error": kind})
+                return None
+
+        return call
+
+    def _add_background(self, gpus: list[_Gpu], scrape: Scrape) -> None:
+        """XID counts and GPM profiling values from the background threads' latest snapshots."""
+        by_index = {gpu.index: gpu for gpu in gpus}
+        if self._xids:
+            counts, last = self._xids.snapshot()
+            for (index, xid), count in sorted(counts.items()):
+                scrape.add(catalog.GPU_XID_ERRORS, count, *by_index[index].labels, str(xid))
+            for index, when in sorted(last.items()):
+                scrape.add(catalog.GPU_LAST_XID, when, *by_index[index].labels)
+        if self._gpm:
+            for index, values in sorted(self._gpm.snapshot().items()):
+                if by_index[index].lost:
+                    continue
+                for metric, value in values:
+                    scrape.add(metric, value, *by_index[index].labels)
+
+
+def _field_value(nvml: Any, value: Any) -> float | None:
+    if value.nvmlReturn != nvml.NVML_SUCCESS:
+        return None
+    kind = value.valueType
+    union = value.value
+    if kind == nvml.NVML_VALUE_TYPE_DOUBLE:
+        return union.dVal
+    return float({
+        nvml.NVML_VALUE_TYPE_UNSIGNED_INT: union.uiVal,
+        nvml.NVML_VALUE_TYPE_UNSIGNED_LONG: union.ulVal,
+        nvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: union.ullVal,
+        nvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: union.sllVal,
+        nvml.NVML_VALUE_TYPE_SIGNED_INT: union.siVal,
+        nvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: union.usVal,
+    }.get(kind, union.ullVal))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _cuda_version(version: int | None) -> str:
+    """12040 -> "12.4"."""
+    return f"{version // 1000}.{version % 1000 // 10}" if version else ""

@@ -1,0 +1,177 @@
+"""The GPU collector's background threads: XID events and GPM profiling samples.
+
+Neither can be done inside a scrape: XIDs arrive as events that must be waited for, and a GPM
+metric needs two samples some time apart. Each thread keeps a small snapshot behind a lock;
+scrapes read the snapshot and never wait on NVML for these.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from exporter import catalog
+from exporter.catalog import Metric
+
+log = logging.getLogger("gpuscope")
+
+# XIDs NVIDIA's catalog says to page or warn on (REFERENCE.md §4): their series exist from the
+# start at 0, so increase() sees the first occurrence. Others appear when they first happen.
+WATCHED_XIDS = (13, 31, 32, 43, 45, 46, 48, 62, 63, 64, 74, 79, 92, 94, 95, 109, 119, 120, 136, 140, 143, 154, 158)
+XID_CRITICAL_EVENT = 0x8  # nvmlEventTypeXidCriticalError
+_WAIT_MS = 500
+
+MIB = 1024 * 1024
+# GPM metric id -> (metric, scale): percentages become ratios, MiB/s become bytes/s.
+GPM_METRICS: dict[int, tuple[Metric, float]] = {
+    2: (catalog.GPU_SM_ACTIVE, 0.01),
+    3: (catalog.GPU_SM_OCCUPANCY, 0.01),
+    5: (catalog.GPU_TENSOR_ACTIVE, 0.01),
+    10: (catalog.GPU_DRAM_ACTIVE, 0.01),
+    11: (catalog.GPU_FP64_ACTIVE, 0.01),
+    12: (catalog.GPU_FP32_ACTIVE, 0.01),
+    13: (catalog.GPU_FP16_ACTIVE, 0.01),
+    20: (catalog.GPU_GPM_PCIE_TX, MIB),
+    21: (catalog.GPU_GPM_PCIE_RX, MIB),
+    60: (catalog.GPU_GPM_NVLINK_RX, MIB),
+    61: (catalog.GPU_GPM_NVLINK_TX, MIB),
+}
+
+
+class XidWatcher:
+    """Counts XID events per GPU and XID from an NVML event set."""
+
+    def __init__(self, nvml: Any, handles: dict[int, Any]) -> None:
+        self._nvml = nvml
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[int, int]] = Counter({(i, xid): 0 for i in handles for xid in WATCHED_XIDS})
+        self._last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._event_set = None
+        try:
+            self._event_set = nvml.nvmlEventSetCreate()
+            for index, handle in handles.items():
+                self._register(index, handle)
+        except nvml.NVMLError as exc:
+            log.warning("XID events unavailable", extra={"error": type(exc).__name__})
+            self._event_set = None
+            return
+        self._thread = threading.Thread(target=self._run, name="gpu-xid-events", daemon=True)
+        self._thread.start()
+
+    def _register(self, index: int, handle: Any) -> None:
+        try:
+            if self._nvml.nvmlDeviceGetSupportedEventTypes(handle) & XID_CRITICAL_EVENT:
+                self._nvml.nvmlDeviceRegisterEvents(handle, XID_CRITICAL_EVENT, self._event_set)
+        except self._nvml.NVMLError as exc:
+            log.warning("XID events unavailable for GPU", extra={"gpu": index, "error": type(exc).__name__})
+
+    def _run(self) -> None:
+        nvml = self._nvml
+        while not self._stop.is_set():
+            try:
+                data = nvml.nvmlEventSetWait_v2(self._event_set, _WAIT_MS)
+            except nvml.NVMLError as exc:
+                name = type(exc).__name__
+                if name == "NVMLError_Timeout":
+                    continue
+                if name in ("NVMLError_Uninitialized", "NVMLError_DriverNotLoaded"):
+                    return
+                self._stop.wait(1.0)  # e.g. a lost GPU: keep listening to the others
+                continue
+            if data.eventType & XID_CRITICAL_EVENT:
+                self._record(data)
+
+    def _record(self, data: Any) -> None:
+        try:
+            index = self._nvml.nvmlDeviceGetIndex(data.device)
+        except self._nvml.NVMLError:
+            return
+        with self._lock:
+            self._counts[index, int(data.eventData)] += 1
+            self._last[index] = time.time()
+        log.warning("XID error", extra={"gpu": index, "xid": int(data.eventData)})
+
+    def snapshot(self) -> tuple[dict[tuple[int, int], int], dict[int, float]]:
+        with self._lock:
+            return dict(self._counts), dict(self._last)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class GpmSampler:
+    """Takes a GPM sample per GPU every interval and keeps the metrics between the last two."""
+
+    def __init__(self, nvml: Any, handles: dict[int, Any], interval: float) -> None:
+        self._nvml = nvml
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._values: dict[int, list[tuple[Metric, float]]] = {}
+        self._stop = threading.Event()
+        self._samples: dict[int, list[Any]] = {}
+        self._handles = {}
+        for index, handle in handles.items():
+            try:
+                if nvml.nvmlGpmQueryDeviceSupport(handle).isSupportedDevice:
+                    self._samples[index] = [nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc()]
+                    self._handles[index] = handle
+            except nvml.NVMLError as exc:
+                log.info("GPM profiling unavailable for GPU", extra={"gpu": index, "error": type(exc).__name__})
+        self._taken: set[int] = set()
+        if self._handles:
+            threading.Thread(target=self._run, name="gpu-gpm", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for index in list(self._handles):
+                self._sample(index)
+            self._stop.wait(self._interval)
+
+    def _sample(self, index: int) -> None:
+        nvml = self._nvml
+        previous, current = self._samples[index]
+        try:
+            nvml.nvmlGpmSampleGet(self._handles[index], current)
+            if index in self._taken:
+                values = self._metrics(previous, current)
+                with self._lock:
+                    self._values[index] = values
+        except nvml.NVMLError as exc:
+            name = type(exc).__name__
+            with self._lock:
+                self._values.pop(index, None)
+            self._taken.discard(index)
+            if name in ("NVMLError_NotSupported", "NVMLError_NoPermission", "NVMLError_FunctionNotFound"):
+                log.info("GPM profiling unavailable for GPU", extra={"gpu": index, "error": name})
+                del self._handles[index]
+            return
+        self._taken.add(index)
+        self._samples[index] = [current, previous]
+
+    def _metrics(self, first: Any, second: Any) -> list[tuple[Metric, float]]:
+        nvml = self._nvml
+        request = nvml.c_nvmlGpmMetricsGet_t()
+        request.version = nvml.NVML_GPM_METRICS_GET_VERSION
+        request.numMetrics = len(GPM_METRICS)
+        request.sample1 = first
+        request.sample2 = second
+        for slot, metric_id in enumerate(GPM_METRICS):
+            request.metrics[slot].metricId = metric_id
+        nvml.nvmlGpmMetricsGet(request)
+        out = []
+        for slot, (metric, scale) in enumerate(GPM_METRICS.values()):
+            result = request.metrics[slot]
+            if result.nvmlReturn == nvml.NVML_SUCCESS:
+                out.append((metric, result.value * scale))
+        return out
+
+    def snapshot(self) -> dict[int, list[tuple[Metric, float]]]:
+        with self._lock:
+            return dict(self._values)
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,3 @@
+"""Simulated node profiles, one YAML file per AWS instance type."""
+
+PROFILES = ("p5.48xlarge", "p5en.48xlarge", "p6-b200.48xlarge", "p4d.24xlarge")
