@@ -25,7 +25,7 @@ def test_defaults():
     assert settings.listen_address == ("::", DEFAULT_PORT)
     assert settings.telemetry_path == "/metrics"
     assert (settings.roots.sysfs, settings.roots.procfs) == ("/sys", "/proc")
-    assert settings.collectors == ("rdma", "lustre", "host")
+    assert settings.collectors == ("gpu", "rdma", "lustre", "host")
     assert settings.timeout == 5.0
 
 
@@ -40,7 +40,7 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path):
     assert settings.roots.procfs == "/flag/proc"      # flag beats env and file
     assert settings.roots.sysfs == "/env/sys"         # env beats file
     assert settings.timeout == 3.0                    # file beats default
-    assert settings.collectors == ("rdma", "host")    # file disabled lustre, flag re-enabled host
+    assert settings.collectors == ("gpu", "rdma", "host")  # file disabled lustre, flag re-enabled host
     assert settings.log_format == "json"
 
 

@@ -59,9 +59,8 @@ class Fault:
     remap: dict[int, int] = field(default_factory=dict)  # field id (142-145) -> value
     recovery_action: int | None = None
     lost: bool = False
-    not_supported: frozenset[str] = frozenset()
-    no_permission: frozenset[str] = frozenset()
-    hang: frozenset[str] = frozenset()
+    errors: dict[str, int] = field(default_factory=dict)  # NVML function -> return code it fails with
+    hang: frozenset[str] = frozenset()  # NVML functions that block until the fault is replaced
 
 
 _POLICY_FIELDS = {"power": 74, "thermal": 75, "sync_boost": 76, "board_limit": 77, "low_utilization": 78,
@@ -154,6 +153,10 @@ class SimulatedNvml:
     def release_hangs(self) -> None:
         self._hang_release.set()
 
+    def reload_driver(self) -> None:
+        """As a driver reload looks to a running process: every call fails until nvmlInit again."""
+        self._initialized = False
+
     # --- helpers ---------------------------------------------------------------------------------
 
     @staticmethod
@@ -171,10 +174,8 @@ class SimulatedNvml:
         fault = state.fault
         if fault.lost:
             raise self._error(pynvml.NVML_ERROR_GPU_IS_LOST)
-        if name in fault.not_supported:
-            raise self._error(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        if name in fault.no_permission:
-            raise self._error(pynvml.NVML_ERROR_NO_PERMISSION)
+        if name in fault.errors:
+            raise self._error(fault.errors[name])
         if name in fault.hang:
             self._hang_release.wait()
         with self._lock:
@@ -349,6 +350,8 @@ class SimulatedNvml:
             entry.nvmlReturn = pynvml.NVML_SUCCESS
             if isinstance(value, float):
                 entry.valueType, entry.value.dVal = pynvml.NVML_VALUE_TYPE_DOUBLE, value
+            elif field_id in _TLIMIT_FIELDS:  # temperatures relative to T.Limit are signed
+                entry.valueType, entry.value.siVal = pynvml.NVML_VALUE_TYPE_SIGNED_INT, value
             else:
                 entry.valueType, entry.value.ullVal = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, value
         return values
