@@ -9,12 +9,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 import requests
 
 from exporter import catalog
-from exporter.collectors import Roots, build
+from exporter.collectors import Roots, build, close
+from exporter.collectors.gpu import GpuOptions
+from exporter.registry import ScrapeRegistry
+from exporter.sim.node import SimulatedNode
+from exporter.sim.nvml import SimulatedNvml, load_profile
 from exporter.sim.rdma_tree import p5_efa_devices, write_rdma_tree
 from tests.helpers import REPO, scrape
 from tests.procs import exporter_process
@@ -80,6 +85,27 @@ def test_promtool_accepts_a_live_scrape(p5_node):
     write_rdma_tree(sysfs, p5_efa_devices())
     with exporter_process(f"--path.sysfs={sysfs}", f"--path.procfs={procfs}") as base:
         text = requests.get(f"{base}/metrics", timeout=5).text
+    result = promtool_check(text)
+    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), \
+        result.stdout + result.stderr
+
+
+def test_simulated_p5_whole_scrape(tmp_path):
+    """A simulated p5.48xlarge (8 H100, 32 EFA, FSx for Lustre) at a fixed instant, GPM included."""
+    clock = lambda: 5000.0  # noqa: E731
+    sim = SimulatedNvml("p5.48xlarge", clock=clock)
+    node = SimulatedNode(str(tmp_path), load_profile("p5.48xlarge"), clock=clock)
+    built = build(("gpu", "rdma", "lustre"), Roots(node.sysfs, str(tmp_path / "none"), nvml=sim,
+                                                   gpu=GpuOptions(gpm_interval=0.05)))
+    try:
+        registry = ScrapeRegistry(built, 5.0)
+        deadline = time.monotonic() + 5
+        while (text := registry.render()).count("gpuscope_gpu_tensor_active_ratio{") < 8:
+            assert time.monotonic() < deadline, "GPM values for 8 GPUs did not come within 5 s"
+            time.sleep(0.02)
+    finally:
+        close(built)
+    check_golden("simulated_p5", text)
     result = promtool_check(text)
     assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), \
         result.stdout + result.stderr
