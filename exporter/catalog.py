@@ -347,6 +347,8 @@ GPU_NVLINK_LINK_RX = _gpu_counter("nvlink_link_receive_bytes",
 GPU_NVLINK_ERRORS = _gpu_counter("nvlink_errors", "NVLink errors over all links: crc_flit, crc_data, replay, recovery.",
                                  ("type",), "fields 38/45/52/59 NVLINK_*_ERROR_COUNT_TOTAL")
 # Profiling (DCGM_FI_PROF_* equivalents) from NVML GPM, sampled in the background (Hopper and later).
+GPU_GRAPHICS_ACTIVE = _gpu_gauge("graphics_engine_active_ratio", "Fraction of time the graphics/compute engine "
+                                 "was active (DCGM_FI_PROF_GR_ENGINE_ACTIVE).", (), "GPM GRAPHICS_UTIL")
 GPU_SM_ACTIVE = _gpu_gauge("sm_active_ratio", "Fraction of time at least one warp was active on an SM, averaged "
                            "over SMs (DCGM_FI_PROF_SM_ACTIVE).", (), "GPM SM_UTIL")
 GPU_SM_OCCUPANCY = _gpu_gauge("sm_occupancy_ratio", "Resident warps relative to the maximum "

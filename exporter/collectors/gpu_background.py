@@ -27,6 +27,7 @@ _WAIT_MS = 500
 MIB = 1024 * 1024
 # GPM metric id -> (metric, scale): percentages become ratios, MiB/s become bytes/s.
 GPM_METRICS: dict[int, tuple[Metric, float]] = {
+    1: (catalog.GPU_GRAPHICS_ACTIVE, 0.01),
     2: (catalog.GPU_SM_ACTIVE, 0.01),
     3: (catalog.GPU_SM_OCCUPANCY, 0.01),
     5: (catalog.GPU_TENSOR_ACTIVE, 0.01),

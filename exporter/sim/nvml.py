@@ -29,8 +29,8 @@ UPTIME_AT_START = 86_400.0  # the node has been up a day when the simulation sta
 _THRESHOLDS = {"shutdown": 0, "slowdown": 1, "memory_max": 2, "gpu_max": 3}
 _TLIMIT_FIELDS = {193: "shutdown", 194: "slowdown", 195: "memory_max", 196: "gpu_max"}
 # GPM metric id -> profile key of the busy pattern (ratio) or rate.
-_GPM_RATIOS = {2: "sm_active", 3: "sm_occupancy", 5: "tensor_active", 10: "dram_active", 11: "fp64_active",
-               12: "fp32_active", 13: "fp16_active"}
+_GPM_RATIOS = {1: "graphics_active", 2: "sm_active", 3: "sm_occupancy", 5: "tensor_active", 10: "dram_active",
+               11: "fp64_active", 12: "fp32_active", 13: "fp16_active"}
 _GPM_MIB_RATES = {20: "pcie_tx", 21: "pcie_rx", 60: "nvlink_rx", 61: "nvlink_tx"}
 
 
