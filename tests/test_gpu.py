@@ -238,6 +238,8 @@ def test_lost_gpu_reports_down_and_recovers(gpu_setup):
     assert [value(parsed, "gpuscope_gpu_up", **s) for s in up7] == [0]
     assert not [s for s in series(parsed, "gpuscope_gpu_power_watts") if s["gpu"] == "7"]
     assert len(series(parsed, "gpuscope_gpu_power_watts")) == 7
+    wait_for(lambda: value(scrape_once(registry), "gpuscope_gpu_xid_errors_total", gpu="7",
+                           uuid=up7[0]["uuid"], xid="79") == 1)
     sim.inject(7, Fault())
     parsed = scrape_once(registry)
     assert value(parsed, "gpuscope_gpu_up", **gpu(7, sim)) == 1

@@ -8,7 +8,7 @@ remapping, violation times, PCIe and NVLink counters; identity, limits and maxim
 Failure handling:
 - a call that is NotSupported / FunctionNotFound / NoPermission is dropped for that GPU (logged
   once); its metric is simply absent;
-- a GPU that is lost (GpuIsLost, Unknown, GpuRequiresReset) reports gpuscope_gpu_up 0 and is
+- a GPU that is lost (GpuIsLost, Unknown, ResetRequired) reports gpuscope_gpu_up 0 and is
   retried every scrape; the other GPUs are unaffected;
 - NVML that cannot initialise (no driver, driver reloading) fails the collector, retried with
   exponential backoff, logged once per distinct error.
@@ -73,7 +73,7 @@ NVLINK_LINK_COUNT_FIELD = 91
 NVLINK_TX_FIELD, NVLINK_RX_FIELD = 138, 139  # KiB, per link (scope id = link)
 # nvmlDeviceGetTemperatureThreshold ids and the T.Limit-relative fields of newer drivers.
 TEMPERATURE_LIMITS = (("shutdown", 0, 193), ("slowdown", 1, 194), ("memory_max", 2, 195), ("gpu_max", 3, 196))
-_LOST = ("NVMLError_GpuIsLost", "NVMLError_Unknown", "NVMLError_GpuRequiresReset")
+_LOST = ("NVMLError_GpuIsLost", "NVMLError_Unknown", "NVMLError_ResetRequired")
 _DRIVER_GONE = ("NVMLError_Uninitialized", "NVMLError_DriverNotLoaded", "NVMLError_LibRmVersionMismatch")
 _UNSUPPORTED = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound", "NVMLError_NoPermission")
 

@@ -7,6 +7,7 @@ scrapes read the snapshot and never wait on NVML for these.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
@@ -50,6 +51,9 @@ class XidWatcher:
         self._lock = threading.Lock()
         self._counts: Counter[tuple[int, int]] = Counter({(i, xid): 0 for i in handles for xid in WATCHED_XIDS})
         self._last: dict[int, float] = {}
+        # Events name their GPU by handle; asking NVML for the index fails for a GPU that is lost,
+        # exactly when its XID 79 arrives, so handles are matched by address instead.
+        self._index_of = {_address(handle): index for index, handle in handles.items()}
         self._stop = threading.Event()
         self._event_set = None
         try:
@@ -87,9 +91,8 @@ class XidWatcher:
                 self._record(data)
 
     def _record(self, data: Any) -> None:
-        try:
-            index = self._nvml.nvmlDeviceGetIndex(data.device)
-        except self._nvml.NVMLError:
+        index = self._index_of.get(_address(data.device))
+        if index is None:
             return
         with self._lock:
             self._counts[index, int(data.eventData)] += 1
@@ -102,6 +105,11 @@ class XidWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _address(handle: Any) -> int | None:
+    """The address an NVML device handle (a ctypes pointer) points at."""
+    return ctypes.cast(handle, ctypes.c_void_p).value
 
 
 class GpmSampler:

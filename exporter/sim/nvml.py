@@ -138,10 +138,13 @@ class SimulatedNvml:
         with self._lock:
             state = self._gpus[gpu]
             self._advance(state)
+            falls_off = fault.lost and not state.fault.lost
             state.fault = fault
             if not fault.hang:
                 self._hang_release.set()
                 self._hang_release = threading.Event()
+        if falls_off:
+            self.raise_xid(gpu, 79)  # "GPU has fallen off the bus", as the driver reports it
 
     def raise_xid(self, gpu: int, xid: int) -> None:
         """Delivers an XID event to every event set the GPU is registered with."""
@@ -245,9 +248,6 @@ class SimulatedNvml:
         return self._gpus[index].handle
 
     # --- identity and limits ---------------------------------------------------------------------
-
-    def nvmlDeviceGetIndex(self, handle: Any) -> int:
-        return self._device("nvmlDeviceGetIndex", handle).index
 
     def nvmlDeviceGetUUID(self, handle: Any) -> str:
         return self._device("nvmlDeviceGetUUID", handle).uuid
