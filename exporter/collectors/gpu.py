@@ -130,6 +130,14 @@ class GpuCollector:
         self._xids: XidWatcher | None = None
         self._gpm: GpmSampler | None = None
         self._logged: set[tuple[int, str]] = set()
+        # Field value decoding, resolved once: a batch of 63 fields per GPU is decoded every scrape.
+        self._success = nvml.NVML_SUCCESS
+        self._union_member = {
+            nvml.NVML_VALUE_TYPE_DOUBLE: "dVal", nvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+            nvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal", nvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+            nvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal", nvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+            nvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
+        }
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -227,7 +235,9 @@ class GpuCollector:
             if type(exc).__name__ in _UNSUPPORTED:
                 return [None] * len(requests)
             raise
-        return [_field_value(self._nvml, v) for v in values]
+        success, members = self._success, self._union_member
+        return [float(getattr(v.value, members.get(v.valueType, "ullVal"))) if v.nvmlReturn == success else None
+                for v in values]
 
     # --- the scrape --------------------------------------------------------------------------------
 
@@ -393,23 +403,6 @@ class GpuCollector:
                     continue
                 for metric, value in values:
                     scrape.add(metric, value, *by_index[index].labels)
-
-
-def _field_value(nvml: Any, value: Any) -> float | None:
-    if value.nvmlReturn != nvml.NVML_SUCCESS:
-        return None
-    kind = value.valueType
-    union = value.value
-    if kind == nvml.NVML_VALUE_TYPE_DOUBLE:
-        return union.dVal
-    return float({
-        nvml.NVML_VALUE_TYPE_UNSIGNED_INT: union.uiVal,
-        nvml.NVML_VALUE_TYPE_UNSIGNED_LONG: union.ulVal,
-        nvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: union.ullVal,
-        nvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: union.sllVal,
-        nvml.NVML_VALUE_TYPE_SIGNED_INT: union.siVal,
-        nvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: union.usVal,
-    }.get(kind, union.ullVal))
 
 
 def _text(value: Any) -> str:

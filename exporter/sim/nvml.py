@@ -339,11 +339,12 @@ class SimulatedNvml:
     def nvmlDeviceGetFieldValues(self, handle: Any, requests: list[Any]) -> Any:
         state = self._device("nvmlDeviceGetFieldValues", handle)
         values = (pynvml.c_nvmlFieldValue_t * len(requests))()
+        scalars = self._scalar_fields(state)
         for slot, request in enumerate(requests):
             field_id, scope = request if isinstance(request, tuple) else (request, 0)
             entry = values[slot]
             entry.fieldId, entry.scopeId = field_id, scope
-            value = self._field(state, field_id, scope)
+            value = self._link_field(state, field_id, scope) if field_id in (138, 139) else scalars.get(field_id)
             if value is None:
                 entry.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
                 continue
@@ -356,10 +357,11 @@ class SimulatedNvml:
                 entry.valueType, entry.value.ullVal = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, value
         return values
 
-    def _field(self, state: _GpuState, field_id: int, scope: int) -> int | float | None:
+    def _scalar_fields(self, state: _GpuState) -> dict[int, int]:
+        """Every scalar field the simulated GPU has, by field id."""
         gpu, fault = self.profile["gpu"], state.fault
         limits = gpu["temperature_limits"]
-        scalar: dict[int, int | None] = {
+        scalar: dict[int, int] = {
             82: int(fault.temperature - 5 if fault.temperature is not None else self._busy("memory_temperature")),
             83: int(state.energy_joules * 1000),
             91: int(gpu["nvlinks"]),
@@ -375,11 +377,13 @@ class SimulatedNvml:
             scalar.update({29: 0, 30: 0, 31: 0})
         if limits["mode"] == "tlimit":
             scalar.update({fid: int(limits[name]) for fid, name in _TLIMIT_FIELDS.items()})
-        if field_id in (138, 139):
-            if scope >= gpu["nvlinks"]:
-                return None
-            return int(state.nvlink_bytes[scope] / 1024)
-        return scalar.get(field_id)
+        return scalar
+
+    def _link_field(self, state: _GpuState, field_id: int, link: int) -> int | None:
+        """NVLink throughput in KiB for one link (the simulation splits traffic evenly both ways)."""
+        if link >= self.profile["gpu"]["nvlinks"]:
+            return None
+        return int(state.nvlink_bytes[link] / 1024)
 
     # --- XID events ------------------------------------------------------------------------------
 
