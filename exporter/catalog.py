@@ -99,12 +99,10 @@ _PORT = ("device", "port")
 
 RDMA_DEVICE_INFO = gauge(
     "rdma", "gpuscope_rdma_device_info",
-    "RDMA device identity (value 1): driver, PCI address, NUMA node, firmware, driver version, EFA or not.",
-    ("device", "driver", "pci_address", "numa_node", "firmware", "driver_version", "efa"),
-    "class/infiniband/<dev>/{device,fw_ver}, module/<driver>/version")
-RDMA_PORT_INFO = gauge("rdma", "gpuscope_rdma_port_info",
-                       "RDMA port link layer and advertised rate text (value 1).",
-                       ("device", "port", "link_layer", "rate"), "ports/<n>/{link_layer,rate}")
+    "RDMA device identity (value 1): driver, PCI address, NUMA node, firmware, driver version, EFA or not, "
+    "link layer of its first port.",
+    ("device", "driver", "pci_address", "numa_node", "firmware", "driver_version", "efa", "link_layer"),
+    "class/infiniband/<dev>/{device,fw_ver,ports/1/link_layer}, module/<driver>/version")
 RDMA_PORT_RATE = gauge("rdma", "gpuscope_rdma_port_rate_bytes_per_second",
                        "Advertised port rate in bytes per second.", _PORT, "ports/<n>/rate")
 RDMA_DEVICE_READ_SUCCESS = gauge(
@@ -157,25 +155,42 @@ EFA_PORT_COUNTERS: dict[str, Metric] = dict([
               "A connection was impaired and rate-limited (driver 2.17+)."),
 ])
 
-EFA_ADMIN_COMMANDS = counter("rdma", "gpuscope_efa_admin_commands_total",
-                             "Device admin commands by outcome: submitted, completed, error, no_completion.",
-                             ("device", "outcome"), "hw_counters/{submitted,completed,no_completion}_cmds, cmds_err")
-EFA_KEEP_ALIVE = counter("rdma", "gpuscope_efa_keep_alive_received_total",
-                         "Keep-alive events received from the device.", _DEV, "hw_counters/keep_alive_rcvd")
+_VERBS_OPERATIONS = ("alloc_pd", "create_qp", "create_cq", "reg_mr", "alloc_ucontext", "create_ah", "mmap",
+                     "alloc_mr", "get_dma_mr")
+EFA_ADMIN_ERRORS = counter("rdma", "gpuscope_efa_admin_command_errors_total",
+                           "Device admin commands that failed or never completed.", _DEV,
+                           "hw_counters/cmds_err + no_completion_cmds")
 EFA_VERBS_ERRORS = counter("rdma", "gpuscope_efa_verbs_errors_total",
-                           "Failed verbs resource operations (alloc_pd, create_qp, reg_mr, mmap, ...).",
-                           ("device", "operation"), "hw_counters/*_err")
+                           "Failed verbs resource operations of all kinds (alloc_pd, create_qp, reg_mr, mmap, ...).",
+                           _DEV, "sum of hw_counters/*_err")
+EFA_ADMIN_COMMANDS = counter("rdma", "gpuscope_efa_admin_commands_total",
+                             "Device admin commands by outcome: submitted, completed, error, no_completion "
+                             "(--collector.rdma.efa-device-detail).", ("device", "outcome"),
+                             "hw_counters/{submitted,completed,no_completion}_cmds, cmds_err")
+EFA_KEEP_ALIVE = counter("rdma", "gpuscope_efa_keep_alive_received_total",
+                         "Keep-alive events received from the device (--collector.rdma.efa-device-detail).", _DEV,
+                         "hw_counters/keep_alive_rcvd")
+EFA_VERBS_OPERATION_ERRORS = counter(
+    "rdma", "gpuscope_efa_verbs_operation_errors_total",
+    "Failed verbs resource operations by operation (--collector.rdma.efa-device-detail).", ("device", "operation"),
+    "hw_counters/*_err")
 
-# Device-level EFA counters by sysfs name: (metric, label value). The *_err files share one family.
-EFA_DEVICE_COUNTERS: dict[str, tuple[Metric, str]] = {
-    "submitted_cmds": (EFA_ADMIN_COMMANDS, "submitted"),
-    "completed_cmds": (EFA_ADMIN_COMMANDS, "completed"),
-    "cmds_err": (EFA_ADMIN_COMMANDS, "error"),
-    "no_completion_cmds": (EFA_ADMIN_COMMANDS, "no_completion"),
-    "keep_alive_rcvd": (EFA_KEEP_ALIVE, ""),
-    **{f"{op}_err": (EFA_VERBS_ERRORS, op) for op in (
-        "alloc_pd", "create_qp", "create_cq", "reg_mr", "alloc_ucontext", "create_ah", "mmap",
-        "alloc_mr", "get_dma_mr")},
+# Device-level EFA counters by sysfs name -> the (metric, extra label values) they feed. By default
+# only the error counters are exported, the verbs errors summed per device; the rest, and the
+# per-operation breakdown, come with --collector.rdma.efa-device-detail (they cost 11 series a device).
+EFA_DEVICE_COUNTERS: dict[str, tuple[tuple[Metric, tuple[str, ...]], ...]] = {
+    "cmds_err": ((EFA_ADMIN_ERRORS, ()),),
+    "no_completion_cmds": ((EFA_ADMIN_ERRORS, ()),),
+    **{f"{op}_err": ((EFA_VERBS_ERRORS, ()),) for op in _VERBS_OPERATIONS},
+}
+EFA_DEVICE_DETAIL_COUNTERS: dict[str, tuple[tuple[Metric, tuple[str, ...]], ...]] = {
+    **EFA_DEVICE_COUNTERS,
+    "submitted_cmds": ((EFA_ADMIN_COMMANDS, ("submitted",)),),
+    "completed_cmds": ((EFA_ADMIN_COMMANDS, ("completed",)),),
+    "cmds_err": ((EFA_ADMIN_ERRORS, ()), (EFA_ADMIN_COMMANDS, ("error",))),
+    "no_completion_cmds": ((EFA_ADMIN_ERRORS, ()), (EFA_ADMIN_COMMANDS, ("no_completion",))),
+    "keep_alive_rcvd": ((EFA_KEEP_ALIVE, ()),),
+    **{f"{op}_err": ((EFA_VERBS_ERRORS, ()), (EFA_VERBS_OPERATION_ERRORS, (op,))) for op in _VERBS_OPERATIONS},
 }
 
 # --- Lustre client -------------------------------------------------------------------------------
@@ -296,9 +311,9 @@ GPU_MEMORY_CLOCK_MAX = _gpu_gauge("memory_clock_max_hertz", "Highest memory cloc
                                   "nvmlDeviceGetMaxClockInfo(MEM)")
 GPU_CLOCK_EVENT = _gpu_gauge(
     "clock_event_active",
-    "1 while this clock event (throttle) reason holds clocks down: gpu_idle, applications_clocks, sw_power_cap, "
-    "hw_slowdown, sync_boost, sw_thermal_slowdown, hw_thermal_slowdown, hw_power_brake, display_clock, "
-    "board_limit, reliability.", ("reason",), "nvmlDeviceGetCurrentClocksEventReasons")
+    "1 while this clock event (throttle) reason holds clocks down: gpu_idle, sw_power_cap, hw_slowdown, "
+    "sw_thermal_slowdown, hw_thermal_slowdown, hw_power_brake, board_limit, reliability.", ("reason",),
+    "nvmlDeviceGetCurrentClocksEventReasons")
 GPU_VIOLATION = _gpu_counter("violation_seconds", "Time clocks were held below target by this policy.", ("policy",),
                              "fields 74-79 PERF_POLICY_*")
 GPU_ECC_ERRORS = _gpu_counter("ecc_errors", "ECC errors: type corrected|uncorrected, scope volatile|aggregate.",
@@ -317,7 +332,7 @@ GPU_RECOVERY_ACTION = _gpu_gauge(
     "recovery_action", "What the driver says the GPU needs: 0 none, 1 GPU reset, 2 node reboot, 3 drain P2P, "
     "4 drain and reset.", (), "field 230 GET_GPU_RECOVERY_ACTION")
 GPU_XID_ERRORS = _gpu_counter(
-    "xid_errors", "XID errors seen since the exporter started, by XID (paging and warning XIDs start at 0).",
+    "xid_errors", "XID errors seen since the exporter started, by XID; a series appears with its first event.",
     ("xid",), "NVML event set, XidCriticalError")
 GPU_LAST_XID = _gpu_gauge("last_xid_timestamp_seconds", "Unix time of the most recent XID error.", (),
                           "NVML event set")
@@ -360,11 +375,3 @@ GPU_DRAM_ACTIVE = _gpu_gauge("dram_active_ratio", "Fraction of time device memor
 GPU_FP64_ACTIVE = _gpu_gauge("fp64_active_ratio", "Fraction of time the FP64 pipe was active.", (), "GPM FP64_UTIL")
 GPU_FP32_ACTIVE = _gpu_gauge("fp32_active_ratio", "Fraction of time the FP32 pipe was active.", (), "GPM FP32_UTIL")
 GPU_FP16_ACTIVE = _gpu_gauge("fp16_active_ratio", "Fraction of time the FP16 pipe was active.", (), "GPM FP16_UTIL")
-GPU_GPM_PCIE_TX = _gpu_gauge("pcie_transmit_bytes_per_second", "PCIe send rate over the last GPM interval.", (),
-                             "GPM PCIE_TX_PER_SEC")
-GPU_GPM_PCIE_RX = _gpu_gauge("pcie_receive_bytes_per_second", "PCIe receive rate over the last GPM interval.", (),
-                             "GPM PCIE_RX_PER_SEC")
-GPU_GPM_NVLINK_TX = _gpu_gauge("nvlink_transmit_bytes_per_second", "NVLink send rate over the last GPM interval.",
-                               (), "GPM NVLINK_TOTAL_TX_PER_SEC")
-GPU_GPM_NVLINK_RX = _gpu_gauge("nvlink_receive_bytes_per_second",
-                               "NVLink receive rate over the last GPM interval.", (), "GPM NVLINK_TOTAL_RX_PER_SEC")

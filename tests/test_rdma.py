@@ -47,18 +47,35 @@ def test_real_efa0_counters_get_their_names(tmp_path, client_counters):
     assert value(parsed, "gpuscope_efa_transmit_packets_total", **port) == 1
     assert value(parsed, "gpuscope_efa_send_work_requests_total", **port) == 1
     assert value(parsed, "gpuscope_efa_receive_drops_total", **port) == 0
-    admin = {o["outcome"]: value(parsed, "gpuscope_efa_admin_commands_total", **o)
-             for o in series(parsed, "gpuscope_efa_admin_commands_total")}
-    assert admin == {"submitted": 108, "completed": 105, "error": 0, "no_completion": 0}
-    assert value(parsed, "gpuscope_efa_keep_alive_received_total", device="efa_0") == 87
-    ops = {o["operation"] for o in series(parsed, "gpuscope_efa_verbs_errors_total")}
-    assert ops == {"alloc_pd", "alloc_ucontext", "create_ah", "create_cq", "create_qp", "mmap", "reg_mr"}
+    assert value(parsed, "gpuscope_efa_admin_command_errors_total", device="efa_0") == 0
+    assert value(parsed, "gpuscope_efa_verbs_errors_total", device="efa_0") == 0
+    # Admin command totals, keep-alives and the per-operation breakdown only with the detail flag.
+    assert not series(parsed, "gpuscope_efa_admin_commands_total")
+    assert not series(parsed, "gpuscope_efa_keep_alive_received_total")
+    assert not series(parsed, "gpuscope_efa_verbs_operation_errors_total")
     # A driver older than 2.5 has no rdma_write_*, older than 2.17 no network counters: absent, not 0.
     assert not series(parsed, "gpuscope_efa_rdma_write_bytes_total")
     assert not series(parsed, "gpuscope_efa_retransmit_timeout_events_total")
     # Known EFA counters never fall into the raw families, and lifespan is not a counter.
     assert not series(parsed, "gpuscope_rdma_port_hw_stat_total")
     assert not series(parsed, "gpuscope_rdma_device_hw_stat_total")
+
+
+def test_efa_device_detail_flag(tmp_path, client_counters):
+    device = split_real_efa0(client_counters)
+    device.device_counters.update(reg_mr_err=3, mmap_err=2)
+    write_rdma_tree(str(tmp_path / "sys"), [device])
+    parsed = samples(scrape([RdmaCollector(str(tmp_path / "sys"), efa_device_detail=True)]))
+    admin = {o["outcome"]: value(parsed, "gpuscope_efa_admin_commands_total", **o)
+             for o in series(parsed, "gpuscope_efa_admin_commands_total")}
+    assert admin == {"submitted": 108, "completed": 105, "error": 0, "no_completion": 0}
+    assert value(parsed, "gpuscope_efa_keep_alive_received_total", device="efa_0") == 87
+    ops = {o["operation"]: value(parsed, "gpuscope_efa_verbs_operation_errors_total", **o)
+           for o in series(parsed, "gpuscope_efa_verbs_operation_errors_total")}
+    assert ops == {"alloc_pd": 0, "alloc_ucontext": 0, "create_ah": 0, "create_cq": 0, "create_qp": 0, "mmap": 2,
+                   "reg_mr": 3}
+    assert value(parsed, "gpuscope_efa_verbs_errors_total", device="efa_0") == 5
+    assert value(parsed, "gpuscope_efa_admin_command_errors_total", device="efa_0") == 0
 
 
 def test_combined_layout_exports_exactly_what_split_layout_does(tmp_path, client_counters):
@@ -80,7 +97,7 @@ def test_p5_tree_has_32_efa_devices_with_every_network_counter(tmp_path):
         1000 * (index + 1) + 1
     info = next(s for s in series(parsed, "gpuscope_rdma_device_info") if s["device"] == "rdmap201s0")
     assert info == {"device": "rdmap201s0", "driver": "efa", "pci_address": "0000:c9:00.0", "numa_node": "1",
-                    "firmware": "0.0.0.0", "driver_version": "2.17.1g", "efa": "true"}
+                    "firmware": "0.0.0.0", "driver_version": "2.17.1g", "efa": "true", "link_layer": "Unspecified"}
     assert all(v == 1 for (name, _), v in parsed.items() if name == "gpuscope_rdma_device_read_success")
 
 

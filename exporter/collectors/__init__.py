@@ -20,7 +20,8 @@ from exporter.collectors.rdma import RdmaCollector
 
 @dataclass(frozen=True)
 class Roots:
-    """Where the host's data comes from; tests and the simulator point these at trees and a simulated NVML.
+    """Where the host's data comes from, and the collectors' few options; tests and the simulator
+    point the roots at trees and a simulated NVML.
 
     `nvml` is the pynvml module to use; None means the real one, imported when the GPU collector starts.
     """
@@ -29,6 +30,7 @@ class Roots:
     procfs: str = "/proc"
     nvml: Any = None
     gpu: GpuOptions = field(default_factory=GpuOptions)
+    efa_device_detail: bool = False
 
 
 class Collector(Protocol):
@@ -47,7 +49,7 @@ def close(collectors: Iterable[Collector]) -> None:
 
 FACTORIES: dict[str, Callable[[Roots], Collector]] = {
     "gpu": lambda roots: GpuCollector(roots.nvml or importlib.import_module("pynvml"), roots.gpu),
-    "rdma": lambda roots: RdmaCollector(roots.sysfs),
+    "rdma": lambda roots: RdmaCollector(roots.sysfs, roots.efa_device_detail),
     "lustre": lambda roots: LustreCollector(roots.sysfs, roots.procfs),
     "host": lambda roots: HostCollector(roots.sysfs, roots.procfs),
 }

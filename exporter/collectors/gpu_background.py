@@ -19,14 +19,11 @@ from exporter.catalog import Metric
 
 log = logging.getLogger("gpuscope")
 
-# XIDs NVIDIA's catalog says to page or warn on (REFERENCE.md §4): their series exist from the
-# start at 0, so increase() sees the first occurrence. Others appear when they first happen.
-WATCHED_XIDS = (13, 31, 32, 43, 45, 46, 48, 62, 63, 64, 74, 79, 92, 94, 95, 109, 119, 120, 136, 140, 143, 154, 158)
 XID_CRITICAL_EVENT = 0x8  # nvmlEventTypeXidCriticalError
 _WAIT_MS = 500
 
-MIB = 1024 * 1024
-# GPM metric id -> (metric, scale): percentages become ratios, MiB/s become bytes/s.
+# GPM metric id -> (metric, scale): percentages become ratios. GPM's PCIe and NVLink rates (ids 20,
+# 21, 60, 61) are not exported: rate() of the byte counters gives the same over any window.
 GPM_METRICS: dict[int, tuple[Metric, float]] = {
     1: (catalog.GPU_GRAPHICS_ACTIVE, 0.01),
     2: (catalog.GPU_SM_ACTIVE, 0.01),
@@ -36,10 +33,6 @@ GPM_METRICS: dict[int, tuple[Metric, float]] = {
     11: (catalog.GPU_FP64_ACTIVE, 0.01),
     12: (catalog.GPU_FP32_ACTIVE, 0.01),
     13: (catalog.GPU_FP16_ACTIVE, 0.01),
-    20: (catalog.GPU_GPM_PCIE_TX, MIB),
-    21: (catalog.GPU_GPM_PCIE_RX, MIB),
-    60: (catalog.GPU_GPM_NVLINK_RX, MIB),
-    61: (catalog.GPU_GPM_NVLINK_TX, MIB),
 }
 
 
@@ -49,7 +42,7 @@ class XidWatcher:
     def __init__(self, nvml: Any, handles: dict[int, Any]) -> None:
         self._nvml = nvml
         self._lock = threading.Lock()
-        self._counts: Counter[tuple[int, int]] = Counter({(i, xid): 0 for i in handles for xid in WATCHED_XIDS})
+        self._counts: Counter[tuple[int, int]] = Counter()
         self._last: dict[int, float] = {}
         # Events name their GPU by handle; asking NVML for the index fails for a GPU that is lost,
         # exactly when its XID 79 arrives, so handles are matched by address instead.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from exporter import catalog
@@ -28,20 +28,23 @@ _SKIP = frozenset({"lifespan"})
 _RATE = re.compile(r"^\s*([0-9.]+)\s*Gb/sec")
 
 
+Target = tuple[Metric, tuple[str, ...]]  # a metric and the label values of one series
+
+
 @dataclass(frozen=True)
 class _CounterDir:
-    """One counter directory: the files to read and, for each, the metric and label values it feeds."""
+    """One counter directory: the files to read and, for each, the series it adds to."""
 
     path: str
     names: tuple[str, ...]
-    targets: tuple[tuple[Metric, tuple[str, ...]], ...]
+    targets: tuple[tuple[Target, ...], ...]
 
 
 @dataclass(frozen=True)
 class _Plan:
     key: tuple[int, int]
     info: tuple[str, ...]
-    ports: tuple[tuple[str, str, str], ...]  # (port, port dir, link layer)
+    ports: tuple[tuple[str, str], ...]  # (port, port dir)
     counter_dirs: tuple[_CounterDir, ...]
 
 
@@ -50,8 +53,9 @@ class RdmaCollector:
 
     name = "rdma"
 
-    def __init__(self, sysfs: str) -> None:
+    def __init__(self, sysfs: str, efa_device_detail: bool = False) -> None:
         self._class_dir = os.path.join(sysfs, "class", "infiniband")
+        self._efa_device = catalog.EFA_DEVICE_DETAIL_COUNTERS if efa_device_detail else catalog.EFA_DEVICE_COUNTERS
         self._module_dir = os.path.join(sysfs, "module")
         self._in_flight = InFlight()
         self._plans: dict[str, _Plan] = {}
@@ -77,20 +81,22 @@ class RdmaCollector:
         except FileNotFoundError:
             return False  # removed between listing and reading
         scrape.add(catalog.RDMA_DEVICE_INFO, 1, *plan.info)
-        for port, port_dir, link_layer in plan.ports:
-            rate_text = read_optional(f"{port_dir}/rate")
-            scrape.add(catalog.RDMA_PORT_INFO, 1, device, port, link_layer, rate_text)
-            rate = _RATE.match(rate_text)
+        for port, port_dir in plan.ports:
+            rate = _RATE.match(read_optional(f"{port_dir}/rate"))
             if rate:
                 scrape.add(catalog.RDMA_PORT_RATE, float(rate.group(1)) * 1e9 / 8, device, port)
         ok = True
+        sums: dict[Target, int] = {}
         for counter_dir in plan.counter_dirs:
             values = read_numbers(counter_dir.path, counter_dir.names)
-            for (metric, labels), value in zip(counter_dir.targets, values, strict=True):
+            for targets, value in zip(counter_dir.targets, values, strict=True):
                 if value is None:
                     ok = False
-                else:
-                    scrape.family(metric).samples.append((labels, value))
+                    continue
+                for target in targets:
+                    sums[target] = sums.get(target, 0) + value
+        for (metric, labels), value in sums.items():
+            scrape.family(metric).samples.append((labels, value))
         if not ok:
             self._plans.pop(device, None)
         return ok
@@ -108,30 +114,34 @@ class RdmaCollector:
         pci = f"{path}/device"
         driver = _link_name(f"{pci}/driver")
         is_efa = read_optional(f"{pci}/vendor") == EFA_PCI_VENDOR or driver == EFA_DRIVER
+        port_names = list_dir(f"{path}/ports")
         info = (device, driver,
                 os.path.basename(os.path.realpath(pci)) if os.path.islink(pci) else "",
                 read_optional(f"{pci}/numa_node"),
                 read_optional(f"{path}/fw_ver"),
                 read_optional(f"{self._module_dir}/{driver}/version") if driver else "",
-                "true" if is_efa else "false")
-        dirs = [_counter_dir(f"{path}/hw_counters", lambda name: _device_target(device, name, is_efa))]
+                "true" if is_efa else "false",
+                read_optional(f"{path}/ports/{port_names[0]}/link_layer") if port_names else "")
+        efa_device = self._efa_device if is_efa else {}
+        dirs = [_counter_dir(f"{path}/hw_counters", lambda name: _device_targets(device, name, is_efa, efa_device))]
         ports = []
-        for port in list_dir(f"{path}/ports"):
+        for port in port_names:
             port_dir = f"{path}/ports/{port}"
-            ports.append((port, port_dir, read_optional(f"{port_dir}/link_layer")))
+            ports.append((port, port_dir))
             for sub in ("counters", "counters_ext"):
                 dirs.append(_counter_dir(f"{port_dir}/{sub}",
-                                         lambda name, p=port: (catalog.RDMA_PORT_COUNTER, (device, p, name))))
+                                         lambda name, p=port: ((catalog.RDMA_PORT_COUNTER, (device, p, name)),)))
             dirs.append(_counter_dir(f"{port_dir}/hw_counters",
-                                     lambda name, p=port: _port_target(device, p, name, is_efa)))
+                                     lambda name, p=port: _port_targets(device, p, name, is_efa)))
         return _Plan(key, info, tuple(ports), tuple(d for d in dirs if d.names))
 
 
-def _counter_dir(path: str, target) -> _CounterDir:
-    """Lists a counter directory, leaving out non-counters and files the hardware reports as N/A."""
+def _counter_dir(path: str, targets_of: Callable[[str], tuple[Target, ...]]) -> _CounterDir:
+    """Lists a counter directory, leaving out non-counters, files the hardware reports as N/A and
+    files that feed no series."""
     names = [name for name in list_dir(path) if name not in _SKIP and not _not_available(f"{path}/{name}")]
-    targets = [target(name) for name in names]
-    keep = [i for i, t in enumerate(targets) if t is not None]
+    targets = [targets_of(name) for name in names]
+    keep = [i for i, t in enumerate(targets) if t]
     return _CounterDir(path, tuple(names[i] for i in keep), tuple(targets[i] for i in keep))
 
 
@@ -140,21 +150,20 @@ def _not_available(path: str) -> bool:
     return read_optional(path).startswith("N/A")
 
 
-def _port_target(device: str, port: str, name: str, is_efa: bool) -> tuple[Metric, tuple[str, ...]] | None:
+def _port_targets(device: str, port: str, name: str, is_efa: bool) -> tuple[Target, ...]:
     if is_efa and name in catalog.EFA_PORT_COUNTERS:
-        return catalog.EFA_PORT_COUNTERS[name], (device, port)
-    if is_efa and name in catalog.EFA_DEVICE_COUNTERS:
-        return None  # the combined layout repeats device counters here; they are read at device level
-    return catalog.RDMA_PORT_HW_COUNTER, (device, port, name)
+        return ((catalog.EFA_PORT_COUNTERS[name], (device, port)),)
+    if is_efa and name in catalog.EFA_DEVICE_DETAIL_COUNTERS:
+        return ()  # the combined layout repeats device counters here; they are read at device level
+    return ((catalog.RDMA_PORT_HW_COUNTER, (device, port, name)),)
 
 
-def _device_target(device: str, name: str, is_efa: bool) -> tuple[Metric, tuple[str, ...]] | None:
-    if is_efa and name in catalog.EFA_DEVICE_COUNTERS:
-        metric, label = catalog.EFA_DEVICE_COUNTERS[name]
-        return metric, (device, label) if label else (device,)
+def _device_targets(device: str, name: str, is_efa: bool, efa_device: dict) -> tuple[Target, ...]:
+    if is_efa and name in catalog.EFA_DEVICE_DETAIL_COUNTERS:
+        return tuple((metric, (device, *extra)) for metric, extra in efa_device.get(name, ()))
     if is_efa and name in catalog.EFA_PORT_COUNTERS:
-        return None  # the combined layout repeats port counters here; they are read per port
-    return catalog.RDMA_DEVICE_HW_COUNTER, (device, name)
+        return ()  # the combined layout repeats port counters here; they are read per port
+    return ((catalog.RDMA_DEVICE_HW_COUNTER, (device, name)),)
 
 
 def _link_name(path: str) -> str:

@@ -28,10 +28,9 @@ from exporter.sim.profiles import PROFILES
 UPTIME_AT_START = 86_400.0  # the node has been up a day when the simulation starts
 _THRESHOLDS = {"shutdown": 0, "slowdown": 1, "memory_max": 2, "gpu_max": 3}
 _TLIMIT_FIELDS = {193: "shutdown", 194: "slowdown", 195: "memory_max", 196: "gpu_max"}
-# GPM metric id -> profile key of the busy pattern (ratio) or rate.
+# GPM metric id -> profile key of the busy pattern (a ratio).
 _GPM_RATIOS = {1: "graphics_active", 2: "sm_active", 3: "sm_occupancy", 5: "tensor_active", 10: "dram_active",
                11: "fp64_active", 12: "fp32_active", 13: "fp16_active"}
-_GPM_MIB_RATES = {20: "pcie_tx", 21: "pcie_rx", 60: "nvlink_rx", 61: "nvlink_tx"}
 
 
 def load_profile(name: str) -> dict[str, Any]:
@@ -441,11 +440,7 @@ class SimulatedNvml:
         """What the GPU is doing now, as GPM would average it between two samples."""
         fault = state.fault
         scale = fault.activity_scale if fault.activity_scale is not None else 1.0
-        values = {key: self._busy(key) * scale for key in _GPM_RATIOS.values()}
-        nvlink = self._nvlink_rate(state) * self.profile["gpu"]["nvlinks"] / (1024 * 1024)
-        pcie = self._busy("pcie_bytes_per_second") / (1024 * 1024)
-        values.update(pcie_tx=pcie, pcie_rx=pcie, nvlink_tx=nvlink, nvlink_rx=nvlink)
-        return values
+        return {key: self._busy(key) * scale for key in _GPM_RATIOS.values()}
 
     def nvmlGpmMetricsGet(self, request: Any) -> Any:
         self.calls["nvmlGpmMetricsGet"] += 1
@@ -456,10 +451,10 @@ class SimulatedNvml:
         activity = second[2]
         for slot in range(request.numMetrics):
             metric = request.metrics[slot]
-            key = _GPM_RATIOS.get(metric.metricId) or _GPM_MIB_RATES.get(metric.metricId)
+            key = _GPM_RATIOS.get(metric.metricId)
             if key is None:
                 metric.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
                 continue
             metric.nvmlReturn = pynvml.NVML_SUCCESS
-            metric.value = activity[key] * (100.0 if metric.metricId in _GPM_RATIOS else 1.0)
+            metric.value = activity[key] * 100.0
         return request
