@@ -41,11 +41,13 @@ def node_roots(settings: ExporterSettings) -> Iterator[Roots]:
 
     profile = load_profile(settings.simulate)
     with tempfile.TemporaryDirectory(prefix="gpuscope-sim-") as work:
-        node = SimulatedNode(work, profile)
-        node.start()
-        log.info("serving a simulated node", extra={"profile": settings.simulate, "sysfs": node.sysfs})
+        nvml = SimulatedNvml(profile)
+        node = SimulatedNode(settings.simulate_dir or work, profile, nvml)
+        node.start(settings.simulate_interval)
+        log.info("serving a simulated node", extra={"profile": settings.simulate, "sysfs": node.sysfs,
+                                                    "faults": node.faults_file})
         try:
-            yield dataclasses.replace(settings.roots, sysfs=node.sysfs, nvml=SimulatedNvml(profile))
+            yield dataclasses.replace(settings.roots, sysfs=node.sysfs, nvml=nvml)
         finally:
             node.stop()
 

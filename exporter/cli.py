@@ -13,6 +13,8 @@ from typing import NoReturn
 
 from exporter import __version__
 from exporter.config import DEFAULT_PORT, OPTIONS, ConfigError, config_file_from, resolve
+from exporter.sim.cluster import SCENARIOS
+from exporter.sim.profiles import PROFILES
 
 USAGE_ERROR = 2
 
@@ -41,12 +43,25 @@ def _exporter_parser(subparsers) -> None:
 
 def _simulate_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "simulate", help="write a simulated p5.48xlarge node (EFA, Lustre) for the exporter to read",
-        description="Writes the sysfs tree of a p5.48xlarge (32 EFA devices, an FSx for Lustre client) under "
-                    "DIR; then run: gpuscope exporter --path.sysfs=DIR/sys")
-    parser.add_argument("--out", required=True, metavar="DIR", help="directory to write (its sys/ is replaced)")
-    parser.add_argument("--layout", choices=("split", "combined"), default="split",
-                        help="EFA counter layout: split (kernel >= 5.15) or combined (older)")
+        "simulate", help="run a simulated cluster: N nodes, each a real exporter on loopback, with scripted faults",
+        description="Starts N simulated nodes, each served by its own `gpuscope exporter --simulate` process on "
+                    "127.0.0.1, writes a Prometheus file_sd targets file, and plays a fault scenario. "
+                    "Ctrl-C stops every process.")
+    parser.add_argument("--nodes", type=_positive_int, help="how many nodes (default: the scenario's, else 4)")
+    parser.add_argument("--profile", default="p5.48xlarge", help="node profile: " + ", ".join(PROFILES))
+    parser.add_argument("--scenario", default="healthy", metavar="NAME|FILE",
+                        help="a built-in scenario (" + ", ".join(SCENARIOS) + ") or a scenario YAML file")
+    parser.add_argument("--out", default="gpuscope-sim", metavar="DIR", help="where the nodes' trees go")
+    parser.add_argument("--base-port", type=_positive_int, default=19500,
+                        help="node i listens on 127.0.0.1:BASE+i (default 19500)")
+    parser.add_argument("--duration", default="0s",
+                        help="stop this long after the scenario's last step (default 0s: run until Ctrl-C)")
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid positive integer {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,9 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "exporter":
         return _run_exporter(args)
     if command == "simulate":
-        from exporter.sim.node import write_p5_node
+        from exporter.sim.run import run_simulation
 
-        sysfs = write_p5_node(os.path.abspath(args["out"]), args["layout"])
-        print(f"simulated p5.48xlarge written; run: gpuscope exporter --path.sysfs={sysfs}")
-        return 0
+        return run_simulation(args)
     raise AssertionError(f"unhandled command {command}")

@@ -116,6 +116,10 @@ OPTIONS: tuple[Option, ...] = (
            "how often GPM profiling samples are taken in the background (set it to the scrape interval)"),
     Option("simulate", "", parse_profile,
            "serve a simulated node of this profile instead of the host's hardware: " + ", ".join(PROFILES)),
+    Option("simulate.dir", "", str,
+           "with --simulate: the node's directory (its sysfs tree, and faults.yaml read for injected faults); "
+           "empty: a temporary one"),
+    Option("simulate.interval", "2s", parse_duration, "with --simulate: how often the node's counters move on"),
 )
 
 
@@ -130,6 +134,8 @@ class ExporterSettings:
     log_level: str
     log_format: str
     simulate: str = ""
+    simulate_dir: str = ""
+    simulate_interval: float = 2.0
 
 
 def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) -> ExporterSettings:
@@ -162,6 +168,8 @@ def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) ->
         log_level=values["log.level"],
         log_format=values["log.format"],
         simulate=values["simulate"],
+        simulate_dir=values["simulate.dir"],
+        simulate_interval=values["simulate.interval"],
     )
 
 

@@ -1,19 +1,61 @@
-"""A real Prometheus server on loopback for end-to-end tests (Debian's binary, found on PATH)."""
+"""Real Prometheus and Alertmanager on loopback, and a webhook receiver, for end-to-end tests.
+
+Debian's binaries are found on PATH (scripts/test installs them). Every server listens on a free
+127.0.0.1 port, is stopped by its own pid when the context exits (also when a test fails), and
+keeps its data in a temporary directory.
+"""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
 import yaml
 
 from tests.helpers import free_port
+
+
+def _binary(*names: str) -> str:
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise AssertionError(f"{names[0]} missing: scripts/test installs Debian's package")
+
+
+@contextmanager
+def _server(command: list[str], base: str, ready_path: str) -> Iterator[None]:
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"{command[0]} exited {proc.returncode}: {proc.stderr.read()}")
+            try:
+                if requests.get(base + ready_path, timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{command[0]} not ready within 30 s")
+            time.sleep(0.1)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class Prometheus:
@@ -35,43 +77,90 @@ class Prometheus:
             time.sleep(0.2)
         raise AssertionError(f"no result for {expr} within {timeout}s")
 
+    def alerts(self) -> list[dict]:
+        return requests.get(f"{self.base}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+
     def targets(self) -> list[dict]:
         return requests.get(f"{self.base}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
 
 
 @contextmanager
-def prometheus(scrape_configs: list[dict], interval: str = "1s") -> Iterator[Prometheus]:
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus missing: scripts/test installs Debian's prometheus package"
+def prometheus(scrape_configs: list[dict], interval: str = "1s", rule_files: Sequence[str] = (),
+               alertmanager: str = "") -> Iterator[Prometheus]:
+    """Prometheus scraping and evaluating rules every `interval`, sending alerts to `alertmanager`."""
+    binary = _binary("prometheus")
     with tempfile.TemporaryDirectory(prefix="gpuscope-prom-") as work:
-        config = Path(work) / "prometheus.yml"
-        config.write_text(yaml.safe_dump({"global": {"scrape_interval": interval, "evaluation_interval": interval},
-                                          "scrape_configs": scrape_configs}))
+        config = {"global": {"scrape_interval": interval, "evaluation_interval": interval},
+                  "scrape_configs": scrape_configs, "rule_files": list(rule_files)}
+        if alertmanager:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+        path = Path(work) / "prometheus.yml"
+        path.write_text(yaml.safe_dump(config))
         port = free_port()
-        proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={work}/data",
-                                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            _wait_ready(proc, base)
-            yield Prometheus(base)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        with _server([binary, f"--config.file={path}", f"--storage.tsdb.path={work}/data",
+                      f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                     f"http://127.0.0.1:{port}", "/-/ready"):
+            yield Prometheus(f"http://127.0.0.1:{port}")
 
 
-def _wait_ready(proc: subprocess.Popen, base: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"prometheus exited {proc.returncode}: {proc.stderr.read()}")
-        try:
-            if requests.get(f"{base}/-/ready", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
+class Webhook:
+    """Records every Alertmanager notification POSTed to it."""
+
+    def __init__(self) -> None:
+        self.notifications: list[dict] = []
+        self._lock = threading.Lock()
+
+    def received(self) -> list[dict]:
+        with self._lock:
+            return list(self.notifications)
+
+    def alerts(self, status: str = "firing") -> list[dict]:
+        """Every alert of every notification with the given status."""
+        return [alert for note in self.received() for alert in note["alerts"] if alert["status"] == status]
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[tuple[str, Webhook]]:
+    hook = Webhook()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            with hook._lock:
+                hook.notifications.append(json.loads(body))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args) -> None:
             pass
-        time.sleep(0.1)
-    raise AssertionError("prometheus not ready within 30 s")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", hook
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def alertmanager(config: dict) -> Iterator[str]:
+    """Alertmanager with `config`, gossip switched off; yields its host:port."""
+    binary = _binary("prometheus-alertmanager", "alertmanager")
+    with tempfile.TemporaryDirectory(prefix="gpuscope-am-") as work:
+        path = Path(work) / "alertmanager.yml"
+        path.write_text(yaml.safe_dump(config))
+        port = free_port()
+        with _server([binary, f"--config.file={path}", f"--storage.path={work}/data",
+                      f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
+                     f"http://127.0.0.1:{port}", "/-/ready"):
+            yield f"127.0.0.1:{port}"
+
+
+def webhook_only_config(url: str) -> dict:
+    """Every alert straight to one webhook, grouping waits cut to a second (test speed)."""
+    return {"route": {"receiver": "webhook", "group_by": ["alertname", "instance"], "group_wait": "1s",
+                      "group_interval": "1s", "repeat_interval": "1h"},
+            "receivers": [{"name": "webhook", "webhook_configs": [{"url": url, "send_resolved": True}]}]}

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import bcrypt
 import pytest
+import yaml
 
 from exporter import __version__
-from exporter.collectors.lustre import LustreCollector
-from exporter.collectors.rdma import RdmaCollector
 from exporter.config import DEFAULT_PORT, ConfigError, resolve
-from tests.helpers import samples, scrape, series, value
+from tests.helpers import free_port
 from tests.procs import run_cli, run_gpuscope
 
 
@@ -132,14 +132,34 @@ def test_busy_port_is_one_log_line_and_exit_1():
 
 
 
-def test_simulate_writes_a_node_the_exporter_reads(tmp_path):
-    result = run_gpuscope("simulate", f"--out={tmp_path}/node")
+def test_simulate_runs_a_cluster_plays_the_scenario_and_stops_everything(tmp_path):
+    scenario = tmp_path / "stall.yml"
+    scenario.write_text("name: quick stall\nnodes: 2\nsteps:\n  - {at: 1s, node: 1, fault: {kind: efa_stall}}\n")
+    port = free_port()
+    result = run_gpuscope("simulate", f"--scenario={scenario}", f"--out={tmp_path}/sim", f"--base-port={port}",
+                          "--duration=1s", timeout=60)
     assert result.returncode == 0, result.stderr
-    assert f"--path.sysfs={tmp_path}/node/sys" in result.stdout
-    parsed = samples(scrape([RdmaCollector(f"{tmp_path}/node/sys"),
-                             LustreCollector(f"{tmp_path}/node/sys", f"{tmp_path}/none")]))
-    assert len(series(parsed, "gpuscope_efa_retransmit_timeout_events_total")) == 32
-    assert value(parsed, "gpuscope_efa_transmit_bytes_total", device="rdmap79s0", port="1") == 48_213_556_011_008
-    assert value(parsed, "gpuscope_lustre_read_bytes_total", fs="fsx") == 912_337_190_912
-    assert len(series(parsed, "gpuscope_lustre_import_healthy")) == 5
-    assert value(parsed, "gpuscope_lustre_health_check_healthy") == 1
+    assert f"node-1: http://127.0.0.1:{port + 1}/metrics" in result.stdout
+    assert "node-1: inject {'kind': 'efa_stall'}" in result.stdout
+    targets = json.loads((tmp_path / "sim" / "targets.json").read_text())
+    assert [t["labels"]["instance"] for t in targets] == ["node-0", "node-1"]
+    assert yaml.safe_load((tmp_path / "sim" / "node-1" / "faults.yaml").read_text()) == [{"kind": "efa_stall"}]
+    for node_port in (port, port + 1):  # every exporter was stopped
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", node_port)) != 0
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("steps:\n  - {at: 1s, node: 0, fault: {kind: meltdown}}\n", "steps[0].fault: unknown fault kind 'meltdown'"),
+    ("steps:\n  - {at: 1s, node: 0, fault: {kind: straggler}}\n", "steps[0].fault: fault straggler needs 'gpu'"),
+    ("steps:\n  - {at: soon, node: 0, fault: {kind: efa_stall}}\n", "steps[0].at: invalid duration 'soon'"),
+    ("steps:\n  - {at: 1s, node: 9, fault: {kind: efa_stall}}\n", "steps[0]: 'node' must be 'job' or an index"),
+    ("steps:\n  - {at: 1s, node: 0, fault: {kind: collective_stall}}\n", "use node: job"),
+])
+def test_simulate_rejects_a_bad_scenario_naming_the_field(tmp_path, text, message):
+    scenario = tmp_path / "bad.yml"
+    scenario.write_text(text)
+    result = run_gpuscope("simulate", f"--scenario={scenario}", f"--out={tmp_path}/sim")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and str(scenario) in result.stderr and message in result.stderr
+    assert not (tmp_path / "sim").exists()

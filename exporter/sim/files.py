@@ -24,8 +24,11 @@ def write_file(path: str, text: str, staging: str | None = None) -> None:
         return
     with _counter_lock:
         tmp = os.path.join(staging, f"{os.getpid()}.{next(_counter)}")
-    with open(tmp, "w", encoding="ascii") as handle:
-        handle.write(data)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
 
 

@@ -6,6 +6,7 @@ node, steady Lustre reads, checkpoint writes), so rate() in Prometheus shows a w
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
@@ -13,8 +14,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import yaml
+
+from exporter.sim.faults import NodeEffects, ScenarioError, check_fault, node_effects
 from exporter.sim.lustre_tree import LustreClient, write_lustre_tree
-from exporter.sim.rdma_tree import P5_EFA_BUSES, RdmaDevice, p5_efa_devices, write_counters, write_rdma_tree
+from exporter.sim.nvml import Fault, SimulatedNvml, load_profile
+from exporter.sim.rdma_tree import RdmaDevice, p5_efa_devices, write_counters, write_rdma_tree
+
+log = logging.getLogger("gpuscope")
 
 # Counter levels of a p5.48xlarge some hours into a training job (bytes and packets since boot).
 P5_EFA_LEVELS = {
@@ -41,56 +48,125 @@ CHECKPOINT_EVERY, CHECKPOINT_SECONDS, CHECKPOINT_RATE = 600.0, 30.0, 2e9  # writ
 
 def efa_devices(count: int) -> list[RdmaDevice]:
     """The node's EFA devices: p5's 32, or the first `count` bus numbers of that layout."""
-    return p5_efa_devices(P5_EFA_LEVELS)[:count] if count <= len(P5_EFA_BUSES) else []
+    return p5_efa_devices(P5_EFA_LEVELS)[:count]
 
 
 def write_p5_node(root: str, layout: str = "split") -> str:
     """Writes a p5.48xlarge's EFA devices and an FSx for Lustre client under `root`; returns the sysfs root."""
-    node = SimulatedNode(root, {"efa_devices": 32}, layout=layout, clock=lambda: 0.0)
-    return node.sysfs
+    return SimulatedNode(root, load_profile("p5.48xlarge"), layout=layout, clock=lambda: 0.0).sysfs
 
 
 class SimulatedNode:
-    """Writes a node's tree once, then `advance()` (or the thread from `start()`) moves its counters on."""
+    """A node's tree, written once and then moved on by `advance()` (or the thread from `start()`).
 
-    def __init__(self, root: str, profile: dict[str, Any], layout: str = "split",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    Faults arrive through `<root>/faults.yaml`, a list of fault mappings (see faults.py) that the
+    cluster controller rewrites; GPU faults go to the simulated NVML, the rest change EFA and
+    Lustre behaviour here.
+    """
+
+    def __init__(self, root: str, profile: dict[str, Any], nvml: SimulatedNvml | None = None,
+                 layout: str = "split", clock: Callable[[], float] = time.monotonic) -> None:
         self.sysfs = os.path.join(root, "sys")
+        self.faults_file = os.path.join(root, "faults.yaml")
         self._staging = os.path.join(root, ".staging")
+        self._profile = profile
+        self._nvml = nvml
         self._layout = layout
         self._clock = clock
-        self._start = clock()
+        self._last = clock()
         self._stop = threading.Event()
+        self._faults_seen: tuple[float, int] | None = None
+        self._effects = NodeEffects()
+        self._raised: set[tuple[int, int]] = set()
         if os.path.exists(self.sysfs):
             shutil.rmtree(self.sysfs)
         os.makedirs(self._staging, exist_ok=True)
         self.devices = efa_devices(int(profile.get("efa_devices", 32)))
-        self._base = [(dict(d.port_counters), dict(d.device_counters)) for d in self.devices]
+        self._efa = [{**d.port_counters, **d.device_counters} for d in self.devices]
         write_rdma_tree(self.sysfs, self.devices, layout=layout)
         self.lustre = LustreClient(read_bytes=912_337_190_912, reads=1_844_117, write_bytes=120_334_110_720,
                                    writes=29_377)
-        self._lustre_base = (self.lustre.read_bytes, self.lustre.reads, self.lustre.write_bytes, self.lustre.writes)
+        self._lustre_io = [float(self.lustre.read_bytes), float(self.lustre.write_bytes)]
+        self._target_counts = {t.name: [0.0, 1.0] for t in self.lustre.targets}  # timeouts, connection attempts
+        self._elapsed = 0.0
         write_lustre_tree(self.sysfs, self.lustre)
 
     def advance(self) -> None:
-        """Rewrites every counter for the time elapsed since the start."""
-        elapsed = self._clock() - self._start
-        for device, (port, dev) in zip(self.devices, self._base, strict=True):
-            device.port_counters = {k: int(v + EFA_RATES.get(k, 0) * elapsed) for k, v in port.items()}
-            device.device_counters = {k: int(v + EFA_RATES.get(k, 0) * elapsed) for k, v in dev.items()}
-            write_counters(self.sysfs, device, self._layout, self._staging)
-        read_bytes, reads, write_bytes, writes = self._lustre_base
-        written = _checkpoint_bytes(elapsed)
-        self.lustre.read_bytes = int(read_bytes + LUSTRE_READ_RATE * elapsed)
-        self.lustre.reads = int(reads + LUSTRE_READ_RATE * elapsed / 1_048_576)
-        self.lustre.write_bytes = int(write_bytes + written)
-        self.lustre.writes = int(writes + written / 4_194_304)
+        """Applies any new faults, then moves every counter on by the time since the last call."""
+        self._load_faults()
+        now = self._clock()
+        dt, self._last = max(0.0, now - self._last), now
+        self._elapsed += dt
+        efa = self._effects.efa
+        for device, counters in zip(self.devices, self._efa, strict=True):
+            before = {**device.port_counters, **device.device_counters}
+            for name in counters:
+                counters[name] += (EFA_RATES.get(name, 0.0) * efa.traffic_scale + efa.error_rates.get(name, 0.0)) * dt
+            device.port_counters = {k: int(counters[k]) for k in device.port_counters}
+            device.device_counters = {k: int(counters[k]) for k in device.device_counters}
+            write_counters(self.sysfs, device, self._layout, self._staging, unchanged=before)
+        self._advance_lustre(dt)
         write_lustre_tree(self.sysfs, self.lustre, time.time(), self._staging)
 
-    def start(self, interval: float = 5.0) -> None:
+    def _advance_lustre(self, dt: float) -> None:
+        stalled = self._effects.lustre.stalled_targets
+        if not stalled:  # one stuck OST stalls the striped I/O of the whole filesystem
+            self._lustre_io[0] += LUSTRE_READ_RATE * dt
+            self._lustre_io[1] += _checkpoint_bytes(self._elapsed) - _checkpoint_bytes(self._elapsed - dt)
+        self.lustre.read_bytes, self.lustre.write_bytes = int(self._lustre_io[0]), int(self._lustre_io[1])
+        self.lustre.reads = int(1_844_117 + (self._lustre_io[0] - 912_337_190_912) / 1_048_576)
+        self.lustre.writes = int(29_377 + (self._lustre_io[1] - 120_334_110_720) / 4_194_304)
+        wall = int(time.time())
+        for target in self.lustre.targets:
+            counts = self._target_counts[target.name]
+            if target.name in stalled:
+                counts[0] += 1.0 * dt  # RPCs time out one after another
+                counts[1] += 0.2 * dt  # and the client keeps trying to reconnect
+                target.state, target.rpcs_in_flight = self._effects.lustre.state, 8
+            else:
+                target.state, target.rpcs_in_flight, target.last_reply = "FULL", 1, wall
+            target.timeouts, target.connection_attempts = int(counts[0]), int(counts[1])
+
+    def _load_faults(self) -> None:
+        """Reads faults.yaml when it changed; a file that cannot be used is logged and ignored."""
+        try:
+            stat = os.stat(self.faults_file)
+        except FileNotFoundError:
+            stat = None
+        seen = (stat.st_mtime, stat.st_size) if stat else None
+        if seen == self._faults_seen:
+            return
+        self._faults_seen = seen
+        faults: list[dict[str, Any]] = []
+        if stat:
+            try:
+                with open(self.faults_file, encoding="utf-8") as handle:
+                    loaded = yaml.safe_load(handle) or []
+                gpus = self._profile["gpu"]["count"]
+                faults = [check_fault(f, f"{self.faults_file}[{i}]", gpus) for i, f in enumerate(loaded)]
+            except (OSError, yaml.YAMLError, TypeError, ScenarioError) as exc:
+                log.warning("ignoring simulated faults file", extra={"file": self.faults_file, "error": str(exc)})
+                return
+        self._apply(node_effects(faults, self._profile))
+
+    def _apply(self, effects: NodeEffects) -> None:
+        self._effects = effects
+        if self._nvml is None:
+            return
+        for index in range(self._profile["gpu"]["count"]):
+            self._nvml.inject(index, effects.gpus.get(index, Fault()))
+        for gpu, xid in effects.xids:
+            if (gpu, xid) not in self._raised:
+                self._nvml.raise_xid(gpu, xid)
+        self._raised = set(effects.xids)
+
+    def start(self, interval: float = 2.0) -> None:
         def run() -> None:
             while not self._stop.wait(interval):
-                self.advance()
+                try:
+                    self.advance()
+                except OSError as exc:  # the tree was removed under us (shutdown)
+                    log.warning("simulated node update failed", extra={"error": str(exc)})
 
         threading.Thread(target=run, name="simulated-node", daemon=True).start()
 
@@ -100,5 +176,5 @@ class SimulatedNode:
 
 def _checkpoint_bytes(elapsed: float) -> float:
     """Bytes written by periodic checkpoints up to `elapsed` seconds: 30 s bursts every 10 minutes."""
-    full, rest = divmod(elapsed, CHECKPOINT_EVERY)
+    full, rest = divmod(max(0.0, elapsed), CHECKPOINT_EVERY)
     return (full * CHECKPOINT_SECONDS + min(rest, CHECKPOINT_SECONDS)) * CHECKPOINT_RATE

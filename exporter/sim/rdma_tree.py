@@ -113,19 +113,22 @@ def write_rdma_tree(sysfs: str, devices: Iterable[RdmaDevice], *, driver: str = 
         write_counters(sysfs, dev, layout)
 
 
-def write_counters(sysfs: str, dev: RdmaDevice, layout: str = "split", staging: str | None = None) -> None:
-    """Rewrites an existing device's counter files with its current values."""
+def write_counters(sysfs: str, dev: RdmaDevice, layout: str = "split", staging: str | None = None,
+                   unchanged: Mapping[str, int] | None = None) -> None:
+    """Writes a device's counter files with its current values, skipping those equal to `unchanged`."""
     ib = os.path.join(sysfs, "class", "infiniband", dev.name)
     everything = {**dev.port_counters, **dev.device_counters}
     port_values = everything if layout == "combined" else dev.port_counters
     device_values = everything if layout == "combined" else dev.device_counters
-    _write_counters(os.path.join(ib, "ports", "1", "hw_counters"), port_values, staging)
+    _write_counters(os.path.join(ib, "ports", "1", "hw_counters"), port_values, staging, unchanged)
     if device_values:
-        _write_counters(os.path.join(ib, "hw_counters"), device_values, staging)
+        _write_counters(os.path.join(ib, "hw_counters"), device_values, staging, unchanged)
     if dev.counters:
-        _write_counters(os.path.join(ib, "ports", "1", "counters"), dev.counters, staging)
+        _write_counters(os.path.join(ib, "ports", "1", "counters"), dev.counters, staging, unchanged)
 
 
-def _write_counters(directory: str, values: Mapping[str, int], staging: str | None = None) -> None:
+def _write_counters(directory: str, values: Mapping[str, int], staging: str | None = None,
+                    unchanged: Mapping[str, int] | None = None) -> None:
     for name, value in values.items():
-        write_file(os.path.join(directory, name), str(value), staging)
+        if unchanged is None or unchanged.get(name) != value:
+            write_file(os.path.join(directory, name), str(value), staging)

@@ -1,0 +1,1 @@
+"""Built-in fault scenarios for simulated clusters, one YAML file each; users write their own alike."""
