@@ -42,7 +42,7 @@ def node_roots(settings: ExporterSettings) -> Iterator[Roots]:
     profile = load_profile(settings.simulate)
     with tempfile.TemporaryDirectory(prefix="gpuscope-sim-") as work:
         nvml = SimulatedNvml(profile)
-        node = SimulatedNode(settings.simulate_dir or work, profile, nvml)
+        node = SimulatedNode(settings.simulate_dir or work, profile, nvml, layout=settings.simulate_efa_layout)
         node.start(settings.simulate_interval)
         log.info("serving a simulated node", extra={"profile": settings.simulate, "sysfs": node.sysfs,
                                                     "faults": node.faults_file})

@@ -231,9 +231,6 @@ LUSTRE_CONNECT_ATTEMPTS = counter("lustre", "gpuscope_lustre_import_connection_a
 LUSTRE_CONNECTIONS = counter("lustre", "gpuscope_lustre_import_connections_total",
                              "Successful connections (import generation); rises on every reconnect.", _TARGET,
                              "import connection.generation")
-LUSTRE_DIRECTION_RPCS = gauge("lustre", "gpuscope_lustre_rpcs_in_flight",
-                              "Read or write RPCs in flight, from rpc_stats.", ("fs", "target", "direction"),
-                              "{osc,mdc}/*/rpc_stats")
 LUSTRE_PENDING_PAGES = gauge("lustre", "gpuscope_lustre_pending_pages",
                              "Read or write pages queued in the client cache for the target.",
                              ("fs", "target", "direction"), "osc/*/rpc_stats")

@@ -120,6 +120,8 @@ OPTIONS: tuple[Option, ...] = (
            "with --simulate: the node's directory (its sysfs tree, and faults.yaml read for injected faults); "
            "empty: a temporary one"),
     Option("simulate.interval", "2s", parse_duration, "with --simulate: how often the node's counters move on"),
+    Option("simulate.efa-layout", "split", _choice("split", "combined"),
+           "with --simulate: EFA counter layout, split (kernel >= 5.15) or combined (older kernels)"),
 )
 
 
@@ -136,6 +138,7 @@ class ExporterSettings:
     simulate: str = ""
     simulate_dir: str = ""
     simulate_interval: float = 2.0
+    simulate_efa_layout: str = "split"
 
 
 def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) -> ExporterSettings:
@@ -170,6 +173,7 @@ def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) ->
         simulate=values["simulate"],
         simulate_dir=values["simulate.dir"],
         simulate_interval=values["simulate.interval"],
+        simulate_efa_layout=values["simulate.efa-layout"],
     )
 
 

@@ -26,8 +26,7 @@ _TARGET_DIR = re.compile(r"^(?P<fs>.+)-(?P<target>(?:OST|MDT)[0-9a-fA-F]{4})-(?:
 _LLITE_DIR = re.compile(r"^(?P<fs>.+)-[0-9a-fA-Fx]+$")
 _STATS_ROW = re.compile(r"^(\S+)\s+(\d+)\s+samples\s+\[(\w+)\](?:\s+(\d+)\s+(\d+)\s+(\d+))?", re.M)
 _KEY_VALUE = re.compile(r"^[ \t]*([\w-]+):[ \t]*(\S+)", re.M)
-_RPC_STATS = re.compile(r"^(read|write) RPCs in flight:\s*(\d+)|^pending (read|write) pages:\s*(\d+)"
-                        r"|^(modify)_RPCs_in_flight:\s*(\d+)", re.M)
+_PENDING_PAGES = re.compile(r"^pending (read|write) pages:\s*(\d+)", re.M)
 _LAST_REPLY = re.compile(r"^last reply\s*:\s*(\d+)", re.M)
 _MICRO_UNITS = frozenset({"usec", "usecs"})
 
@@ -72,17 +71,12 @@ def parse_import(text: str) -> ImportStatus:
                         number("connection_attempts"), number("generation"))
 
 
-def parse_rpc_stats(text: str) -> dict[tuple[str, str], int]:
-    """{("rpcs"|"pages", "read"|"write"|"modify"): n} from the header lines of `rpc_stats` (osc and mdc)."""
-    out: dict[tuple[str, str], int] = {}
-    for rpc_dir, rpcs, page_dir, pages, modify, modify_rpcs in _RPC_STATS.findall(text):
-        if rpc_dir:
-            out["rpcs", rpc_dir] = int(rpcs)
-        elif page_dir:
-            out["pages", page_dir] = int(pages)
-        else:
-            out["rpcs", modify] = int(modify_rpcs)
-    return out
+def parse_pending_pages(text: str) -> dict[str, int]:
+    """{"read"|"write": pages queued in the client cache} from the header of an osc `rpc_stats`.
+
+    Its RPCs-in-flight lines are not used: the import's `inflight` gives the same per target.
+    """
+    return {direction: int(pages) for direction, pages in _PENDING_PAGES.findall(text)}
 
 
 def parse_last_reply(text: str) -> int | None:
@@ -180,9 +174,9 @@ class LustreCollector:
                 scrape.add(metric, value * scale, *labels)
         ok = True
         try:
-            for (kind, direction), value in parse_rpc_stats(self._find(subsystem, instance, "rpc_stats")).items():
-                metric = catalog.LUSTRE_DIRECTION_RPCS if kind == "rpcs" else catalog.LUSTRE_PENDING_PAGES
-                scrape.add(metric, float(value), *labels, direction)
+            pages = parse_pending_pages(self._find(subsystem, instance, "rpc_stats"))
+            for direction, value in pages.items():
+                scrape.add(catalog.LUSTRE_PENDING_PAGES, float(value), *labels, direction)
         except FileNotFoundError:
             pass
         except OSError:

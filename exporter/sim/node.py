@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from exporter.sim.faults import NodeEffects, ScenarioError, check_fault, node_effects
-from exporter.sim.lustre_tree import LustreClient, write_lustre_tree
+from exporter.sim.lustre_tree import LustreClient, LustreTarget, write_lustre_tree
 from exporter.sim.nvml import Fault, SimulatedNvml, load_profile
 from exporter.sim.rdma_tree import RdmaDevice, p5_efa_devices, write_counters, write_rdma_tree
 
@@ -66,6 +66,7 @@ class SimulatedNode:
 
     def __init__(self, root: str, profile: dict[str, Any], nvml: SimulatedNvml | None = None,
                  layout: str = "split", clock: Callable[[], float] = time.monotonic) -> None:
+        """`layout` is the EFA counter layout: split (kernel >= 5.15) or combined (older kernels)."""
         self.sysfs = os.path.join(root, "sys")
         self.faults_file = os.path.join(root, "faults.yaml")
         self._staging = os.path.join(root, ".staging")
@@ -90,6 +91,10 @@ class SimulatedNode:
         self._target_counts = {t.name: [0.0, 1.0] for t in self.lustre.targets}  # timeouts, connection attempts
         self._elapsed = 0.0
         write_lustre_tree(self.sysfs, self.lustre)
+        for fs in profile.get("idle_lustre", ()):  # a second mount nobody uses: its imports go IDLE
+            write_lustre_tree(self.sysfs, LustreClient(
+                fs=fs, read_bytes=52_428_800, reads=400, write_bytes=1_048_576, writes=12,
+                targets=[LustreTarget(name, state="IDLE", rpcs_in_flight=0) for name in ("MDT0000", "OST0000")]))
 
     def advance(self) -> None:
         """Applies any new faults, then moves every counter on by the time since the last call."""
