@@ -64,12 +64,25 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _alerts_parser(subparsers) -> None:
+    parser = subparsers.add_parser("alerts", help="alert and recording rules")
+    actions = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    build = actions.add_parser("build", help="write the Prometheus rules file, PrometheusRule and Grafana provisioning",
+                               description="Renders alerts/rules.py into OUT/prometheus-rules.yml, "
+                                           "OUT/prometheusrule.yaml and OUT/grafana-alert-rules.yaml.")
+    build.add_argument("--config", default="", metavar="FILE", help="YAML file overriding alert settings")
+    build.add_argument("--out", default="alerts/generated", metavar="DIR", help="default alerts/generated")
+    build.add_argument("--grafana-datasource-uid", default="prometheus",
+                       help="uid of the Prometheus data source the Grafana rules query (default prometheus)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gpuscope", description="Observability for GPU training clusters.")
     parser.add_argument("--version", action="version", version=f"gpuscope {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _exporter_parser(subparsers)
     _simulate_parser(subparsers)
+    _alerts_parser(subparsers)
     return parser
 
 
@@ -87,11 +100,26 @@ def _run_exporter(cli: dict) -> int:
     return app.run(settings, web)
 
 
+def _build_alerts(args: dict) -> int:
+    from alerts.render import build
+    from alerts.settings import SettingsError
+
+    try:
+        paths = build(args["out"], args["config"], args["grafana_datasource_uid"])
+    except SettingsError as exc:
+        print(f"gpuscope alerts: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    print("\n".join(paths))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     if command == "exporter":
         return _run_exporter(args)
+    if command == "alerts":
+        return _build_alerts(args)
     if command == "simulate":
         from exporter.sim.run import run_simulation
 

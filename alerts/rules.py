@@ -1,0 +1,282 @@
+"""Every gpuscope alert and recording rule, defined once in Python from the metric catalog.
+
+`groups(settings)` returns the rule groups; `alerts/render.py` writes them as a Prometheus rules
+file, a Kubernetes PrometheusRule and a Grafana provisioning file. Peer baselines (medians over the
+busy GPUs of a node, and over the nodes) are recording rules, so alerts and dashboards read a few
+pre-aggregated series instead of recomputing medians over every GPU of the fleet.
+
+Node identity is `instance`; GPU alerts carry `gpu` and `uuid`, EFA alerts `device`, Lustre alerts
+`fs` and `target`, because each alert keeps the labels of the series it is about.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from alerts.settings import Settings
+from exporter import catalog as c
+
+
+@dataclass(frozen=True)
+class Record:
+    record: str
+    expr: str
+
+
+@dataclass(frozen=True)
+class Alert:
+    alert: str
+    expr: str
+    for_: str
+    severity: str
+    summary: str
+    description: str
+    labels: tuple[tuple[str, str], ...] = ()  # tells apart two rules of one alert with the same severity
+
+    def runbook(self, settings: Settings) -> str:
+        return f"{settings.runbook_base_url}/README.md#{self.alert.lower()}"
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    rules: tuple[Record | Alert, ...]
+
+
+def _xids(xids: tuple[int, ...]) -> str:
+    return "|".join(str(x) for x in xids)
+
+
+# Recording rule names (level:metric:operation).
+BUSY = "instance_gpu:gpuscope_gpu_utilization_ratio:busy"
+SM_CLOCK_MEDIAN = "instance:gpuscope_gpu_sm_clock_hertz:median_busy"
+SM_ACTIVE_MEDIAN = "instance:gpuscope_gpu_sm_active_ratio:median_busy"
+POWER_MEDIAN = "instance:gpuscope_gpu_power_watts:median_busy"
+BUSY_GPUS = "instance:gpuscope_gpus_busy:count"
+GPUS = "instance:gpuscope_gpus:count"
+EFA_RATE = "instance:gpuscope_efa_bytes:rate1m"
+EFA_MEDIAN = "cluster:gpuscope_efa_bytes:median_node_rate1m"
+NODE_CLOCK_MEDIAN = "cluster:gpuscope_gpu_sm_clock_hertz:median_node"
+NODE_ACTIVE_MEDIAN = "cluster:gpuscope_gpu_sm_active_ratio:median_node"
+
+
+def recording_rules(s: Settings) -> Group:
+    busy = f"{c.GPU_UTILIZATION.name} > {s.busy_utilization}"
+
+    def busy_median(metric: str) -> str:
+        return f"quantile by (instance) (0.5, {metric} and on (instance, gpu, uuid) ({busy}))"
+
+    efa_tx, efa_rx = c.EFA_PORT_COUNTERS["tx_bytes"].name, c.EFA_PORT_COUNTERS["rx_bytes"].name
+    return Group("gpuscope-baselines", (
+        Record(BUSY, f"{busy}"),
+        Record(SM_CLOCK_MEDIAN, busy_median(c.GPU_SM_CLOCK.name)),
+        Record(SM_ACTIVE_MEDIAN, busy_median(c.GPU_SM_ACTIVE.name)),
+        Record(POWER_MEDIAN, busy_median(c.GPU_POWER.name)),
+        Record(BUSY_GPUS, f"count by (instance) ({BUSY})"),
+        Record(GPUS, f"count by (instance) ({c.GPU_UP.name})"),
+        Record(EFA_RATE, f"sum by (instance) (rate({efa_tx}[1m])) + sum by (instance) (rate({efa_rx}[1m]))"),
+        Record(EFA_MEDIAN, f"quantile(0.5, {EFA_RATE})"),
+        Record(NODE_CLOCK_MEDIAN, f"quantile(0.5, {SM_CLOCK_MEDIAN})"),
+        Record(NODE_ACTIVE_MEDIAN, f"quantile(0.5, {SM_ACTIVE_MEDIAN})"),
+    ))
+
+
+def straggler_alerts(s: Settings) -> Group:
+    ratio = s.straggler_ratio
+
+    def below_peers(metric: str, median: str) -> str:
+        return f"({metric} / on (instance) group_left {median} < {ratio})"
+
+    return Group("gpuscope-stragglers", (
+        Alert("GpuStraggler",
+              f"({below_peers(c.GPU_SM_CLOCK.name, SM_CLOCK_MEDIAN)}"
+              f" or {below_peers(c.GPU_SM_ACTIVE.name, SM_ACTIVE_MEDIAN)}"
+              f" or {below_peers(c.GPU_POWER.name, POWER_MEDIAN)})"
+              f" and on (instance, gpu, uuid) {BUSY}"
+              f" and on (instance) {BUSY_GPUS} >= 2",
+              s.straggler_for, "warning", "A busy GPU is persistently slower than its peers on the node",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} runs at {{ $value | humanizePercentage }} of its "
+              "busy peers' median (SM clock, SM activity or power) while it is busy itself; synchronous "
+              "training waits for it."),
+        Alert("NodeStraggler",
+              f"({SM_CLOCK_MEDIAN} / scalar({NODE_CLOCK_MEDIAN}) < {ratio}"
+              f" or {SM_ACTIVE_MEDIAN} / scalar({NODE_ACTIVE_MEDIAN}) < {ratio})"
+              f" and on (instance) {BUSY_GPUS} > 0 and on () count({SM_CLOCK_MEDIAN}) >= 3",
+              s.straggler_for, "warning", "All GPUs of a node lag the other nodes",
+              "The busy GPUs of {{ $labels.instance }} run at {{ $value | humanizePercentage }} of the median node "
+              "(SM clock or SM activity)."),
+    ))
+
+
+def thermal_alerts(s: Settings) -> Group:
+    reason = c.GPU_CLOCK_EVENT.name
+    margin, limit = c.GPU_TEMPERATURE_MARGIN.name, c.GPU_TEMPERATURE_LIMIT.name
+    return Group("gpuscope-thermal", (
+        Alert("GpuThermalThrottling", f'{reason}{{reason=~"hw_thermal_slowdown|hw_slowdown"}} == 1',
+              s.hw_slowdown_for, "critical", "A GPU is slowed down by hardware (thermal or HW slowdown)",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} has {{ $labels.reason }} active: its clocks are "
+              "forced down and the whole job waits for it."),
+        Alert("GpuThermalThrottling", f'{reason}{{reason="sw_thermal_slowdown"}} == 1',
+              s.sw_thermal_for, "warning", "A GPU is held down by software thermal slowdown",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} has been in SW thermal slowdown for "
+              f"{s.sw_thermal_for}."),
+        Alert("GpuPowerBrakeSlowdown", f'{reason}{{reason="hw_power_brake"}} == 1',
+              s.hw_slowdown_for, "critical", "A GPU is held down by the power brake",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} has the HW power brake asserted (external power "
+              "or PSU event)."),
+        Alert("GpuTemperatureNearLimit", f"{margin} < {s.temperature_margin_celsius}",
+              "5m", "warning", "A GPU is close to its own slowdown temperature",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} is {{ $value }} C from the temperature at which "
+              "it slows itself down."),
+        Alert("GpuHbmTemperatureHigh",
+              f"{c.GPU_MEMORY_TEMPERATURE.name} > on (instance, gpu, uuid) "
+              f'({limit}{{limit="memory_max"}} - {s.hbm_margin_celsius})',
+              "5m", "warning", "A GPU's HBM is close to its maximum temperature",
+              "HBM of GPU {{ $labels.gpu }} on {{ $labels.instance }} is at {{ $value }} C, within "
+              f"{s.hbm_margin_celsius:g} C of its limit."),
+    ))
+
+
+def communication_alerts(s: Settings) -> Group:
+    efa = c.EFA_PORT_COUNTERS
+    nvlink = c.GPU_NVLINK_ERRORS.name
+    return Group("gpuscope-communication", (
+        Alert("CollectiveStall",
+              f"min by (instance) ({c.GPU_UTILIZATION.name}) >= {s.stall_utilization}"
+              f" and on (instance) max by (instance) ({c.GPU_POWER.name} / {c.GPU_POWER_LIMIT.name})"
+              f" < {s.stall_power_fraction}"
+              f" and on (instance) {EFA_RATE} < {s.stall_network_bytes_per_second:g}",
+              s.stall_for, "critical", "A collective operation hangs (NCCL hang signature)",
+              "Every GPU of {{ $labels.instance }} shows 100 % utilization at near-idle power and the node's "
+              "EFA traffic is flat: the job is stuck in a collective, not computing."),
+        Alert("EfaTrafficStalled",
+              f"{EFA_RATE} < {s.efa_stall_fraction} * scalar({EFA_MEDIAN})"
+              f" and on () {EFA_MEDIAN} > {s.efa_busy_bytes_per_second:g}"
+              f" and on (instance) {BUSY_GPUS} > 0",
+              s.efa_stall_for, "critical", "A busy node's EFA traffic collapsed while its peers keep going",
+              "{{ $labels.instance }} moves {{ $value | humanize }}B/s over EFA while the median node moves "
+              "more than a GB/s, and its GPUs are busy."),
+        Alert("EfaRetransmitTimeouts", f"rate({efa['retrans_timeout_events'].name}[5m]) > 0",
+              s.efa_error_for, "warning", "EFA traffic times out and changes network paths",
+              "{{ $labels.device }} on {{ $labels.instance }} sees {{ $value | humanize }} retransmit timeouts "
+              "per second."),
+        Alert("EfaRemoteConnectionImpaired",
+              f"rate({efa['unresponsive_remote_events'].name}[5m])"
+              f" + rate({efa['impaired_remote_conn_events'].name}[5m]) > 0",
+              s.efa_error_for, "warning", "EFA connections to remote peers are unresponsive or impaired",
+              "{{ $labels.device }} on {{ $labels.instance }} reports {{ $value | humanize }} unresponsive or "
+              "impaired remote connection events per second."),
+        Alert("EfaPacketDrops", f"rate({efa['rx_drops'].name}[5m]) > 0",
+              s.efa_error_for, "warning", "An EFA device drops received packets",
+              "{{ $labels.device }} on {{ $labels.instance }} drops {{ $value | humanize }} packets per second."),
+        Alert("EfaWorkRequestErrors",
+              f"rate({efa['rdma_read_wr_err'].name}[5m]) + rate({efa['rdma_write_wr_err'].name}[5m]) > 0",
+              s.efa_error_for, "warning", "RDMA work requests fail on an EFA device",
+              "{{ $labels.device }} on {{ $labels.instance }} fails {{ $value | humanize }} RDMA work requests "
+              "per second."),
+        Alert("NvlinkErrors", f'increase({nvlink}{{type=~"replay|recovery"}}[5m]) > 0',
+              "0m", "warning", "NVLink replay or recovery errors",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} logged {{ $value }} NVLink {{ $labels.type }} "
+              "errors in 5 minutes.", (("signal", "link_retries"),)),
+        Alert("NvlinkErrors", f'rate({nvlink}{{type=~"crc_flit|crc_data"}}[5m]) > {s.nvlink_crc_per_second:g}',
+              "5m", "warning", "NVLink CRC errors at a high rate",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} sees {{ $value | humanize }} NVLink "
+              "{{ $labels.type }} errors per second.", (("signal", "crc_rate"),)),
+        Alert("PcieReplayRateHigh", f"rate({c.GPU_PCIE_REPLAYS.name}[5m]) * 60 > {s.pcie_replays_per_minute:g}",
+              "5m", "warning", "PCIe replays above what a healthy link shows",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} replays {{ $value | humanize }} PCIe packets per "
+              "minute."),
+        Alert("PcieLinkDegraded",
+              f"({c.GPU_PCIE_GENERATION.name} < {c.GPU_PCIE_GENERATION_MAX.name}"
+              f" or {c.GPU_PCIE_WIDTH.name} < {c.GPU_PCIE_WIDTH_MAX.name})"
+              f" and on (instance, gpu, uuid) {BUSY}",
+              s.pcie_degraded_for, "warning", "A busy GPU's PCIe link runs below its generation or width",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} trains over a PCIe link slower than it supports "
+              "(idle GPUs may downshift; this one is busy)."),
+    ))
+
+
+def _new_xids(xids: tuple[int, ...], window: str) -> str:
+    """XIDs seen in the window, including a series' first event (its series did not exist before)."""
+    series = f'{c.GPU_XID_ERRORS.name}{{xid=~"{_xids(xids)}"}}'
+    return f"increase({series}[{window}]) > 0 or ({series} unless {series} offset {window})"
+
+
+def gpu_health_alerts(s: Settings) -> Group:
+    return Group("gpuscope-gpu-health", (
+        Alert("GpuXidCritical", _new_xids(s.xid_critical, s.xid_window), "0m", "critical",
+              "A GPU reported an XID that needs action",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} reported XID {{ $labels.xid }}: drain the node and "
+              "follow the runbook for this XID."),
+        Alert("GpuXidWarning", _new_xids(s.xid_warning, s.xid_window), "0m", "warning",
+              "A GPU reported an XID worth a look",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} reported XID {{ $labels.xid }}."),
+        Alert("GpuXidWarning", _new_xids(s.xid_application, s.xid_window), "0m", "info",
+              "A GPU reported an XID that is usually the application's fault",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} reported XID {{ $labels.xid }} (illegal memory "
+              "access, exception or similar): tell the job owner."),
+        Alert("GpuLost", f"{c.GPU_UP.name} == 0", s.gpu_lost_for, "critical", "A GPU stopped answering NVML",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} is lost (fallen off the bus, XID 79, or hung).",
+              (("cause", "not_answering"),)),
+        Alert("GpuLost", f"{GPUS} < max_over_time({GPUS}[6h])", s.gpu_lost_for, "critical",
+              "A node has fewer GPUs than it had",
+              "{{ $labels.instance }} now shows {{ $value }} GPUs, fewer than in the last 6 hours.",
+              (("cause", "missing"),)),
+        Alert("GpuUncorrectableEccErrors",
+              f'increase({c.GPU_ECC_ERRORS.name}{{type="uncorrected", scope="volatile"}}[10m]) > 0',
+              "0m", "critical", "A GPU had uncorrectable memory errors",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} had {{ $value }} uncorrectable ECC errors in 10 "
+              "minutes."),
+        Alert("GpuRowRemapFailure", f"{c.GPU_REMAP_FAILURE.name} == 1", "0m", "critical",
+              "A GPU could not remap a failing memory row",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} ran out of spare rows: it needs service."),
+        Alert("GpuRowRemapPending", f"{c.GPU_REMAP_PENDING.name} == 1", s.remap_pending_for, "warning",
+              "A GPU waits for a reset to remap a memory row",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} has a row remap pending until its next reset."),
+        Alert("GpuRecoveryActionRequired", f"{c.GPU_RECOVERY_ACTION.name} > 0", "0m", "critical",
+              "The driver asks for a GPU reset or node reboot",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} reports recovery action {{ $value }} "
+              "(1 GPU reset, 2 node reboot, 3 drain P2P, 4 drain and reset)."),
+    ))
+
+
+def storage_alerts(s: Settings) -> Group:
+    read, write = c.LUSTRE_READ_BYTES.name, c.LUSTRE_WRITE_BYTES.name
+    return Group("gpuscope-storage", (
+        Alert("LustreTargetDisconnected", f"{c.LUSTRE_IMPORT_HEALTHY.name} == 0", s.lustre_disconnected_for,
+              "critical", "A Lustre target is not connected",
+              "{{ $labels.instance }} has lost its connection to {{ $labels.fs }} {{ $labels.target }}: I/O to "
+              "it blocks."),
+        Alert("LustreClientEvicted",
+              f"{c.LUSTRE_IMPORT_STATE.name} == 9"
+              f" or increase({c.LUSTRE_CONNECT_ATTEMPTS.name}[10m]) > 0",
+              "0m", "warning", "A Lustre client was evicted or had to reconnect",
+              "{{ $labels.instance }} was evicted by or reconnected to {{ $labels.fs }} {{ $labels.target }}."),
+        Alert("LustreIoStalled",
+              f"({c.LUSTRE_RPCS_IN_FLIGHT.name} > 0 or increase({c.LUSTRE_RPC_TIMEOUTS.name}[5m]) > 0)"
+              f" and on (instance, fs) (rate({read}[5m]) + rate({write}[5m])) == 0",
+              s.lustre_stall_for, "critical", "Lustre I/O is stalled",
+              "{{ $labels.instance }} has RPCs outstanding or timing out on {{ $labels.fs }} {{ $labels.target }} "
+              "while no bytes move."),
+        Alert("LustreHealthCheckFailed", f"{c.LUSTRE_HEALTH_CHECK.name} == 0", s.lustre_health_for, "warning",
+              "The Lustre client reports itself unhealthy",
+              "health_check on {{ $labels.instance }} is not 'healthy'."),
+    ))
+
+
+def agent_alerts(s: Settings) -> Group:
+    return Group("gpuscope-agent", (
+        Alert("GpuscopeExporterDown", f'up{{job="{s.exporter_job}"}} == 0', s.exporter_down_for, "critical",
+              "The gpuscope exporter does not answer",
+              "Prometheus cannot scrape gpuscope on {{ $labels.instance }}: nothing on this node is watched."),
+        Alert("GpuscopeCollectorFailing", f"{c.COLLECTOR_SUCCESS.name} == 0", s.collector_failing_for, "warning",
+              "A gpuscope collector keeps failing",
+              "The {{ $labels.collector }} collector on {{ $labels.instance }} has failed for "
+              f"{s.collector_failing_for}; its metrics are missing."),
+    ))
+
+
+def groups(settings: Settings) -> list[Group]:
+    return [recording_rules(settings), straggler_alerts(settings), thermal_alerts(settings),
+            communication_alerts(settings), gpu_health_alerts(settings), storage_alerts(settings),
+            agent_alerts(settings)]
