@@ -6,8 +6,10 @@ import them without Python; a test fails when they are stale.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 from typing import Any
 
 import yaml
@@ -81,6 +83,29 @@ def grafana_provisioning(rule_groups: list[Group], settings: Settings, datasourc
             ) for number, rule in enumerate(rules)]))
     provisioning = AlertFileBasedProvisioning(groups=alert_groups)
     return json.loads(json.dumps(provisioning, cls=DashboardEncoder))  # nested grafanalib objects to plain data
+
+
+_DURATION = re.compile(r"(?<![\w.])(\d+)(ms|s|m|h|d)\b")
+_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def shorten_durations(rules: dict[str, Any], factor: float, floor_seconds: int = 5) -> dict[str, Any]:
+    """The rules with every duration (`for:`, range selectors, offsets) divided by `factor`, ranges
+    kept at `floor_seconds` or more so a rate still sees several samples at a 1 s scrape interval.
+
+    For the end-to-end tests and `gpuscope demo --fast` only: it changes timing, not logic.
+    """
+    def scale(match: re.Match[str], floor: int) -> str:
+        seconds = int(match[1]) * _SECONDS[match[2]] / factor
+        return f"{max(floor, round(seconds))}s" if seconds else "0s"
+
+    out = copy.deepcopy(rules)
+    for group in out["groups"]:
+        for rule in group["rules"]:
+            rule["expr"] = _DURATION.sub(lambda m: scale(m, floor_seconds), rule["expr"])
+            if "for" in rule:
+                rule["for"] = _DURATION.sub(lambda m: scale(m, 1), rule["for"])
+    return out
 
 
 def render_all(settings: Settings, datasource_uid: str = "prometheus") -> dict[str, str]:

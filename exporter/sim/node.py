@@ -128,8 +128,8 @@ class SimulatedNode:
                 counts[0] += 1.0 * dt  # RPCs time out one after another
                 counts[1] += 0.2 * dt  # and the client keeps trying to reconnect
                 target.state, target.rpcs_in_flight = self._effects.lustre.state, 8
-            else:
-                target.state, target.rpcs_in_flight, target.last_reply = "FULL", 1, wall
+            else:  # with the filesystem's I/O stuck on another target, nothing is sent to this one
+                target.state, target.rpcs_in_flight, target.last_reply = "FULL", 0 if stalled else 1, wall
             target.timeouts, target.connection_attempts = int(counts[0]), int(counts[1])
 
     def _load_faults(self) -> None:
