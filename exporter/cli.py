@@ -64,6 +64,19 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _demo_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="a simulated cluster with Prometheus and Alertmanager: watch faults raise alerts",
+        description="Starts simulated nodes, Prometheus and Alertmanager (Debian's binaries from PATH) on "
+                    "127.0.0.1 with the generated rules and the reference routing, plays a fault scenario and "
+                    "shows which alerts go pending, fire and resolve. Ctrl-C stops every process.")
+    parser.add_argument("--nodes", type=_positive_int, help="how many nodes (default: the scenario's, 4)")
+    parser.add_argument("--profile", default="p5.48xlarge", help="node profile: " + ", ".join(PROFILES))
+    parser.add_argument("--scenario", default="demo", metavar="NAME|FILE",
+                        help="a built-in scenario (default demo: five faults in turn) or a scenario YAML file")
+    parser.add_argument("--duration", default="60s", help="keep running this long after the last step (60s)")
+
+
 def _alerts_parser(subparsers) -> None:
     parser = subparsers.add_parser("alerts", help="alert and recording rules")
     actions = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -83,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _exporter_parser(subparsers)
     _simulate_parser(subparsers)
     _alerts_parser(subparsers)
+    _demo_parser(subparsers)
     return parser
 
 
@@ -120,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_exporter(args)
     if command == "alerts":
         return _build_alerts(args)
+    if command == "demo":
+        from exporter.sim.demo import run_demo
+
+        return run_demo(args)
     if command == "simulate":
         from exporter.sim.run import run_simulation
 

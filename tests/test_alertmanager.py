@@ -6,7 +6,6 @@ second (`for_test`, a documented transformation); routes and inhibitions are the
 
 from __future__ import annotations
 
-import copy
 import shutil
 import subprocess
 import time
@@ -15,8 +14,8 @@ import pytest
 import requests
 import yaml
 
+from exporter.sim.stack import alertmanager, routed_to_webhook, webhook_receiver
 from tests.helpers import REPO
-from tests.servers import alertmanager, webhook_receiver
 
 CONFIG = REPO / "alerts" / "alertmanager.yml"
 
@@ -45,14 +44,7 @@ def test_each_severity_goes_where_the_docs_say(labels, receiver):
 
 
 def for_test(url: str) -> dict:
-    config = yaml.safe_load(CONFIG.read_text())
-    test = copy.deepcopy(config)
-    test["route"].update(group_wait="1s", group_interval="1s")
-    for receiver in test["receivers"]:
-        for key in [k for k in receiver if k.endswith("_configs")]:
-            del receiver[key]
-        receiver["webhook_configs"] = [{"url": url, "send_resolved": True}]
-    return test
+    return routed_to_webhook(yaml.safe_load(CONFIG.read_text()), url)
 
 
 def post(am: str, *alerts: dict) -> None:

@@ -20,7 +20,7 @@ from alerts.render import prometheus_rules, shorten_durations
 from alerts.rules import groups
 from alerts.settings import Settings
 from exporter.sim.cluster import Cluster, load_scenario
-from tests.servers import alertmanager, prometheus, webhook_receiver
+from exporter.sim.stack import alertmanager, prometheus, webhook_receiver
 from tests.test_alertmanager import for_test
 
 EFA_DEVICES = 32

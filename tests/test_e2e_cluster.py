@@ -13,7 +13,7 @@ import requests
 import yaml
 
 from exporter.sim.cluster import Cluster
-from tests.servers import alertmanager, prometheus, webhook_only_config, webhook_receiver
+from exporter.sim.stack import alertmanager, prometheus, webhook_only_config, webhook_receiver
 
 PROBE_RULES = {"groups": [{"name": "harness-probe", "rules": [{
     "alert": "HarnessProbeThermal",

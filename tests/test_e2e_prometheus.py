@@ -5,8 +5,8 @@ from __future__ import annotations
 import bcrypt
 
 from exporter.sim.rdma_tree import p5_efa_devices, write_rdma_tree
+from exporter.sim.stack import prometheus
 from tests.procs import exporter_process
-from tests.servers import prometheus
 from tests.test_server import pki  # noqa: F401  (fixture)
 
 

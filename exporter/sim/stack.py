@@ -1,12 +1,14 @@
-"""Real Prometheus and Alertmanager on loopback, and a webhook receiver, for end-to-end tests.
+"""Real Prometheus and Alertmanager on loopback, and a webhook receiver: for `gpuscope demo` and the
+end-to-end tests.
 
-Debian's binaries are found on PATH (scripts/test installs them). Every server listens on a free
-127.0.0.1 port, is stopped by its own pid when the context exits (also when a test fails), and
-keeps its data in a temporary directory.
+Debian's binaries are found on PATH (`apt-get install prometheus prometheus-alertmanager`). Every
+server listens on a free 127.0.0.1 port, is stopped by its own pid when the context exits (also
+when a test fails), and keeps its data in a temporary directory.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -21,15 +23,20 @@ from pathlib import Path
 import requests
 import yaml
 
-from tests.helpers import free_port
+from exporter.sim.cluster import free_port
 
 
-def _binary(*names: str) -> str:
+class MissingBinary(RuntimeError):
+    """A server binary is not installed; the message says how to install it."""
+
+
+def find_binary(*names: str) -> str:
     for name in names:
         path = shutil.which(name)
         if path:
             return path
-    raise AssertionError(f"{names[0]} missing: scripts/test installs Debian's package")
+    raise MissingBinary(f"{names[0]} not found on PATH: install it with "
+                        "`apt-get install prometheus prometheus-alertmanager` (Debian/Ubuntu)")
 
 
 @contextmanager
@@ -39,14 +46,14 @@ def _server(command: list[str], base: str, ready_path: str) -> Iterator[None]:
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"{command[0]} exited {proc.returncode}: {proc.stderr.read()}")
+                raise RuntimeError(f"{command[0]} exited {proc.returncode}: {proc.stderr.read()}")
             try:
                 if requests.get(base + ready_path, timeout=1).status_code == 200:
                     break
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"{command[0]} not ready within 30 s")
+                raise RuntimeError(f"{command[0]} not ready within 30 s")
             time.sleep(0.1)
         yield
     finally:
@@ -88,7 +95,7 @@ class Prometheus:
 def prometheus(scrape_configs: list[dict], interval: str = "1s", rule_files: Sequence[str] = (),
                alertmanager: str = "") -> Iterator[Prometheus]:
     """Prometheus scraping and evaluating rules every `interval`, sending alerts to `alertmanager`."""
-    binary = _binary("prometheus")
+    binary = find_binary("prometheus")
     with tempfile.TemporaryDirectory(prefix="gpuscope-prom-") as work:
         config = {"global": {"scrape_interval": interval, "evaluation_interval": interval},
                   "scrape_configs": scrape_configs, "rule_files": list(rule_files)}
@@ -148,7 +155,7 @@ def webhook_receiver() -> Iterator[tuple[str, Webhook]]:
 @contextmanager
 def alertmanager(config: dict) -> Iterator[str]:
     """Alertmanager with `config`, gossip switched off; yields its host:port."""
-    binary = _binary("prometheus-alertmanager", "alertmanager")
+    binary = find_binary("prometheus-alertmanager", "alertmanager")
     with tempfile.TemporaryDirectory(prefix="gpuscope-am-") as work:
         path = Path(work) / "alertmanager.yml"
         path.write_text(yaml.safe_dump(config))
@@ -164,3 +171,16 @@ def webhook_only_config(url: str) -> dict:
     return {"route": {"receiver": "webhook", "group_by": ["alertname", "instance"], "group_wait": "1s",
                       "group_interval": "1s", "repeat_interval": "1h"},
             "receivers": [{"name": "webhook", "webhook_configs": [{"url": url, "send_resolved": True}]}]}
+
+
+def routed_to_webhook(config: dict, url: str) -> dict:
+    """An Alertmanager config with its own routes and inhibitions, every receiver replaced by the
+    webhook at `url` (receiver names kept, so a notification still says which route it took) and
+    grouping waits cut to a second."""
+    out = copy.deepcopy(config)
+    out["route"].update(group_wait="1s", group_interval="1s")
+    for receiver in out["receivers"]:
+        for key in [k for k in receiver if k.endswith("_configs")]:
+            del receiver[key]
+        receiver["webhook_configs"] = [{"url": url, "send_resolved": True}]
+    return out

@@ -1,0 +1,130 @@
+"""`gpuscope demo`: a simulated cluster, Prometheus and Alertmanager on loopback, faults, live alerts.
+
+What a new user without a GPU runs to see gpuscope work: the simulated nodes (each a real exporter),
+Prometheus evaluating the generated rules, Alertmanager with the reference routing and inhibitions
+delivering to a receiver in this process, and a terminal view of alerts going pending, firing and
+resolving while the scenario injects faults. Rule durations are divided by DEMO_SPEEDUP so the
+default scenario fits in a quarter of an hour. Ctrl-C stops every process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from exporter.sim.cluster import Cluster, load_scenario
+from exporter.sim.faults import ScenarioError, Step, parse_duration
+from exporter.sim.nvml import load_profile
+from exporter.sim.stack import MissingBinary, alertmanager, find_binary, prometheus, routed_to_webhook, webhook_receiver
+
+DEMO_SPEEDUP = 10
+REFRESH_SECONDS = 2.0
+
+
+def run_demo(args: dict[str, Any]) -> int:
+    try:
+        find_binary("prometheus")
+        find_binary("prometheus-alertmanager", "alertmanager")
+        profile = load_profile(args["profile"])
+        scenario = load_scenario(args["scenario"], profile["gpu"]["count"], args["nodes"])
+        linger = parse_duration(args["duration"], "--duration")
+    except (MissingBinary, ValueError, ScenarioError) as exc:
+        print(f"gpuscope demo: error: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        with tempfile.TemporaryDirectory(prefix="gpuscope-demo-") as work:
+            _run(work, args["profile"], scenario, linger)
+    except KeyboardInterrupt:
+        print("\nstopped; every process has been shut down")
+    except RuntimeError as exc:
+        print(f"gpuscope demo: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _rules_file(work: str) -> str:
+    from alerts.render import prometheus_rules, shorten_durations  # the daemon never loads alerts
+    from alerts.rules import groups
+    from alerts.settings import Settings
+
+    settings = Settings()
+    path = os.path.join(work, "rules.yml")
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(shorten_durations(prometheus_rules(groups(settings), settings), DEMO_SPEEDUP), handle)
+    return path
+
+
+def _run(work: str, profile: str, scenario, linger: float) -> None:
+    routing = yaml.safe_load(resources.files("alerts").joinpath("alertmanager.yml").read_text())
+    cluster = Cluster(os.path.join(work, "nodes"), scenario.nodes, profile, scenario.job_nodes,
+                      exporter_args=("--collector.gpu.gpm-interval=5s",))
+    print(f"starting {scenario.nodes} simulated {profile} nodes, Prometheus and Alertmanager ...", flush=True)
+    with cluster, webhook_receiver() as (url, hook), alertmanager(routed_to_webhook(routing, url)) as am:
+        jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [cluster.write_targets()]}]}]
+        with prometheus(jobs, interval="5s", rule_files=[_rules_file(work)], alertmanager=am) as prom:
+            print(f"Prometheus   {prom.base}/alerts\nAlertmanager http://{am}\n"
+                  + "".join(f"{n.name:<12} http://{n.address}/\n" for n in cluster.nodes)
+                  + f"scenario {scenario.name}: {scenario.description}\n"
+                  f"(rule durations divided by {DEMO_SPEEDUP}; Ctrl-C stops everything)\n", flush=True)
+            steps: list[str] = []
+            done = threading.Event()
+            view = threading.Thread(target=_watch, args=(prom, hook, steps, done), daemon=True)
+            view.start()
+            start = time.monotonic()
+            cluster.run(scenario, on_step=lambda step: steps.append(_describe(step, time.monotonic() - start)),
+                        duration=linger)
+            done.set()
+            view.join(timeout=REFRESH_SECONDS * 2)
+
+
+def _describe(step: Step, elapsed: float) -> str:
+    where = "every node of the job" if step.node == "job" else f"node-{step.node}"
+    what = f"inject {step.fault['kind']}" + (f" on GPU {step.fault['gpu']}" if "gpu" in step.fault else "") \
+        if step.fault else f"clear {step.clear}"
+    return f"[{elapsed:5.0f}s] {where}: {what}"
+
+
+def _watch(prom, hook, steps: list[str], done: threading.Event) -> None:
+    """Prints every change of alert state, and the scenario's steps as they happen."""
+    shown_steps = 0
+    states: dict[tuple[str, ...], str] = {}
+    status = ""
+    start = time.monotonic()
+    while not done.wait(REFRESH_SECONDS):
+        for line in steps[shown_steps:]:
+            print(line, flush=True)
+        shown_steps = len(steps)
+        try:
+            alerts = prom.alerts()
+        except OSError:
+            continue
+        now = {_alert_key(a["labels"]): a["state"] for a in alerts}
+        elapsed = time.monotonic() - start
+        for alert, state in sorted(now.items()):
+            if states.get(alert) != state:
+                print(f"[{elapsed:5.0f}s]   {state.upper():<8} {' '.join(alert)}", flush=True)
+        for alert in sorted(set(states) - set(now)):
+            print(f"[{elapsed:5.0f}s]   RESOLVED {' '.join(alert)}", flush=True)
+        states = now
+        notified = sum(len(note["alerts"]) for note in hook.received())
+        line = f"{len(now)} alerts active, {notified} notifications delivered through Alertmanager"
+        if line != status:
+            print(f"[{elapsed:5.0f}s] {line}", flush=True)
+            status = line
+
+
+def _alert_key(labels: dict[str, str]) -> tuple[str, ...]:
+    parts = [labels["alertname"], labels.get("severity", ""), labels.get("instance", "")]
+    for name in ("gpu", "device", "fs", "target"):
+        if name in labels:
+            parts.append(f"{name}={labels[name]}")
+    return tuple(parts)
