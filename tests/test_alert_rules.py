@@ -83,3 +83,19 @@ def test_settings_override_and_errors(tmp_path):
     path.write_text("straggler_ratio: lots\n")
     with pytest.raises(SettingsError, match="straggler_ratio: expected float"):
         load_settings(str(path))
+
+
+def test_grafana_provisioning_holds_every_alert_with_a_threshold_condition():
+    provisioning = yaml.safe_load((GENERATED / FILES[2]).read_text())
+    assert provisioning["apiVersion"] == 1
+    rules = [rule for group in provisioning["groups"] for rule in group["rules"]]
+    expected = [rule for group in groups(Settings()) for rule in group.rules if isinstance(rule, Alert)]
+    assert [r["grafana_alert"]["title"] for r in rules] == [a.alert for a in expected]
+    assert len({r["uid"] for r in rules}) == len(rules) and all(len(r["uid"]) <= 40 for r in rules)
+    for rule, alert in zip(rules, expected, strict=True):
+        data = rule["grafana_alert"]["data"]
+        assert [d["refId"] for d in data] == ["A", "B", "C"] and rule["grafana_alert"]["condition"] == "C"
+        assert data[0]["model"]["expr"] == f"({alert.expr}) * 0 + 1"
+        assert data[0]["datasourceUid"] == "prometheus"
+        assert rule["labels"]["severity"] == alert.severity
+        assert rule["for"] == ("0s" if alert.for_ == "0m" else alert.for_)
