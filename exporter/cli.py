@@ -47,15 +47,19 @@ def _simulate_parser(subparsers) -> None:
         description="Starts N simulated nodes, each served by its own `gpuscope exporter --simulate` process on "
                     "127.0.0.1, writes a Prometheus file_sd targets file, and plays a fault scenario. "
                     "Ctrl-C stops every process.")
-    parser.add_argument("--nodes", type=_positive_int, help="how many nodes (default: the scenario's, else 4)")
-    parser.add_argument("--profile", default="p5.48xlarge", help="node profile: " + ", ".join(PROFILES))
-    parser.add_argument("--scenario", default="healthy", metavar="NAME|FILE",
-                        help="a built-in scenario (" + ", ".join(SCENARIOS) + ") or a scenario YAML file")
+    _cluster_arguments(parser, "healthy", "0s", "stop this long after the scenario's last step (0s: at Ctrl-C)")
     parser.add_argument("--out", default="gpuscope-sim", metavar="DIR", help="where the nodes' trees go")
     parser.add_argument("--base-port", type=_positive_int, default=19500,
                         help="node i listens on 127.0.0.1:BASE+i (default 19500)")
-    parser.add_argument("--duration", default="0s",
-                        help="stop this long after the scenario's last step (default 0s: run until Ctrl-C)")
+
+
+def _cluster_arguments(parser, scenario: str, duration: str, duration_help: str) -> None:
+    """The options `simulate` and `demo` share."""
+    parser.add_argument("--nodes", type=_positive_int, help="how many nodes (default: the scenario's, else 4)")
+    parser.add_argument("--profile", default="p5.48xlarge", help="node profile: " + ", ".join(PROFILES))
+    parser.add_argument("--scenario", default=scenario, metavar="NAME|FILE",
+                        help=f"a built-in scenario ({', '.join(SCENARIOS)}; default {scenario}) or a YAML file")
+    parser.add_argument("--duration", default=duration, help=f"{duration_help} (default {duration})")
 
 
 def _positive_int(text: str) -> int:
@@ -70,11 +74,7 @@ def _demo_parser(subparsers) -> None:
         description="Starts simulated nodes, Prometheus and Alertmanager (Debian's binaries from PATH) on "
                     "127.0.0.1 with the generated rules and the reference routing, plays a fault scenario and "
                     "shows which alerts go pending, fire and resolve. Ctrl-C stops every process.")
-    parser.add_argument("--nodes", type=_positive_int, help="how many nodes (default: the scenario's, 4)")
-    parser.add_argument("--profile", default="p5.48xlarge", help="node profile: " + ", ".join(PROFILES))
-    parser.add_argument("--scenario", default="demo", metavar="NAME|FILE",
-                        help="a built-in scenario (default demo: five faults in turn) or a scenario YAML file")
-    parser.add_argument("--duration", default="60s", help="keep running this long after the last step (60s)")
+    _cluster_arguments(parser, "demo", "60s", "keep running this long after the scenario's last step")
 
 
 def _alerts_parser(subparsers) -> None:

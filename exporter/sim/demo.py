@@ -10,7 +10,6 @@ default scenario fits in a quarter of an hour. Ctrl-C stops every process.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import tempfile
 import threading
@@ -20,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from exporter.sim.cluster import Cluster, load_scenario
-from exporter.sim.faults import ScenarioError, Step, parse_duration
-from exporter.sim.nvml import load_profile
+from exporter.sim.cluster import Cluster
+from exporter.sim.faults import Step
+from exporter.sim.run import prepare
 from exporter.sim.stack import MissingBinary, alertmanager, find_binary, prometheus, routed_to_webhook, webhook_receiver
 
 DEMO_SPEEDUP = 10
@@ -33,13 +32,10 @@ def run_demo(args: dict[str, Any]) -> int:
     try:
         find_binary("prometheus")
         find_binary("prometheus-alertmanager", "alertmanager")
-        profile = load_profile(args["profile"])
-        scenario = load_scenario(args["scenario"], profile["gpu"]["count"], args["nodes"])
-        linger = parse_duration(args["duration"], "--duration")
-    except (MissingBinary, ValueError, ScenarioError) as exc:
+        scenario, linger = prepare(args)
+    except (MissingBinary, ValueError) as exc:
         print(f"gpuscope demo: error: {exc}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         with tempfile.TemporaryDirectory(prefix="gpuscope-demo-") as work:
             _run(work, args["profile"], scenario, linger)

@@ -8,21 +8,33 @@ import sys
 from typing import Any
 
 from exporter.sim.cluster import Cluster, load_scenario
-from exporter.sim.faults import ScenarioError, Step, parse_duration
+from exporter.sim.faults import Scenario, Step, parse_duration
 from exporter.sim.nvml import load_profile
+
+
+def prepare(args: dict[str, Any]) -> tuple[Scenario, float]:
+    """The scenario and linger time of `simulate`/`demo` options; SIGTERM made a Ctrl-C.
+
+    Raises ValueError (ScenarioError included) naming the option or scenario field at fault."""
+    profile = load_profile(args["profile"])
+    scenario = load_scenario(args["scenario"], profile["gpu"]["count"], args["nodes"])
+    duration = parse_duration(args["duration"], "--duration")
+    signal.signal(signal.SIGTERM, _interrupt)
+    return scenario, duration
+
+
+def _interrupt(*_args: object) -> None:
+    raise KeyboardInterrupt
 
 
 def run_simulation(args: dict[str, Any]) -> int:
     try:
-        profile = load_profile(args["profile"])
-        scenario = load_scenario(args["scenario"], profile["gpu"]["count"], args["nodes"])
-        duration = parse_duration(args["duration"], "--duration")
-    except (ValueError, ScenarioError) as exc:
+        scenario, duration = prepare(args)
+    except ValueError as exc:
         print(f"gpuscope simulate: error: {exc}", file=sys.stderr)
         return 2
     root = os.path.abspath(args["out"])
     cluster = Cluster(root, scenario.nodes, args["profile"], scenario.job_nodes, base_port=args["base_port"])
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         cluster.start()
         print(f"{scenario.nodes} simulated {args['profile']} nodes, scenario {scenario.name}: {scenario.description}")
