@@ -278,6 +278,8 @@ GPU_INFO = _gpu_gauge("info", "GPU identity (value 1): model, PCI bus id.", ("mo
 GPU_DRIVER_INFO = gauge("gpu", "gpuscope_gpu_driver_info",
                         "NVIDIA driver, CUDA driver API and NVML versions (value 1).",
                         ("driver_version", "cuda_version", "nvml_version"), "nvmlSystemGetDriverVersion")
+GPU_JOB_INFO = _gpu_gauge("job_info", "Slurm job using the GPU (value 1); absent while no job runs on it.",
+                          ("job_id",), "job mapping directory, or the GPU's processes' cgroup / SLURM_JOB_ID")
 GPU_UP = _gpu_gauge("up", "1 if NVML answered for this GPU in this scrape; 0 if it is lost, hung or failing.")
 GPU_UTILIZATION = _gpu_gauge("utilization_ratio", "Fraction of the last sample period a kernel ran (0-1).", (),
                              "nvmlDeviceGetUtilizationRates .gpu")

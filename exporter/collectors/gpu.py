@@ -25,7 +25,8 @@ from typing import Any
 
 from exporter import catalog
 from exporter.catalog import Family, Metric, Scrape
-from exporter.collectors.gpu_background import GpmSampler, XidWatcher
+from exporter.collectors.gpu_background import GpmSampler, JobWatcher, XidWatcher
+from exporter.collectors.jobs import MappingDirectory
 from exporter.files import InFlight
 
 log = logging.getLogger("gpuscope")
@@ -82,6 +83,9 @@ _UNSUPPORTED = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound", "NVMLErr
 class GpuOptions:
     nvlink_per_link: bool = False
     gpm_interval: float = 10.0
+    job_mapping_dir: str = ""  # dcgm-exporter's HPC job mapping; empty: find jobs from GPU processes
+    procfs: str = "/proc"
+    job_interval: float = 15.0
 
 
 class _GpuLost(Exception):
@@ -129,6 +133,8 @@ class GpuCollector:
         self._in_flight = InFlight()
         self._xids: XidWatcher | None = None
         self._gpm: GpmSampler | None = None
+        self._jobs: MappingDirectory | JobWatcher | None = (
+            MappingDirectory(options.job_mapping_dir) if options.job_mapping_dir else None)
         self._logged: set[tuple[int, str]] = set()
         # Field value decoding, resolved once: a batch of 63 fields per GPU is decoded every scrape.
         self._success = nvml.NVML_SUCCESS
@@ -160,6 +166,9 @@ class GpuCollector:
             self._backoff, self._last_error, self._gpus = 1.0, "", gpus
             self._xids = XidWatcher(self._nvml, {gpu.index: gpu.handle for gpu in gpus})
             self._gpm = GpmSampler(self._nvml, {gpu.index: gpu.handle for gpu in gpus}, self._options.gpm_interval)
+            if not self._options.job_mapping_dir:
+                self._jobs = JobWatcher(self._nvml, {gpu.index: gpu.handle for gpu in gpus}, self._options.procfs,
+                                        self._options.job_interval)
             log.info("NVML initialised", extra={"gpus": len(gpus), "driver": self._driver[0]})
             return gpus
 
@@ -181,10 +190,12 @@ class GpuCollector:
 
     def close(self) -> None:
         """Stops the background threads (tests, shutdown)."""
-        for worker in (self._xids, self._gpm):
-            if worker:
+        for worker in (self._xids, self._gpm, self._jobs):
+            if isinstance(worker, (XidWatcher, GpmSampler, JobWatcher)):
                 worker.stop()
         self._xids = self._gpm = None
+        if isinstance(self._jobs, JobWatcher):
+            self._jobs = None
 
     def _optional(self, call: Callable[[], Any]) -> Any:
         try:
@@ -389,7 +400,7 @@ class GpuCollector:
         return call
 
     def _add_background(self, gpus: list[_Gpu], scrape: Scrape) -> None:
-        """XID counts and GPM profiling values from the background threads' latest snapshots."""
+        """Jobs, XID counts and GPM profiling values, from the background threads' latest snapshots."""
         by_index = {gpu.index: gpu for gpu in gpus}
         if self._xids:
             counts, last = self._xids.snapshot()
@@ -397,6 +408,11 @@ class GpuCollector:
                 scrape.add(catalog.GPU_XID_ERRORS, count, *by_index[index].labels, str(xid))
             for index, when in sorted(last.items()):
                 scrape.add(catalog.GPU_LAST_XID, when, *by_index[index].labels)
+        if self._jobs:
+            for index, jobs in sorted(self._jobs.jobs().items()):
+                if index in by_index:
+                    for job in jobs:
+                        scrape.add(catalog.GPU_JOB_INFO, 1, *by_index[index].labels, job)
         if self._gpm:
             for index, values in sorted(self._gpm.snapshot().items()):
                 if by_index[index].lost:

@@ -16,6 +16,7 @@ from typing import Any
 
 from exporter import catalog
 from exporter.catalog import Metric
+from exporter.collectors.jobs import job_of_process
 
 log = logging.getLogger("gpuscope")
 
@@ -95,6 +96,47 @@ class XidWatcher:
     def snapshot(self) -> tuple[dict[tuple[int, int], int], dict[int, float]]:
         with self._lock:
             return dict(self._counts), dict(self._last)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class JobWatcher:
+    """Finds the Slurm job of each GPU from its compute processes, every `interval` seconds.
+
+    Used when no job mapping directory is configured: one NVML process query per GPU and a cgroup
+    read per process is too much for every scrape, and jobs change on a scale of minutes.
+    """
+
+    def __init__(self, nvml: Any, handles: dict[int, Any], procfs: str, interval: float) -> None:
+        self._nvml = nvml
+        self._handles = handles
+        self._procfs = procfs
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._jobs: dict[int, tuple[str, ...]] = {}
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="gpu-jobs", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            jobs = {}
+            for index, handle in self._handles.items():
+                try:
+                    processes = self._nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                except self._nvml.NVMLError:
+                    continue  # a lost GPU, or a driver without the call: no attribution for it
+                ids = {job_of_process(self._procfs, p.pid) for p in processes} - {""}
+                if ids:
+                    jobs[index] = tuple(sorted(ids, key=int))
+            with self._lock:
+                self._jobs = jobs
+            if self._stop.wait(self._interval):
+                return
+
+    def jobs(self) -> dict[int, tuple[str, ...]]:
+        with self._lock:
+            return dict(self._jobs)
 
     def stop(self) -> None:
         self._stop.set()

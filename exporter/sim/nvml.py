@@ -118,6 +118,7 @@ class SimulatedNvml:
         self._gpm_samples: dict[int, tuple[int, float, dict[str, float]]] = {}
         self._hang_release = threading.Event()
         self.calls: Counter[str] = Counter()
+        self.processes: dict[int, list[int]] = {}  # GPU index -> pids of its compute processes
 
     # --- pynvml's constants, exceptions and structures; FunctionNotFound for the rest ------------
 
@@ -383,6 +384,15 @@ class SimulatedNvml:
         if link >= self.profile["gpu"]["nvlinks"]:
             return None
         return int(state.nvlink_bytes[link] / 1024)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Any]:
+        state = self._device("nvmlDeviceGetComputeRunningProcesses", handle)
+        out = []
+        for pid in self.processes.get(state.index, []):
+            info = pynvml.c_nvmlProcessInfo_t()
+            info.pid, info.usedGpuMemory = pid, 70 * 1024**3
+            out.append(info)
+        return out
 
     # --- XID events ------------------------------------------------------------------------------
 
