@@ -100,9 +100,11 @@ _PORT = ("device", "port")
 RDMA_DEVICE_INFO = gauge(
     "rdma", "gpuscope_rdma_device_info",
     "RDMA device identity (value 1): driver, PCI address, NUMA node, firmware, driver version, EFA or not, "
-    "link layer of its first port.",
-    ("device", "driver", "pci_address", "numa_node", "firmware", "driver_version", "efa", "link_layer"),
-    "class/infiniband/<dev>/{device,fw_ver,ports/1/link_layer}, module/<driver>/version")
+    "link layer of its first port, and the PCI address of the GPU under the same PCIe switch (join with "
+    "gpuscope_gpu_info's pci_bus_id).",
+    ("device", "driver", "pci_address", "numa_node", "firmware", "driver_version", "efa", "link_layer",
+     "gpu_pci_address"),
+    "class/infiniband/<dev>/{device,fw_ver,ports/1/link_layer}, module/<driver>/version, the PCI hierarchy")
 RDMA_PORT_RATE = gauge("rdma", "gpuscope_rdma_port_rate_bytes_per_second",
                        "Advertised port rate in bytes per second.", _PORT, "ports/<n>/rate")
 RDMA_DEVICE_READ_SUCCESS = gauge(

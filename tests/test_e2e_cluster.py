@@ -53,6 +53,12 @@ def test_every_node_is_up_with_the_series_the_catalog_promises(stack):
         assert scalar(prom, f"count(gpuscope_efa_transmit_bytes_total{{{where}}})") == 32
         assert scalar(prom, f"count(gpuscope_lustre_import_healthy{{{where}}} == 1)") == 5
         assert scalar(prom, f'count(gpuscope_collector_success{{{where}}} == 1)') == 4
+        assert scalar(prom, f'count(gpuscope_gpu_job_info{{{where}, job_id="4242"}})') == 8
+        # The EFA devices of each GPU, joined through the PCI hierarchy: four per GPU on a p5.
+        per_gpu = prom.wait_for(
+            f'count by (gpu) (gpuscope_rdma_device_info{{{where}}} * on (instance, gpu_pci_address) group_left (gpu)'
+            f' label_replace(gpuscope_gpu_info{{{where}}}, "gpu_pci_address", "$1", "pci_bus_id", "(.+)"))')
+        assert {r["metric"]["gpu"]: r["value"][1] for r in per_gpu} == {str(g): "4" for g in range(8)}
     time.sleep(3)  # GPM values need two background samples
     text = requests.get(f"http://{cluster.nodes[0].address}/metrics", timeout=5).text
     samples = sum(1 for line in text.splitlines() if line and not line.startswith("#"))

@@ -210,7 +210,7 @@ class GpuCollector:
         handle = n.nvmlDeviceGetHandleByIndex(index)
         uuid = _text(n.nvmlDeviceGetUUID(handle))
         gpu = _Gpu(index, handle, uuid, _text(n.nvmlDeviceGetName(handle)),
-                   _text(n.nvmlDeviceGetPciInfo(handle).busId), (str(index), uuid))
+                   pci_address(_text(n.nvmlDeviceGetPciInfo(handle).busId)), (str(index), uuid))
         for metric, call, scale in (
             (catalog.GPU_SM_CLOCK_MAX, lambda: n.nvmlDeviceGetMaxClockInfo(handle, n.NVML_CLOCK_SM), 1e6),
             (catalog.GPU_MEMORY_CLOCK_MAX, lambda: n.nvmlDeviceGetMaxClockInfo(handle, n.NVML_CLOCK_MEM), 1e6),
@@ -419,6 +419,13 @@ class GpuCollector:
                     continue
                 for metric, value in values:
                     scrape.add(metric, value, *by_index[index].labels)
+
+
+def pci_address(bus_id: str) -> str:
+    """NVML's "00000000:53:00.0" as sysfs and lspci write it, "0000:53:00.0", so it joins with the
+    gpu_pci_address of gpuscope_rdma_device_info."""
+    domain, _, rest = bus_id.lower().partition(":")
+    return f"{int(domain, 16):04x}:{rest}" if rest else bus_id.lower()
 
 
 def _text(value: Any) -> str:

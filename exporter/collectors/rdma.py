@@ -22,6 +22,8 @@ from exporter.catalog import Family, Metric, Scrape
 from exporter.files import InFlight, list_dir, read_numbers, read_optional
 
 EFA_PCI_VENDOR = "0x1d0f"
+NVIDIA_PCI_VENDOR = "0x10de"
+_PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 EFA_DRIVER = "efa"
 # Not a counter: the kernel's stats cache period in milliseconds.
 _SKIP = frozenset({"lifespan"})
@@ -115,13 +117,15 @@ class RdmaCollector:
         driver = _link_name(f"{pci}/driver")
         is_efa = read_optional(f"{pci}/vendor") == EFA_PCI_VENDOR or driver == EFA_DRIVER
         port_names = list_dir(f"{path}/ports")
+        pci_path = os.path.realpath(pci) if os.path.islink(pci) else ""
         info = (device, driver,
-                os.path.basename(os.path.realpath(pci)) if os.path.islink(pci) else "",
+                os.path.basename(pci_path),
                 read_optional(f"{pci}/numa_node"),
                 read_optional(f"{path}/fw_ver"),
                 read_optional(f"{self._module_dir}/{driver}/version") if driver else "",
                 "true" if is_efa else "false",
-                read_optional(f"{path}/ports/{port_names[0]}/link_layer") if port_names else "")
+                read_optional(f"{path}/ports/{port_names[0]}/link_layer") if port_names else "",
+                nearest_gpu(pci_path) if pci_path else "")
         efa_device = self._efa_device if is_efa else {}
         dirs = [_counter_dir(f"{path}/hw_counters", lambda name: _device_targets(device, name, is_efa, efa_device))]
         ports = []
@@ -164,6 +168,32 @@ def _device_targets(device: str, name: str, is_efa: bool, efa_device: dict) -> t
     if is_efa and name in catalog.EFA_PORT_COUNTERS:
         return ()  # the combined layout repeats port counters here; they are read per port
     return ((catalog.RDMA_DEVICE_HW_COUNTER, (device, name)),)
+
+
+def nearest_gpu(pci_path: str) -> str:
+    """PCI address of the NVIDIA GPU under the same PCIe switch as the function at `pci_path`.
+
+    Walks up the PCI hierarchy (never to the root complex) and returns the first GPU found below a
+    bridge: the GPU whose traffic this device carries on a p5 (4 EFA devices per GPU). Empty when
+    no GPU shares a switch or root port with it.
+    """
+    ancestor = os.path.dirname(pci_path)
+    while _PCI_ADDRESS.match(os.path.basename(ancestor)):
+        gpus = sorted(_gpus_below(ancestor))
+        if gpus:
+            return gpus[0]
+        ancestor = os.path.dirname(ancestor)
+    return ""
+
+
+def _gpus_below(bridge: str) -> Iterator[str]:
+    for name in list_dir(bridge):
+        if _PCI_ADDRESS.match(name):
+            child = os.path.join(bridge, name)
+            if read_optional(f"{child}/vendor") == NVIDIA_PCI_VENDOR and read_optional(f"{child}/class").startswith(
+                    ("0x0302", "0x0300")):
+                yield name
+            yield from _gpus_below(child)
 
 
 def _link_name(path: str) -> str:

@@ -73,8 +73,10 @@ class Cluster:
     """Starts, faults and stops N simulated nodes; every process is stopped by its own pid."""
 
     def __init__(self, root: str, nodes: int = 4, profile: str = "p5.48xlarge", job_nodes: Sequence[int] = (),
-                 interval: str = "1s", exporter_args: Sequence[str] = (), base_port: int = 0) -> None:
+                 interval: str = "1s", exporter_args: Sequence[str] = (), base_port: int = 0,
+                 job_id: str = "4242") -> None:
         self.root = root
+        self.job_id = job_id
         self.profile_name = profile
         self.profile = load_profile(profile)
         self.job_nodes = tuple(job_nodes) or tuple(range(nodes))
@@ -89,10 +91,12 @@ class Cluster:
         for node in self.nodes:
             os.makedirs(node.directory, exist_ok=True)
             self._write_faults(node)
+            self._write_job_mapping(node)
             log = open(os.path.join(node.directory, "exporter.log"), "ab")  # noqa: SIM115 (kept by the child)
             node.process = subprocess.Popen(
                 [sys.executable, "-m", "exporter", f"--simulate={self.profile_name}",
                  f"--simulate.dir={node.directory}", f"--simulate.interval={self._interval}",
+                 f"--collector.gpu.job-mapping-dir={node.directory}/job-mapping",
                  f"--web.listen-address={node.address}", *self._exporter_args],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
             log.close()
@@ -180,6 +184,15 @@ class Cluster:
                 self.apply(step)
                 on_step(step)
             time.sleep(0.1)
+
+    def _write_job_mapping(self, node: SimNode) -> None:
+        """The shared Slurm job, as deploy/slurm/prolog.sh records it on every node of the job."""
+        mapping = os.path.join(node.directory, "job-mapping")
+        os.makedirs(mapping, exist_ok=True)
+        if node.index in self.job_nodes:
+            for gpu in range(self.profile["gpu"]["count"]):
+                with open(os.path.join(mapping, str(gpu)), "w", encoding="ascii") as handle:
+                    handle.write(f"{self.job_id}\n")
 
     def _targets(self, node: int | str) -> list[SimNode]:
         if node == "job":

@@ -129,6 +129,7 @@ class Scenario:
     nodes: int
     job_nodes: tuple[int, ...]
     steps: tuple[Step, ...]
+    job_id: str = "4242"
 
 
 def parse_duration(value: Any, where: str) -> float:
@@ -143,7 +144,8 @@ def parse_scenario(data: Any, source: str, gpus: int, nodes: int | None = None) 
     if not isinstance(data, dict):
         raise ScenarioError(f"{source}: a scenario is a mapping with 'name' and 'steps'")
     count = int(nodes or data.get("nodes", 4))
-    job = data.get("job", {}).get("nodes", "all") if isinstance(data.get("job"), dict) else "all"
+    job_spec = data.get("job") if isinstance(data.get("job"), dict) else {}
+    job = job_spec.get("nodes", "all")
     job_nodes = tuple(range(count)) if job == "all" else tuple(int(n) for n in job)
     steps = []
     for number, raw in enumerate(data.get("steps") or []):
@@ -165,4 +167,4 @@ def parse_scenario(data: Any, source: str, gpus: int, nodes: int | None = None) 
             steps.append(Step(at + parse_duration(raw["duration"], f"{where}.duration"), node, None,
                               fault["kind"]))
     return Scenario(str(data.get("name", source)), str(data.get("description", "")), count, job_nodes,
-                    tuple(sorted(steps, key=lambda s: s.at)))
+                    tuple(sorted(steps, key=lambda s: s.at)), str(job_spec.get("id", "4242")))

@@ -19,7 +19,15 @@ import yaml
 from exporter.sim.faults import NodeEffects, ScenarioError, check_fault, node_effects
 from exporter.sim.lustre_tree import LustreClient, LustreTarget, write_lustre_tree
 from exporter.sim.nvml import Fault, SimulatedNvml, load_profile
-from exporter.sim.rdma_tree import RdmaDevice, p5_efa_devices, write_counters, write_rdma_tree
+from exporter.sim.rdma_tree import (
+    P5_EFA_BUSES,
+    P5_GPU_BUSES,
+    RdmaDevice,
+    p5_efa_devices,
+    write_counters,
+    write_gpu_functions,
+    write_rdma_tree,
+)
 
 log = logging.getLogger("gpuscope")
 
@@ -85,6 +93,9 @@ class SimulatedNode:
         self.devices = efa_devices(int(profile.get("efa_devices", 32)))
         self._efa = [{**d.port_counters, **d.device_counters} for d in self.devices]
         write_rdma_tree(self.sysfs, self.devices, layout=layout)
+        gpus = profile["gpu"]["count"]
+        write_gpu_functions(self.sysfs, [(P5_GPU_BUSES[i], i // (gpus // 2 or 1), P5_EFA_BUSES[4 * i] - 1)
+                                         for i in range(min(gpus, len(P5_GPU_BUSES)))])
         self.lustre = LustreClient(read_bytes=912_337_190_912, reads=1_844_117, write_bytes=120_334_110_720,
                                    writes=29_377)
         self._lustre_io = [float(self.lustre.read_bytes), float(self.lustre.write_bytes)]

@@ -25,9 +25,12 @@ EFA_DEVICE_COUNTERS = (
     "create_qp_err", "create_cq_err", "reg_mr_err", "alloc_ucontext_err", "create_ah_err", "mmap_err",
 )
 # PCI bus numbers (decimal, as rdma-core's rdmap<bus>s<slot> names show them) of a p5.48xlarge's EFA
-# devices, four per GPU; from a real P5 scrape (fixtures/awslabs-awsome-distributed-ai).
+# devices, four per GPU; from a real P5 scrape (fixtures/awslabs-awsome-distributed-ai). Each group
+# of four shares a PCIe switch with the GPU on the next bus (0x53 for 0x4f-0x52, ...).
 P5_EFA_BUSES = (79, 80, 81, 82, 96, 97, 98, 99, 113, 114, 115, 116, 130, 131, 132, 133,
                 147, 148, 149, 150, 164, 165, 166, 167, 181, 182, 183, 184, 198, 199, 200, 201)
+P5_GPU_BUSES = tuple(P5_EFA_BUSES[4 * g + 3] + 1 for g in range(8))
+NVIDIA_PCI_VENDOR = "0x10de"
 # Names mlx5 exposes under ports/1/counters and ports/1/hw_counters (ConnectX-6/7).
 MLX5_PORT_COUNTERS = (
     "VL15_dropped", "excessive_buffer_overrun_errors", "link_downed", "link_error_recovery",
@@ -59,6 +62,7 @@ class RdmaDevice:
     port_counters: dict[str, int] = field(default_factory=dict)
     device_counters: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)  # IB PMA ports/1/counters (Mellanox)
+    switch_bus: int | None = None  # the PCIe switch it sits under; None: a root port of its own
 
     @property
     def pci_address(self) -> str:
@@ -71,8 +75,25 @@ def p5_efa_devices(values: Mapping[str, int] | None = None) -> list[RdmaDevice]:
     for index, bus in enumerate(P5_EFA_BUSES):
         port = {name: (values or {}).get(name, 1000 * (i + 1)) + index for i, name in enumerate(EFA_PORT_COUNTERS)}
         dev = {name: (values or {}).get(name, i) + index for i, name in enumerate(EFA_DEVICE_COUNTERS)}
-        devices.append(RdmaDevice(f"rdmap{bus}s0", bus, index // 16, port, dev))
+        devices.append(RdmaDevice(f"rdmap{bus}s0", bus, index // 16, port, dev,
+                                  switch_bus=P5_EFA_BUSES[index // 4 * 4] - 1))
     return devices
+
+
+def _pci_parent(sysfs: str, bus: int, switch_bus: int | None) -> str:
+    """The directory a PCI function hangs under: a switch's upstream port, or a root port of its own."""
+    root = (switch_bus if switch_bus is not None else bus) - 1
+    parent = os.path.join(sysfs, "devices", f"pci0000:{root:02x}", f"0000:{root:02x}:01.0")
+    return os.path.join(parent, f"0000:{switch_bus:02x}:00.0") if switch_bus is not None else parent
+
+
+def write_gpu_functions(sysfs: str, gpus: Iterable[tuple[int, int, int | None]]) -> None:
+    """NVIDIA GPUs as PCI functions (bus, NUMA node, switch bus), for the EFA-to-GPU topology."""
+    for bus, numa_node, switch_bus in gpus:
+        pci = os.path.join(_pci_parent(sysfs, bus, switch_bus), f"0000:{bus:02x}:00.0")
+        write_file(os.path.join(pci, "vendor"), NVIDIA_PCI_VENDOR)
+        write_file(os.path.join(pci, "class"), "0x030200")
+        write_file(os.path.join(pci, "numa_node"), str(numa_node))
 
 
 def mlx5_devices(count: int) -> list[RdmaDevice]:
@@ -92,9 +113,7 @@ def write_rdma_tree(sysfs: str, devices: Iterable[RdmaDevice], *, driver: str = 
     write_file(os.path.join(sysfs, "module", driver, "version"), driver_version)
     os.makedirs(os.path.join(sysfs, "bus", "pci", "drivers", driver), exist_ok=True)
     for dev in devices:
-        root_port = f"pci0000:{dev.pci_bus - 1:02x}"
-        pci_rel = os.path.join("devices", root_port, f"0000:{dev.pci_bus - 1:02x}:01.0", dev.pci_address)
-        pci = os.path.join(sysfs, pci_rel)
+        pci = os.path.join(_pci_parent(sysfs, dev.pci_bus, dev.switch_bus), dev.pci_address)
         write_file(os.path.join(pci, "vendor"), vendor)
         write_file(os.path.join(pci, "numa_node"), str(dev.numa_node))
         relative_symlink(os.path.join(sysfs, "bus", "pci", "drivers", driver), os.path.join(pci, "driver"))
