@@ -282,6 +282,11 @@ GPU_DRIVER_INFO = gauge("gpu", "gpuscope_gpu_driver_info",
                         ("driver_version", "cuda_version", "nvml_version"), "nvmlSystemGetDriverVersion")
 GPU_JOB_INFO = _gpu_gauge("job_info", "Slurm job using the GPU (value 1); absent while no job runs on it.",
                           ("job_id",), "job mapping directory, or the GPU's processes' cgroup / SLURM_JOB_ID")
+GPU_POD_INFO = _gpu_gauge("pod_info", "Kubernetes pod and container holding the GPU (value 1).",
+                          ("namespace", "pod", "container"), "kubelet pod-resources API, v1.PodResourcesLister/List")
+GPU_POD_RESOURCES_UP = gauge("gpu", "gpuscope_gpu_pod_resources_up",
+                             "1 if the last query of the kubelet's pod-resources socket succeeded, else 0.", (),
+                             "--collector.gpu.pod-resources-socket")
 GPU_UP = _gpu_gauge("up", "1 if NVML answered for this GPU in this scrape; 0 if it is lost, hung or failing.")
 GPU_UTILIZATION = _gpu_gauge("utilization_ratio", "Fraction of the last sample period a kernel ran (0-1).", (),
                              "nvmlDeviceGetUtilizationRates .gpu")

@@ -65,6 +65,13 @@ def parse_path(value: Any) -> str:
     return text
 
 
+def parse_names(value: Any) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in str(value).split(",") if name.strip())
+    if not names:
+        raise ValueError("expected at least one name")
+    return names
+
+
 def parse_profile(value: Any) -> str:
     """A simulated node profile, or empty for the real host."""
     text = str(value or "")
@@ -117,6 +124,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("collector.gpu.job-mapping-dir", "", str,
            "dcgm-exporter style HPC job mapping directory (one file per GPU index, a job id per line); "
            "empty: find each GPU's Slurm job from its processes"),
+    Option("collector.gpu.pod-resources-socket", "", str,
+           "the kubelet's pod-resources socket (usually /var/lib/kubelet/pod-resources/kubelet.sock) for "
+           "Kubernetes pod attribution; empty: off"),
+    Option("collector.gpu.pod-resource-names", "nvidia.com/gpu", parse_names,
+           "comma-separated device plugin resource names that are GPUs"),
     Option("simulate", "", parse_profile,
            "serve a simulated node of this profile instead of the host's hardware: " + ", ".join(PROFILES)),
     Option("simulate.dir", "", str,
@@ -169,7 +181,9 @@ def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) ->
                     gpu=GpuOptions(nvlink_per_link=values["collector.gpu.nvlink-per-link"],
                                    gpm_interval=values["collector.gpu.gpm-interval"],
                                    job_mapping_dir=values["collector.gpu.job-mapping-dir"],
-                                   procfs=values["path.procfs"]),
+                                   procfs=values["path.procfs"],
+                                   pod_resources_socket=values["collector.gpu.pod-resources-socket"],
+                                   pod_resource_names=values["collector.gpu.pod-resource-names"]),
                     efa_device_detail=values["collector.rdma.efa-device-detail"]),
         collectors=tuple(name for name in FACTORIES if values[f"collector.{name}"]),
         timeout=values["collector.timeout"],

@@ -27,6 +27,7 @@ from exporter import catalog
 from exporter.catalog import Family, Metric, Scrape
 from exporter.collectors.gpu_background import GpmSampler, JobWatcher, XidWatcher
 from exporter.collectors.jobs import MappingDirectory
+from exporter.collectors.pods import PodResourcesWatcher
 from exporter.files import InFlight
 
 log = logging.getLogger("gpuscope")
@@ -86,6 +87,9 @@ class GpuOptions:
     job_mapping_dir: str = ""  # dcgm-exporter's HPC job mapping; empty: find jobs from GPU processes
     procfs: str = "/proc"
     job_interval: float = 15.0
+    pod_resources_socket: str = ""  # the kubelet's pod-resources socket; empty: no pod attribution
+    pod_resource_names: tuple[str, ...] = ("nvidia.com/gpu",)
+    pod_interval: float = 30.0
 
 
 class _GpuLost(Exception):
@@ -135,6 +139,8 @@ class GpuCollector:
         self._gpm: GpmSampler | None = None
         self._jobs: MappingDirectory | JobWatcher | None = (
             MappingDirectory(options.job_mapping_dir) if options.job_mapping_dir else None)
+        self._pods = (PodResourcesWatcher(options.pod_resources_socket, options.pod_resource_names,
+                                          options.pod_interval) if options.pod_resources_socket else None)
         self._logged: set[tuple[int, str]] = set()
         # Field value decoding, resolved once: a batch of 63 fields per GPU is decoded every scrape.
         self._success = nvml.NVML_SUCCESS
@@ -190,8 +196,8 @@ class GpuCollector:
 
     def close(self) -> None:
         """Stops the background threads (tests, shutdown)."""
-        for worker in (self._xids, self._gpm, self._jobs):
-            if isinstance(worker, (XidWatcher, GpmSampler, JobWatcher)):
+        for worker in (self._xids, self._gpm, self._jobs, self._pods):
+            if isinstance(worker, (XidWatcher, GpmSampler, JobWatcher, PodResourcesWatcher)):
                 worker.stop()
         self._xids = self._gpm = None
         if isinstance(self._jobs, JobWatcher):
@@ -408,6 +414,14 @@ class GpuCollector:
                 scrape.add(catalog.GPU_XID_ERRORS, count, *by_index[index].labels, str(xid))
             for index, when in sorted(last.items()):
                 scrape.add(catalog.GPU_LAST_XID, when, *by_index[index].labels)
+        if self._pods:
+            up, allocations = self._pods.snapshot()
+            scrape.add(catalog.GPU_POD_RESOURCES_UP, 1 if up else 0)
+            for gpu in gpus:  # the device plugin names a GPU by UUID, or by index
+                allocation = allocations.get(gpu.uuid) or allocations.get(str(gpu.index))
+                if allocation:
+                    scrape.add(catalog.GPU_POD_INFO, 1, *gpu.labels, allocation.namespace, allocation.pod,
+                               allocation.container)
         if self._jobs:
             for index, jobs in sorted(self._jobs.jobs().items()):
                 if index in by_index:
