@@ -76,7 +76,7 @@ def kubelet(api, tmp_path):
     answer = response(pb, sim)
 
     class Lister(pb_grpc.PodResourcesListerServicer):
-        def List(self, request, context):  # noqa: N802 (the kubelet's method name)
+        def List(self, request, context):
             return answer
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
