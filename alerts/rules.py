@@ -58,6 +58,12 @@ EFA_RATE = "instance:gpuscope_efa_bytes:rate1m"
 EFA_MEDIAN = "cluster:gpuscope_efa_bytes:median_node_rate1m"
 NODE_CLOCK_MEDIAN = "cluster:gpuscope_gpu_sm_clock_hertz:median_node"
 NODE_ACTIVE_MEDIAN = "cluster:gpuscope_gpu_sm_active_ratio:median_node"
+# Job-scoped peers, where job attribution exists (gpuscope_gpu_job_info).
+JOB_CLOCK_MEDIAN = "job_id:gpuscope_gpu_sm_clock_hertz:median_busy"
+JOB_ACTIVE_MEDIAN = "job_id:gpuscope_gpu_sm_active_ratio:median_busy"
+NODE_IN_JOB_CLOCK_MEDIAN = "instance_job_id:gpuscope_gpu_sm_clock_hertz:median_busy"
+JOB_NODE_CLOCK_MEDIAN = "job_id:gpuscope_gpu_sm_clock_hertz:median_node"
+JOB_NODES = "job_id:gpuscope_nodes:count"
 
 
 def recording_rules(s: Settings) -> Group:
@@ -65,6 +71,11 @@ def recording_rules(s: Settings) -> Group:
 
     def busy_median(metric: str) -> str:
         return f"quantile by (instance) (0.5, {metric} and on (instance, gpu, uuid) ({busy}))"
+
+    def in_job(metric: str) -> str:
+        """The busy GPUs' values with the job_id of the job that holds them."""
+        return (f"{metric} * on (instance, gpu, uuid) group_left (job_id) {c.GPU_JOB_INFO.name}"
+                f" and on (instance, gpu, uuid) ({busy})")
 
     efa_tx, efa_rx = c.EFA_PORT_COUNTERS["tx_bytes"].name, c.EFA_PORT_COUNTERS["rx_bytes"].name
     return Group("gpuscope-baselines", (
@@ -78,6 +89,11 @@ def recording_rules(s: Settings) -> Group:
         Record(EFA_MEDIAN, f"quantile(0.5, {EFA_RATE})"),
         Record(NODE_CLOCK_MEDIAN, f"quantile(0.5, {SM_CLOCK_MEDIAN})"),
         Record(NODE_ACTIVE_MEDIAN, f"quantile(0.5, {SM_ACTIVE_MEDIAN})"),
+        Record(JOB_CLOCK_MEDIAN, f"quantile by (job_id) (0.5, {in_job(c.GPU_SM_CLOCK.name)})"),
+        Record(JOB_ACTIVE_MEDIAN, f"quantile by (job_id) (0.5, {in_job(c.GPU_SM_ACTIVE.name)})"),
+        Record(NODE_IN_JOB_CLOCK_MEDIAN, f"quantile by (instance, job_id) (0.5, {in_job(c.GPU_SM_CLOCK.name)})"),
+        Record(JOB_NODE_CLOCK_MEDIAN, f"quantile by (job_id) (0.5, {NODE_IN_JOB_CLOCK_MEDIAN})"),
+        Record(JOB_NODES, f"count by (job_id) ({NODE_IN_JOB_CLOCK_MEDIAN})"),
     ))
 
 
@@ -98,6 +114,21 @@ def straggler_alerts(s: Settings) -> Group:
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} runs at {{ $value | humanizePercentage }} of its "
               "busy peers' median (SM clock, SM activity or power) while it is busy itself; synchronous "
               "training waits for it."),
+        Alert("GpuStraggler",
+              f"({c.GPU_SM_CLOCK.name} * on (instance, gpu, uuid) group_left (job_id) {c.GPU_JOB_INFO.name}"
+              f" / on (job_id) group_left {JOB_CLOCK_MEDIAN} < {ratio}"
+              f" or {c.GPU_SM_ACTIVE.name} * on (instance, gpu, uuid) group_left (job_id) {c.GPU_JOB_INFO.name}"
+              f" / on (job_id) group_left {JOB_ACTIVE_MEDIAN} < {ratio})"
+              f" and on (instance, gpu, uuid) {BUSY}",
+              s.straggler_for, "warning", "A busy GPU is persistently slower than the other GPUs of its job",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} runs at {{ $value | humanizePercentage }} of the "
+              "median GPU of job {{ $labels.job_id }} (SM clock or SM activity).", (("scope", "job"),)),
+        Alert("NodeStraggler",
+              f"{NODE_IN_JOB_CLOCK_MEDIAN} / on (job_id) group_left {JOB_NODE_CLOCK_MEDIAN} < {ratio}"
+              f" and on (job_id) {JOB_NODES} >= 3",
+              s.straggler_for, "warning", "All GPUs of a node lag the other nodes of their job",
+              "The busy GPUs of {{ $labels.instance }} run at {{ $value | humanizePercentage }} of the median node "
+              "of job {{ $labels.job_id }}.", (("scope", "job"),)),
         Alert("NodeStraggler",
               f"({SM_CLOCK_MEDIAN} / scalar({NODE_CLOCK_MEDIAN}) < {ratio}"
               f" or {SM_ACTIVE_MEDIAN} / scalar({NODE_ACTIVE_MEDIAN}) < {ratio})"
