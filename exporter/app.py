@@ -16,6 +16,7 @@ from exporter import __version__, collectors, server
 from exporter.collectors import Roots
 from exporter.config import ExporterSettings
 from exporter.registry import ScrapeRegistry
+from exporter.sdnotify import notify
 from exporter.webconfig import WebConfig
 
 log = logging.getLogger("gpuscope")
@@ -67,11 +68,17 @@ def _serve(settings: ExporterSettings, web: WebConfig, roots: Roots) -> int:
         host, port = settings.listen_address
         log.error("cannot listen", extra={"address": f"{host}:{port}", "error": exc.strerror or str(exc)})
         return 1
-    # One collection right away, so /-/ready turns true without waiting for Prometheus.
-    threading.Thread(target=scrapes.render, name="warm-up", daemon=True).start()
+    def warm_up() -> None:
+        """One collection right away, so /-/ready turns true without waiting for Prometheus; then
+        tell systemd (Type=notify) that we serve."""
+        scrapes.render()
+        notify("READY=1")
+
+    threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
 
     def stop(signum, _frame) -> None:
         log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        notify("STOPPING=1")
         threading.Thread(target=httpd.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
