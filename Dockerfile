@@ -1,0 +1,18 @@
+# gpuscope exporter image: `docker build -t gpuscope:0.1.0 .` from the repository root.
+# Multi-stage: wheels are built in the first stage; the final image has no compiler, no pip cache,
+# and runs as nobody. The NVIDIA container runtime mounts libnvidia-ml into it (runtime class
+# `nvidia`, NVIDIA_DRIVER_CAPABILITIES=utility), so no CUDA base image is needed.
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY exporter ./exporter
+COPY alerts ./alerts
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim-bookworm
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER 65534:65534
+EXPOSE 19400
+ENTRYPOINT ["gpuscope"]
+CMD ["exporter"]
