@@ -68,6 +68,13 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _dashboards_parser(subparsers) -> None:
+    parser = subparsers.add_parser("dashboards", help="Grafana dashboards")
+    actions = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    build = actions.add_parser("build", help="write the dashboards' JSON and sidecar ConfigMaps")
+    build.add_argument("--out", default="dashboards/generated", metavar="DIR", help="default dashboards/generated")
+
+
 def _demo_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="a simulated cluster with Prometheus and Alertmanager: watch faults raise alerts",
@@ -97,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     _simulate_parser(subparsers)
     _alerts_parser(subparsers)
     _demo_parser(subparsers)
+    _dashboards_parser(subparsers)
     return parser
 
 
@@ -134,6 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_exporter(args)
     if command == "alerts":
         return _build_alerts(args)
+    if command == "dashboards":
+        from dashboards.build import build
+
+        print("\n".join(build(args["out"])))
+        return 0
     if command == "demo":
         from exporter.sim.demo import run_demo
 

@@ -1,0 +1,1 @@
+"""gpuscope's Grafana dashboards as code (grafanalib), from the fleet down to one GPU."""

@@ -1,0 +1,121 @@
+"""The thin layer between gpuscope's dashboards and grafanalib.
+
+Dashboards are written against these few functions (a panel is a title, queries, a unit and a
+size), so moving to Grafana's official SDK would change this module only. Panels are laid out
+left to right in rows of 24 columns; every query goes through the `datasource` variable; uids are
+stable so re-importing a dashboard updates it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from grafanalib import core as g
+
+DATASOURCE = "${datasource}"
+WIDTH = 24
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str = ""
+
+
+@dataclass
+class Panel:
+    kind: str  # timeseries, stat, table, bargauge, heatmap, state_timeline
+    title: str
+    queries: tuple[Query, ...]
+    unit: str = "short"
+    width: int = 8
+    height: int = 8
+    description: str = ""
+    empty_when_healthy: bool = False  # error panels: no data on a healthy cluster is the good case
+    max_value: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def q(expr: str, legend: str = "") -> Query:
+    return Query(expr, legend)
+
+
+def variables(*names: str) -> g.Templating:
+    """Chained template variables: datasource, then cluster, instance, gpu, job_id as asked."""
+    catalog = {
+        "cluster": g.Template(name="cluster", label="cluster", dataSource=DATASOURCE, includeAll=True,
+                              query='label_values(gpuscope_build_info, cluster)', allValue=".*", refresh=2),
+        "instance": g.Template(name="instance", label="node", dataSource=DATASOURCE, includeAll=True, multi=True,
+                               query='label_values(gpuscope_build_info{cluster=~"$cluster"}, instance)',
+                               allValue=".*", refresh=2),
+        "gpu": g.Template(name="gpu", label="GPU", dataSource=DATASOURCE, includeAll=True, multi=True,
+                          query='label_values(gpuscope_gpu_up{instance=~"$instance"}, gpu)', allValue=".*",
+                          refresh=2),
+        "job_id": g.Template(name="job_id", label="Slurm job", dataSource=DATASOURCE,
+                             query="label_values(gpuscope_gpu_job_info, job_id)", refresh=2),
+    }
+    datasource = g.Template(name="datasource", label="Prometheus", query="prometheus", type="datasource")
+    return g.Templating(list=[datasource, *(catalog[name] for name in names)])
+
+
+def _targets(panel: Panel) -> list[g.Target]:
+    """Queries through the datasource variable; tables ask for instant values in table format."""
+    table = panel.kind == "table"
+    return [g.Target(expr=query.expr, legendFormat=query.legend, refId=chr(ord("A") + n), datasource=DATASOURCE,
+                     intervalFactor=1, instant=table, format="table" if table else "time_series")
+            for n, query in enumerate(panel.queries)]
+
+
+def _build(panel: Panel, number: int, pos: g.GridPos):
+    common = {"title": panel.title, "dataSource": DATASOURCE, "targets": _targets(panel), "gridPos": pos,
+              "id": number, "description": panel.description}
+    if panel.kind == "timeseries":
+        return g.TimeSeries(unit=panel.unit, legendDisplayMode="table", legendPlacement="right",
+                            legendCalcs=["lastNotNull", "max"], **common, **panel.extra)
+    if panel.kind == "stat":
+        return g.Stat(format=panel.unit, reduceCalc="lastNotNull", thresholds=[
+            {"color": "green", "value": None}], **common, **panel.extra)
+    if panel.kind == "table":
+        return g.Table(unit=panel.unit, **common, **panel.extra)
+    if panel.kind == "bargauge":
+        return g.BarGauge(format=panel.unit, max=panel.max_value if panel.max_value is not None else 100,
+                          thresholds=[{"color": "green", "value": None}], **common, **panel.extra)
+    if panel.kind == "heatmap":
+        return g.Heatmap(**common, **panel.extra)
+    if panel.kind == "state_timeline":
+        return g.StateTimeline(**common, **panel.extra)
+    raise ValueError(f"unknown panel kind {panel.kind}")
+
+
+@dataclass
+class Board:
+    """A dashboard as gpuscope describes it; `render()` makes the grafanalib object."""
+
+    uid: str
+    title: str
+    description: str
+    variable_names: tuple[str, ...]
+    panels: list[Panel]
+    links: tuple[tuple[str, str], ...] = ()
+
+
+def dashboard(uid: str, title: str, description: str, variable_names: tuple[str, ...],
+              panels: list[Panel], links: tuple[tuple[str, str], ...] = ()) -> Board:
+    return Board(uid, title, description, variable_names, panels, links)
+
+
+def render(board: Board) -> g.Dashboard:
+    """The grafanalib dashboard, panels laid out left to right, wrapping at 24 columns."""
+    uid, title, description, links = board.uid, board.title, board.description, board.links
+    built, x, y, row_height = [], 0, 0, 0
+    for number, panel in enumerate(board.panels, start=1):
+        if x + panel.width > WIDTH:
+            x, y, row_height = 0, y + row_height, 0
+        built.append(_build(panel, number, g.GridPos(h=panel.height, w=panel.width, x=x, y=y)))
+        x, row_height = x + panel.width, max(row_height, panel.height)
+    return g.Dashboard(
+        uid=uid, title=title, description=description, tags=["gpuscope"], timezone="utc",
+        refresh="30s", time=g.Time("now-1h", "now"), templating=variables(*board.variable_names), panels=built,
+        links=[g.DashboardLink(uri=f"/d/{uid}", title=title, keepTime=True, includeVars=True)
+               for uid, title in links],
+    )

@@ -1,0 +1,189 @@
+"""gpuscope's dashboards: fleet, job, node, GPU, network and storage, from the fleet down to one GPU.
+
+Metric names come from the exporter's catalog and the alert rules' recording rules, so a renamed
+metric breaks the build, not a dashboard at 3 a.m. Panels listed as `empty_when_healthy` show
+faults (throttling, XIDs, firing alerts) and have no data on a healthy cluster.
+"""
+
+from __future__ import annotations
+
+from alerts import rules
+from dashboards.grafana import Panel, dashboard, q
+from exporter import catalog as c
+
+RATE = "$__rate_interval"
+NODE = 'instance=~"$instance"'
+GPU = 'instance=~"$instance", gpu=~"$gpu"'
+CLUSTER = 'cluster=~"$cluster"'
+LINKS = (("gpuscope-fleet", "Fleet"), ("gpuscope-job", "Job"), ("gpuscope-node", "Node"), ("gpuscope-gpu", "GPU"),
+         ("gpuscope-network", "Network"), ("gpuscope-storage", "Storage"))
+JOB = f'{c.GPU_JOB_INFO.name}{{job_id="$job_id"}}'
+XIDS = f"{c.GPU_XID_ERRORS.name}{{{CLUSTER}}}"
+EFA_TX, EFA_RX = c.EFA_PORT_COUNTERS["tx_bytes"].name, c.EFA_PORT_COUNTERS["rx_bytes"].name
+# "EFA devices of GPU n": each device's traffic joined to the GPU under its PCIe switch.
+EFA_BY_GPU = (f"rate({EFA_TX}{{{NODE}}}[{RATE}]) * on (instance, device) group_left (gpu_pci_address) "
+              f"{c.RDMA_DEVICE_INFO.name} * on (instance, gpu_pci_address) group_left (gpu) "
+              f'label_replace({c.GPU_INFO.name}{{{NODE}}}, "gpu_pci_address", "$1", "pci_bus_id", "(.+)")')
+
+
+def fleet():
+    return dashboard("gpuscope-fleet", "gpuscope / Fleet", "Every node and GPU: health, activity, stragglers.",
+                     ("cluster",), [
+        Panel("stat", "Nodes reporting", (q(f"count({c.BUILD_INFO.name}{{{CLUSTER}}})"),), width=4, height=4),
+        Panel("stat", "GPUs up", (q(f"sum({c.GPU_UP.name}{{{CLUSTER}}})"),), width=4, height=4),
+        Panel("stat", "GPUs lost", (q(f"count({c.GPU_UP.name}{{{CLUSTER}}} == 0)"),), width=4, height=4,
+              empty_when_healthy=True),
+        Panel("table", "Firing alerts by kind", (q('count by (alertname, severity) (ALERTS{alertstate="firing"})'),),
+              width=12, height=4, empty_when_healthy=True),
+        Panel("timeseries", "GPU activity, whole cluster",
+              (q(f"avg({c.GPU_UTILIZATION.name}{{{CLUSTER}}})", "utilization"),
+               q(f"avg({c.GPU_SM_ACTIVE.name}{{{CLUSTER}}})", "SM active"),
+               q(f"avg({c.GPU_TENSOR_ACTIVE.name}{{{CLUSTER}}})", "tensor active")), unit="percentunit", width=12),
+        Panel("timeseries", "GPU power distribution",
+              tuple(q(f"quantile({p}, {c.GPU_POWER.name}{{{CLUSTER}}})", f"p{int(p * 100)}")
+                    for p in (0.05, 0.5, 0.95)), unit="watt", width=6),
+        Panel("timeseries", "GPU temperature distribution",
+              tuple(q(f"quantile({p}, {c.GPU_TEMPERATURE.name}{{{CLUSTER}}})", f"p{int(p * 100)}")
+                    for p in (0.05, 0.5, 0.95)), unit="celsius", width=6),
+        Panel("table", "Stragglers: GPUs furthest below their node's median SM clock",
+              (q(f"bottomk(10, {c.GPU_SM_CLOCK.name}{{{CLUSTER}}} / on (instance) group_left "
+                 f"{rules.SM_CLOCK_MEDIAN})"),), unit="percentunit", width=12),
+        Panel("table", "Throttled GPUs",
+              (q(f'{c.GPU_CLOCK_EVENT.name}{{{CLUSTER}, reason=~"hw_.*|sw_thermal_slowdown"}} == 1'),),
+              width=12, empty_when_healthy=True),
+        Panel("table", "XIDs in the last day",
+              (q(f"increase({XIDS}[1d]) > 0 or ({XIDS} unless {XIDS} offset 1d)"),),  # first ones count too
+              width=12, empty_when_healthy=True),
+        Panel("timeseries", "EFA and Lustre throughput",
+              (q(f"sum(rate({EFA_TX}{{{CLUSTER}}}[{RATE}]))", "EFA transmit"),
+               q(f"sum(rate({c.LUSTRE_READ_BYTES.name}{{{CLUSTER}}}[{RATE}]))", "Lustre read"),
+               q(f"sum(rate({c.LUSTRE_WRITE_BYTES.name}{{{CLUSTER}}}[{RATE}]))", "Lustre write")),
+              unit="Bps", width=12),
+    ], LINKS)
+
+
+def job():
+    gpus = f"on (instance, gpu, uuid) group_left (job_id) {JOB}"
+    return dashboard("gpuscope-job", "gpuscope / Job", "One Slurm job's nodes and GPUs side by side.",
+                     ("job_id",), [
+        Panel("table", "Nodes and GPUs of the job", (q(JOB),), width=8, height=10),
+        Panel("timeseries", "SM activity per GPU", (q(f"{c.GPU_SM_ACTIVE.name} * {gpus}", "{{instance}} GPU {{gpu}}"),),
+              unit="percentunit", width=16, height=10),
+        Panel("timeseries", "SM clock against the job's median",
+              (q(f"{c.GPU_SM_CLOCK.name} * {gpus} / on (job_id) group_left {rules.JOB_CLOCK_MEDIAN}",
+                 "{{instance}} GPU {{gpu}}"),), unit="percentunit", width=12),
+        Panel("timeseries", "Power per GPU", (q(f"{c.GPU_POWER.name} * {gpus}", "{{instance}} GPU {{gpu}}"),),
+              unit="watt", width=12),
+        Panel("timeseries", "EFA traffic per node",
+              (q(f"sum by (instance) (rate({EFA_TX}[{RATE}])) and on (instance) {JOB}", "{{instance}}"),),
+              unit="Bps", width=12),
+        Panel("timeseries", "Lustre reads per node",
+              (q(f"sum by (instance) (rate({c.LUSTRE_READ_BYTES.name}[{RATE}])) and on (instance) {JOB}",
+                 "{{instance}}"),), unit="Bps", width=12),
+    ], LINKS)
+
+
+def node():
+    return dashboard("gpuscope-node", "gpuscope / Node", "The GPUs of a node side by side, its network and storage.",
+                     ("cluster", "instance", "gpu"), [
+        Panel("timeseries", "SM activity", (q(f"{c.GPU_SM_ACTIVE.name}{{{GPU}}}", "GPU {{gpu}}"),),
+              unit="percentunit", width=8),
+        Panel("timeseries", "SM clock", (q(f"{c.GPU_SM_CLOCK.name}{{{GPU}}}", "GPU {{gpu}}"),), unit="hertz", width=8),
+        Panel("timeseries", "Power", (q(f"{c.GPU_POWER.name}{{{GPU}}}", "GPU {{gpu}}"),
+                                      q(f"max({c.GPU_POWER_LIMIT.name}{{{GPU}}})", "limit")), unit="watt", width=8),
+        Panel("timeseries", "Temperature against the slowdown limit",
+              (q(f"{c.GPU_TEMPERATURE.name}{{{GPU}}}", "GPU {{gpu}}"),
+               q(f'min({c.GPU_TEMPERATURE_LIMIT.name}{{{GPU}, limit="slowdown"}})', "slowdown")),
+              unit="celsius", width=12),
+        Panel("state_timeline", "Throttle reasons",
+              (q(f'{c.GPU_CLOCK_EVENT.name}{{{GPU}, reason!="gpu_idle"}}', "GPU {{gpu}} {{reason}}"),), width=12),
+        Panel("timeseries", "NVLink traffic", (q(f"rate({c.GPU_NVLINK_TX.name}{{{GPU}}}[{RATE}])", "GPU {{gpu}}"),),
+              unit="Bps", width=8),
+        Panel("timeseries", "NVLink errors", (q(f"increase({c.GPU_NVLINK_ERRORS.name}{{{GPU}}}[{RATE}])",
+                                                "GPU {{gpu}} {{type}}"),), width=8),
+        Panel("timeseries", "EFA traffic per device, by the GPU it serves",
+              (q(f"sum by (gpu, device) ({EFA_BY_GPU})", "GPU {{gpu}} {{device}}"),), unit="Bps", width=8),
+        Panel("timeseries", "Lustre per filesystem",
+              (q(f"rate({c.LUSTRE_READ_BYTES.name}{{{NODE}}}[{RATE}])", "{{fs}} read"),
+               q(f"rate({c.LUSTRE_WRITE_BYTES.name}{{{NODE}}}[{RATE}])", "{{fs}} write")), unit="Bps", width=12),
+        Panel("timeseries", "Host CPU busy per NUMA node",
+              (q(f"rate({c.HOST_CPU_BUSY.name}{{{NODE}}}[{RATE}]) / {c.HOST_CPUS.name}{{{NODE}}}",
+                 "NUMA {{numa_node}}"),), unit="percentunit", width=12),
+    ], LINKS)
+
+
+def gpu():
+    return dashboard("gpuscope-gpu", "gpuscope / GPU", "One GPU in depth.", ("cluster", "instance", "gpu"), [
+        Panel("timeseries", "Activity", (q(f"{c.GPU_UTILIZATION.name}{{{GPU}}}", "utilization"),
+                                         q(f"{c.GPU_SM_ACTIVE.name}{{{GPU}}}", "SM active"),
+                                         q(f"{c.GPU_TENSOR_ACTIVE.name}{{{GPU}}}", "tensor active"),
+                                         q(f"{c.GPU_DRAM_ACTIVE.name}{{{GPU}}}", "DRAM active")),
+              unit="percentunit", width=12),
+        Panel("timeseries", "Clocks against their maximum",
+              (q(f"{c.GPU_SM_CLOCK.name}{{{GPU}}}", "SM"), q(f"{c.GPU_SM_CLOCK_MAX.name}{{{GPU}}}", "SM max")),
+              unit="hertz", width=12),
+        Panel("timeseries", "Temperatures and limits",
+              (q(f"{c.GPU_TEMPERATURE.name}{{{GPU}}}", "GPU"), q(f"{c.GPU_MEMORY_TEMPERATURE.name}{{{GPU}}}", "HBM"),
+               q(f"{c.GPU_TEMPERATURE_LIMIT.name}{{{GPU}}}", "{{limit}}")), unit="celsius", width=12),
+        Panel("timeseries", "Power", (q(f"{c.GPU_POWER.name}{{{GPU}}}", "draw"),
+                                      q(f"{c.GPU_POWER_LIMIT.name}{{{GPU}}}", "limit")), unit="watt", width=12),
+        Panel("timeseries", "ECC errors", (q(f"{c.GPU_ECC_ERRORS.name}{{{GPU}}}", "{{type}} {{scope}}"),), width=8),
+        Panel("timeseries", "Row remapping", (q(f"{c.GPU_REMAPPED_ROWS.name}{{{GPU}}}", "{{cause}}"),
+                                              q(f"{c.GPU_REMAP_PENDING.name}{{{GPU}}}", "pending"),
+                                              q(f"{c.GPU_REMAP_FAILURE.name}{{{GPU}}}", "failure")), width=8),
+        Panel("timeseries", "PCIe", (q(f"rate({c.GPU_PCIE_TX.name}{{{GPU}}}[{RATE}])", "transmit"),
+                                     q(f"rate({c.GPU_PCIE_RX.name}{{{GPU}}}[{RATE}])", "receive")),
+              unit="Bps", width=8),
+        Panel("table", "XIDs", (q(f"{c.GPU_XID_ERRORS.name}{{{GPU}}}"),), width=24, empty_when_healthy=True),
+    ], LINKS)
+
+
+def network():
+    return dashboard("gpuscope-network", "gpuscope / Network", "EFA across the fleet, and NVLink health.",
+                     ("cluster", "instance"), [
+        Panel("timeseries", "EFA traffic per node",
+              (q(f"sum by (instance) (rate({EFA_TX}{{{NODE}}}[{RATE}]))", "{{instance}} transmit"),
+               q(f"sum by (instance) (rate({EFA_RX}{{{NODE}}}[{RATE}]))", "{{instance}} receive")),
+              unit="Bps", width=24),
+        Panel("timeseries", "Receive drops",
+              (q(f"sum by (instance) (rate({c.EFA_PORT_COUNTERS['rx_drops'].name}{{{NODE}}}[{RATE}]))",
+                 "{{instance}}"),), unit="pps", width=8),
+        Panel("timeseries", "Retransmitted packets",
+              (q(f"sum by (instance) (rate({c.EFA_PORT_COUNTERS['retrans_pkts'].name}{{{NODE}}}[{RATE}]))",
+                 "{{instance}}"),), unit="pps", width=8),
+        Panel("timeseries", "Timeouts, unresponsive and impaired remotes",
+              tuple(q(f"sum by (instance) (rate({c.EFA_PORT_COUNTERS[name].name}{{{NODE}}}[{RATE}]))",
+                      f"{{{{instance}}}} {name}")
+                    for name in ("retrans_timeout_events", "unresponsive_remote_events",
+                                 "impaired_remote_conn_events")), width=8),
+        Panel("timeseries", "NVLink errors per node",
+              (q(f"sum by (instance, type) (increase({c.GPU_NVLINK_ERRORS.name}{{{NODE}}}[{RATE}]))",
+                 "{{instance}} {{type}}"),), width=24),
+    ], LINKS)
+
+
+def storage():
+    ops = c.LUSTRE_OPERATIONS.name
+    return dashboard("gpuscope-storage", "gpuscope / Storage", "Lustre clients: throughput, latency, imports.",
+                     ("cluster", "instance"), [
+        Panel("timeseries", "Throughput per filesystem",
+              (q(f"sum by (fs) (rate({c.LUSTRE_READ_BYTES.name}{{{NODE}}}[{RATE}]))", "{{fs}} read"),
+               q(f"sum by (fs) (rate({c.LUSTRE_WRITE_BYTES.name}{{{NODE}}}[{RATE}]))", "{{fs}} write")),
+              unit="Bps", width=12),
+        Panel("timeseries", "Operation latency (Lustre 2.14+)",
+              (q(f"sum by (fs, operation) (rate({c.LUSTRE_OPERATION_SECONDS.name}{{{NODE}}}[{RATE}]))"
+                 f" / sum by (fs, operation) (rate({ops}{{{NODE}}}[{RATE}]))", "{{fs}} {{operation}}"),),
+              unit="s", width=12),
+        Panel("state_timeline", "Import state (8 FULL, 10 IDLE healthy)",
+              (q(f"{c.LUSTRE_IMPORT_STATE.name}{{{NODE}}}", "{{instance}} {{fs}} {{target}}"),), width=12),
+        Panel("timeseries", "RPCs in flight per target",
+              (q(f"{c.LUSTRE_RPCS_IN_FLIGHT.name}{{{NODE}}}", "{{instance}} {{target}}"),), width=12),
+        Panel("timeseries", "Reconnects (evictions and server restarts)",
+              (q(f"increase({c.LUSTRE_CONNECT_ATTEMPTS.name}{{{NODE}}}[{RATE}])", "{{instance}} {{target}}"),),
+              width=12),
+        Panel("state_timeline", "Client health_check (1 healthy)",
+              (q(f"{c.LUSTRE_HEALTH_CHECK.name}{{{NODE}}}", "{{instance}}"),), width=12),
+    ], LINKS)
+
+
+DASHBOARDS = (fleet, job, node, gpu, network, storage)
