@@ -73,6 +73,11 @@ def _dashboards_parser(subparsers) -> None:
     actions = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
     build = actions.add_parser("build", help="write the dashboards' JSON and sidecar ConfigMaps")
     build.add_argument("--out", default="dashboards/generated", metavar="DIR", help="default dashboards/generated")
+    push = actions.add_parser("push", help="upload the dashboards through Grafana's HTTP API")
+    push.add_argument("--grafana-url", required=True, help="e.g. https://grafana.example.com")
+    push.add_argument("--token-file", default="", metavar="FILE",
+                      help="file holding a Grafana API (service account) token; else GPUSCOPE_GRAFANA_TOKEN")
+    push.add_argument("--folder", default="gpuscope", help="folder uid and title (default gpuscope)")
 
 
 def _demo_parser(subparsers) -> None:
@@ -135,6 +140,21 @@ def _build_alerts(args: dict) -> int:
     return 0
 
 
+def _dashboards(args: dict) -> int:
+    from dashboards.build import build
+    from dashboards.push import PushError, push, read_token
+
+    if args["action"] == "build":
+        print("\n".join(build(args["out"])))
+        return 0
+    try:
+        print("\n".join(push(args["grafana_url"], read_token(args["token_file"]), args["folder"])))
+    except PushError as exc:
+        print(f"gpuscope dashboards push: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
@@ -143,10 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "alerts":
         return _build_alerts(args)
     if command == "dashboards":
-        from dashboards.build import build
-
-        print("\n".join(build(args["out"])))
-        return 0
+        return _dashboards(args)
     if command == "demo":
         from exporter.sim.demo import run_demo
 

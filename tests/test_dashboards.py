@@ -115,3 +115,97 @@ def test_fault_panels_have_data_once_faults_are_injected(live):
     while (empty := empty_queries(prom, faulty, "node-1", "3")):
         assert time.monotonic() < deadline, empty
         time.sleep(1)
+
+
+class FakeGrafana:
+    """Grafana's HTTP API as far as push uses it: health, folders, dashboards, bearer tokens."""
+
+    def __init__(self, version: str = "11.3.0", token: str = "s3cret") -> None:
+        self.version, self.token = version, token
+        self.dashboards: dict[str, dict] = {}
+        self.folders: set[str] = set()
+
+
+@pytest.fixture
+def grafana():
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    fake = FakeGrafana()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if self.path == "/api/health":
+                self._reply(200, {"database": "ok", "version": fake.version})
+
+        def do_POST(self):
+            if self.headers.get("Authorization") != f"Bearer {fake.token}":
+                self._reply(401, {"message": "invalid API key"})
+                return
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path == "/api/folders":
+                exists = body["uid"] in fake.folders
+                fake.folders.add(body["uid"])
+                self._reply(412 if exists else 200, {"uid": body["uid"]})
+            elif self.path == "/api/dashboards/db":
+                assert body["overwrite"] is True and body["folderUid"] in fake.folders
+                fake.dashboards[body["dashboard"]["uid"]] = body["dashboard"]
+                self._reply(200, {"status": "success", "url": f"/d/{body['dashboard']['uid']}/x"})
+
+        def log_message(self, *_args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", fake
+    server.shutdown()
+    server.server_close()
+
+
+def test_push_uploads_every_dashboard_and_updates_on_repeat(grafana, tmp_path):
+    from tests.procs import run_gpuscope
+
+    url, fake = grafana
+    (tmp_path / "token").write_text("s3cret\n")
+    for _ in range(2):  # the second push finds the folder and overwrites by uid
+        result = run_gpuscope("dashboards", "push", f"--grafana-url={url}", f"--token-file={tmp_path / 'token'}")
+        assert result.returncode == 0, result.stderr
+    assert set(fake.dashboards) == set(dashboard_json())
+    assert fake.dashboards["gpuscope-node"]["panels"] == dashboard_json()["gpuscope-node"]["panels"]
+    assert f"{url}/d/gpuscope-fleet/x" in result.stdout
+
+
+@pytest.mark.parametrize(("setup", "env", "message"), [
+    (lambda fake: setattr(fake, "token", "other"), {"GPUSCOPE_GRAFANA_TOKEN": "s3cret"},
+     "Grafana refused the API token (HTTP 401"),
+    (lambda fake: setattr(fake, "version", "8.5.2"), {"GPUSCOPE_GRAFANA_TOKEN": "s3cret"},
+     "Grafana 8.5.2 is too old for these dashboards: 9.0 or newer needed"),
+    (lambda fake: None, {"GPUSCOPE_GRAFANA_TOKEN": ""}, "no Grafana API token"),
+])
+def test_push_problems_are_one_clear_line(grafana, setup, env, message):
+    from tests.procs import run_gpuscope
+
+    url, fake = grafana
+    setup(fake)
+    result = run_gpuscope("dashboards", "push", f"--grafana-url={url}", env=env)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert not fake.dashboards
+
+
+def test_push_to_nothing_listening(tmp_path):
+    from tests.helpers import free_port
+    from tests.procs import run_gpuscope
+
+    result = run_gpuscope("dashboards", "push", f"--grafana-url=http://127.0.0.1:{free_port()}",
+                          env={"GPUSCOPE_GRAFANA_TOKEN": "t"})
+    assert result.returncode == 1 and "cannot reach Grafana" in result.stderr
