@@ -78,6 +78,13 @@ def _dashboards_parser(subparsers) -> None:
     push.add_argument("--token-file", default="", metavar="FILE",
                       help="file holding a Grafana API (service account) token; else GPUSCOPE_GRAFANA_TOKEN")
     push.add_argument("--folder", default="gpuscope", help="folder uid and title (default gpuscope)")
+    render = actions.add_parser("render", help="draw each dashboard from live Prometheus data into a PNG")
+    render.add_argument("--prometheus", required=True, metavar="URL", help="e.g. http://127.0.0.1:9090")
+    render.add_argument("--out", default="dashboards/preview", metavar="DIR", help="default dashboards/preview")
+    render.add_argument("--instance", default=".*", help="value of $instance (default: all)")
+    render.add_argument("--gpu", default=".*", help="value of $gpu (default: all)")
+    render.add_argument("--job-id", default="", help="value of $job_id")
+    render.add_argument("--minutes", type=_positive_int, default=15, help="time range drawn (default 15)")
 
 
 def _demo_parser(subparsers) -> None:
@@ -141,11 +148,24 @@ def _build_alerts(args: dict) -> int:
 
 
 def _dashboards(args: dict) -> int:
+    import requests
+
     from dashboards.build import build
     from dashboards.push import PushError, push, read_token
 
     if args["action"] == "build":
         print("\n".join(build(args["out"])))
+        return 0
+    if args["action"] == "render":
+        from dashboards.render import render_all
+
+        values = {"instance": args["instance"], "gpu": args["gpu"], "job_id": args["job_id"], "cluster": ".*",
+                  "__rate_interval": "1m"}
+        try:
+            print("\n".join(render_all(args["prometheus"], args["out"], values, args["minutes"])))
+        except (requests.RequestException, ImportError) as exc:
+            print(f"gpuscope dashboards render: error: {exc}", file=sys.stderr)
+            return 1
         return 0
     try:
         print("\n".join(push(args["grafana_url"], read_token(args["token_file"]), args["folder"])))

@@ -27,6 +27,7 @@ from tests.helpers import REPO
 GENERATED = REPO / "dashboards" / "generated"
 RECORDS = {rule.record for group in groups(Settings()) for rule in group.rules if isinstance(rule, Record)}
 PANELS = [(make.__name__, panel) for make in DASHBOARDS for panel in make().panels]
+SPEC_PANELS = {make().uid: make().panels for make in DASHBOARDS}
 
 
 def test_generated_files_are_up_to_date():
@@ -102,6 +103,19 @@ def test_every_panel_has_data_on_a_healthy_cluster(live):
     _, prom = live
     healthy = [(name, panel) for name, panel in PANELS if not panel.empty_when_healthy]
     assert empty_queries(prom, healthy, "node-0", "3") == []
+
+
+def test_render_draws_every_dashboard_from_live_data(live, tmp_path):
+    from dashboards.render import render_dashboard
+
+    _, prom = live
+    values = {"instance": "node-0", "gpu": "3", "job_id": "4242", "cluster": ".*", "__rate_interval": "15s"}
+    for uid, data in dashboard_json().items():
+        path = tmp_path / f"{uid}.png"
+        drawn = render_dashboard(data, prom.base, values, str(path), minutes=1)
+        healthy = [p for p in SPEC_PANELS[uid] if not p.empty_when_healthy]
+        assert drawn >= len(healthy), uid  # every panel with data on a healthy cluster was drawn with it
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
 
 
 def test_fault_panels_have_data_once_faults_are_injected(live):

@@ -1,0 +1,50 @@
+"""Renders the dashboards of a simulated cluster into docs/dashboards/ (the README shows them).
+
+    .venv/bin/python scripts/render_dashboards.py
+
+Four simulated p5.48xlarge nodes in one job, Prometheus with the generated rules (durations
+shortened as in the demo), three minutes of data, then a thermal throttle and an XID on node-1's
+GPU 3 and a lost GPU 6, so the fault panels have something to show.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+
+import yaml
+
+from alerts.render import prometheus_rules, shorten_durations
+from alerts.rules import groups
+from alerts.settings import Settings
+from dashboards.render import render_all
+from exporter.sim.cluster import Cluster
+from exporter.sim.stack import prometheus
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "docs", "dashboards")
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as work:
+        settings = Settings()
+        rules = os.path.join(work, "rules.yml")
+        with open(rules, "w") as handle:
+            yaml.safe_dump(shorten_durations(prometheus_rules(groups(settings), settings), 10), handle)
+        with Cluster(os.path.join(work, "nodes"), nodes=4, exporter_args=("--collector.gpu.gpm-interval=5s",)) as c:
+            jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [c.write_targets()]}]}]
+            with prometheus(jobs, interval="5s", rule_files=[rules]) as prom:
+                time.sleep(150)
+                c.inject(1, {"kind": "thermal_throttle", "gpu": 3})
+                c.inject(1, {"kind": "xid", "gpu": 3, "xid": 48})
+                c.inject(1, {"kind": "gpu_lost", "gpu": 6})
+                time.sleep(45)
+                values = {"instance": "node-1", "gpu": "3", "job_id": "4242", "cluster": ".*",
+                          "__rate_interval": "30s"}
+                print("\n".join(render_all(prom.base, OUT, values, minutes=3)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
