@@ -14,6 +14,13 @@ from grafanalib import core as g
 
 DATASOURCE = "${datasource}"
 WIDTH = 24
+# Firing alerts marked on every time axis, so a dip lines up with the page it caused.
+ALERT_ANNOTATIONS = {
+    "name": "gpuscope alerts", "datasource": DATASOURCE, "enable": True, "iconColor": "red",
+    "expr": 'ALERTS{alertstate="firing", alertname!~"Gpuscope.*"}', "step": "60s",
+    "titleFormat": "{{alertname}}", "textFormat": "{{instance}} {{gpu}}{{device}}{{target}}",
+    "tagKeys": "severity",
+}
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,7 @@ def render(board: Board) -> g.Dashboard:
         x, row_height = x + panel.width, max(row_height, panel.height)
     return g.Dashboard(
         uid=uid, title=title, description=description, tags=["gpuscope"], timezone="utc",
+        annotations=g.Annotations(list=[ALERT_ANNOTATIONS]),
         refresh="30s", time=g.Time("now-1h", "now"), templating=variables(*board.variable_names), panels=built,
         links=[g.DashboardLink(uri=f"/d/{uid}", title=title, keepTime=True, includeVars=True)
                for uid, title in links],

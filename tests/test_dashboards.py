@@ -67,6 +67,8 @@ def test_dashboard_structure(uid):
     for metric in set(re.findall(r"\b(?:gpuscope_[a-z0-9_]+|[a-z_]+:[a-z0-9_]+:[a-z0-9_]+)\b", exprs)):
         assert metric in CATALOG or metric in RECORDS, f"{uid} uses unknown metric {metric}"
     assert data["uid"] == uid and not [p for p in panels if p["type"] in ("graph", "singlestat")]
+    (annotation,) = data["annotations"]["list"]
+    assert annotation["expr"].startswith("ALERTS{") and annotation["datasource"] == "${datasource}"
 
 
 def substitute(expr: str, instance: str, gpu: str) -> str:
