@@ -108,6 +108,14 @@ def shorten_durations(rules: dict[str, Any], factor: float, floor_seconds: int =
     return out
 
 
+def write_shortened_rules(path: str, factor: float, settings: Settings | None = None) -> str:
+    """The rules file for a demo or an end-to-end test: every duration divided by `factor`."""
+    settings = settings or Settings()
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(shorten_durations(prometheus_rules(groups(settings), settings), factor), handle)
+    return path
+
+
 def render_all(settings: Settings, datasource_uid: str = "prometheus") -> dict[str, str]:
     """{file name: text} of every generated file."""
     rule_groups = groups(settings)

@@ -14,11 +14,7 @@ import sys
 import tempfile
 import time
 
-import yaml
-
-from alerts.render import prometheus_rules, shorten_durations
-from alerts.rules import groups
-from alerts.settings import Settings
+from alerts.render import write_shortened_rules
 from dashboards.render import render_all
 from exporter.sim.cluster import Cluster
 from exporter.sim.stack import prometheus
@@ -28,10 +24,7 @@ OUT = os.path.join(os.path.dirname(__file__), "..", "docs", "dashboards")
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as work:
-        settings = Settings()
-        rules = os.path.join(work, "rules.yml")
-        with open(rules, "w") as handle:
-            yaml.safe_dump(shorten_durations(prometheus_rules(groups(settings), settings), 10), handle)
+        rules = write_shortened_rules(os.path.join(work, "rules.yml"), 10)
         with Cluster(os.path.join(work, "nodes"), nodes=4, exporter_args=("--collector.gpu.gpm-interval=5s",)) as c:
             jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [c.write_targets()]}]}]
             with prometheus(jobs, interval="5s", rule_files=[rules]) as prom:

@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from alerts.render import prometheus_rules, shorten_durations
+from alerts.render import write_shortened_rules
 from alerts.rules import Record, groups
 from alerts.settings import Settings
 from dashboards.build import dashboard_json, render_files
@@ -79,14 +79,12 @@ def substitute(expr: str, instance: str, gpu: str) -> str:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("dashboards")
-    settings = Settings()
-    rules = root / "rules.yml"
-    rules.write_text(yaml.safe_dump(shorten_durations(prometheus_rules(groups(settings), settings), 60)))
+    rules = write_shortened_rules(str(root / "rules.yml"), 60)
     cluster = Cluster(str(root), nodes=2, exporter_args=("--collector.gpu.gpm-interval=1s",))
     with cluster:
         jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [cluster.write_targets()],
                                                               "refresh_interval": "1s"}]}]
-        with prometheus(jobs, rule_files=[str(rules)]) as prom:
+        with prometheus(jobs, rule_files=[rules]) as prom:
             prom.wait_for('count(up{job="gpuscope"} == 1) == 2')
             time.sleep(18)  # 15 s rate windows fill
             yield cluster, prom

@@ -14,10 +14,8 @@ import time
 
 import pytest
 import requests
-import yaml
 
-from alerts.render import prometheus_rules, shorten_durations
-from alerts.rules import groups
+from alerts.render import write_shortened_rules
 from alerts.settings import Settings
 from exporter.sim.cluster import Cluster, load_scenario
 from exporter.sim.stack import alertmanager, prometheus, webhook_receiver
@@ -73,13 +71,12 @@ def firing(prom) -> tuple[set[tuple[str, str, str]], list[dict]]:
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("alerts-e2e")
     settings = Settings()
-    rules = root / "rules.yml"
-    rules.write_text(yaml.safe_dump(shorten_durations(prometheus_rules(groups(settings), settings), 60)))
+    rules = write_shortened_rules(str(root / "rules.yml"), 60)
     cluster = Cluster(str(root), nodes=4, exporter_args=("--collector.gpu.gpm-interval=1s",))
     with cluster, webhook_receiver() as (url, hook), alertmanager(for_test(url)) as am:
         jobs = [{"job_name": settings.exporter_job,
                  "file_sd_configs": [{"files": [cluster.write_targets()], "refresh_interval": "1s"}]}]
-        with prometheus(jobs, rule_files=[str(rules)], alertmanager=am) as prom:
+        with prometheus(jobs, rule_files=[rules], alertmanager=am) as prom:
             prom.wait_for(f'count(up{{job="{settings.exporter_job}"}} == 1) == 4')
             time.sleep(12)  # rate windows and GPM samples fill
             yield cluster, prom, hook

@@ -48,15 +48,9 @@ def run_demo(args: dict[str, Any]) -> int:
 
 
 def _rules_file(work: str) -> str:
-    from alerts.render import prometheus_rules, shorten_durations  # the daemon never loads alerts
-    from alerts.rules import groups
-    from alerts.settings import Settings
+    from alerts.render import write_shortened_rules  # the daemon never loads alerts
 
-    settings = Settings()
-    path = os.path.join(work, "rules.yml")
-    with open(path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(shorten_durations(prometheus_rules(groups(settings), settings), DEMO_SPEEDUP), handle)
-    return path
+    return write_shortened_rules(os.path.join(work, "rules.yml"), DEMO_SPEEDUP)
 
 
 def _run(work: str, profile: str, scenario, linger: float) -> None:
