@@ -32,8 +32,8 @@ def test_manifests_pass_strict_validation(rendered, version):
     assert binary, "kubernetes-validate missing: it is a test dependency"
     result = subprocess.run([binary, "-k", version, "--strict", path], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert sorted(d["kind"] for d in documents) == ["DaemonSet", "Namespace", "PrometheusRule", "Service",
-                                                   "ServiceAccount", "ServiceMonitor"]
+    assert sorted(d["kind"] for d in documents) == ["ConfigMap"] * 6 + [
+        "DaemonSet", "Namespace", "PrometheusRule", "Service", "ServiceAccount", "ServiceMonitor"]
 
 
 def test_prometheusrule_is_the_generated_one_and_promtool_clean(rendered, tmp_path):
@@ -45,6 +45,12 @@ def test_prometheusrule_is_the_generated_one_and_promtool_clean(rendered, tmp_pa
     result = subprocess.run([shutil.which("promtool") or "promtool", "check", "rules", str(tmp_path / "spec.yml")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_configmaps_are_the_generated_ones():
+    shipped = (BASE / "dashboards.yaml").read_text()
+    assert shipped == (REPO / "dashboards" / "generated" / "configmaps.yaml").read_text(), \
+        "cp dashboards/generated/configmaps.yaml deploy/kubernetes/base/dashboards.yaml"
 
 
 def test_daemonset_is_locked_down(rendered):
