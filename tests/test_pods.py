@@ -128,3 +128,19 @@ def test_missing_socket_is_not_an_error(tmp_path):
         assert len(series(parsed, "gpuscope_gpu_up")) == 8
     finally:
         collector.close()
+
+
+def test_pod_attribution_keeps_refreshing_across_a_driver_reload(kubelet):
+    socket_path, stop = kubelet
+    sim = SimulatedNvml("p5.48xlarge")
+    collector = GpuCollector(sim, GpuOptions(pod_resources_socket=socket_path, pod_interval=0.1))
+    try:
+        registry = ScrapeRegistry([collector], 5.0)
+        scrape_until(registry, lambda p: series(p, "gpuscope_gpu_pod_info"))
+        sim.reload_driver()
+        scrape_until(registry, lambda p: value(p, "gpuscope_collector_success", collector="gpu") == 1
+                     and sim.calls["nvmlInit"] == 2)
+        stop()  # the watcher still asks the kubelet after the reload, so it notices it is gone
+        scrape_until(registry, lambda p: value(p, "gpuscope_gpu_pod_resources_up") == 0)
+    finally:
+        collector.close()

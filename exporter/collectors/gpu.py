@@ -189,19 +189,26 @@ class GpuCollector:
     def _reset(self) -> None:
         """The driver went away (reload, unload): drop everything and initialise again next scrape."""
         with self._lock:
-            self.close()
+            self._stop_nvml_workers()
             self._gpus = None
             self._retry_at = self._clock()
         self._optional(self._nvml.nvmlShutdown)
 
-    def close(self) -> None:
-        """Stops the background threads (tests, shutdown)."""
-        for worker in (self._xids, self._gpm, self._jobs, self._pods):
-            if isinstance(worker, (XidWatcher, GpmSampler, JobWatcher, PodResourcesWatcher)):
+    def _stop_nvml_workers(self) -> None:
+        """Stops the threads that hold NVML handles; initialisation starts them again."""
+        for worker in (self._xids, self._gpm, self._jobs):
+            if isinstance(worker, (XidWatcher, GpmSampler, JobWatcher)):
                 worker.stop()
         self._xids = self._gpm = None
         if isinstance(self._jobs, JobWatcher):
             self._jobs = None
+
+    def close(self) -> None:
+        """Stops every background thread (tests, shutdown). The pod-resources watcher needs no NVML,
+        so a driver reload leaves it running; only this stops it."""
+        self._stop_nvml_workers()
+        if self._pods:
+            self._pods.stop()
 
     def _optional(self, call: Callable[[], Any]) -> Any:
         try:
