@@ -18,7 +18,7 @@ import yaml
 
 from exporter.sim.faults import NodeEffects, ScenarioError, check_fault, node_effects
 from exporter.sim.lustre_tree import LustreClient, LustreTarget, write_lustre_tree
-from exporter.sim.nvml import Fault, SimulatedNvml, load_profile
+from exporter.sim.nvml import Fault, SimulatedNvml
 from exporter.sim.rdma_tree import (
     P5_EFA_BUSES,
     P5_GPU_BUSES,
@@ -57,11 +57,6 @@ CHECKPOINT_EVERY, CHECKPOINT_SECONDS, CHECKPOINT_RATE = 600.0, 30.0, 2e9  # writ
 def efa_devices(count: int) -> list[RdmaDevice]:
     """The node's EFA devices: p5's 32, or the first `count` bus numbers of that layout."""
     return p5_efa_devices(P5_EFA_LEVELS)[:count]
-
-
-def write_p5_node(root: str, layout: str = "split") -> str:
-    """Writes a p5.48xlarge's EFA devices and an FSx for Lustre client under `root`; returns the sysfs root."""
-    return SimulatedNode(root, load_profile("p5.48xlarge"), layout=layout, clock=lambda: 0.0).sysfs
 
 
 class SimulatedNode:
