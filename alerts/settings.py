@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-import yaml
+from exporter.config import ConfigError, load_yaml
 
 
 class SettingsError(ValueError):
@@ -75,12 +75,9 @@ def load_settings(path: str = "") -> Settings:
     if not path:
         return Settings()
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle) or {}
-    except OSError as exc:
-        raise SettingsError(f"alert settings {path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"alert settings {path}: invalid YAML: {' '.join(str(exc).split())}") from None
+        data = load_yaml(path, "alert settings")
+    except ConfigError as exc:
+        raise SettingsError(str(exc)) from None
     if not isinstance(data, dict):
         raise SettingsError(f"alert settings {path}: must be a mapping of setting names to values")
     known = {f.name: f for f in fields(Settings)}

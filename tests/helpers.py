@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -11,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import catalog
 from exporter.collectors import Collector
 from exporter.registry import ScrapeRegistry
+from exporter.sim.cluster import free_port  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("GPUSCOPE_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -43,7 +43,3 @@ def series(parsed: Samples, name: str) -> list[dict[str, str]]:
     return [dict(labels) for sample_name, labels in parsed if sample_name == name]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
