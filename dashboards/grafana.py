@@ -27,6 +27,9 @@ ALERT_ANNOTATIONS = {
 class Query:
     expr: str
     legend: str = ""
+    # A threshold query is not drawn as a series: Grafana's "config from query results" turns its
+    # latest value into a threshold line, so each panel marks the GPU's own limit, not a constant.
+    threshold: bool = False
 
 
 @dataclass
@@ -47,8 +50,20 @@ def q(expr: str, legend: str = "") -> Query:
     return Query(expr, legend)
 
 
-def variables(*names: str) -> g.Templating:
-    """Chained template variables: datasource, then cluster, instance, gpu, job_id as asked."""
+def limit(expr: str, legend: str) -> Query:
+    """A query whose latest value becomes a threshold line named `legend` on its panel."""
+    return Query(expr, legend, threshold=True)
+
+
+def derived(name: str, expr: str, label: str) -> g.Template:
+    """A hidden variable: every value of `label` in `expr`'s result, all selected (a regex alternation)."""
+    return g.Template(name=name, dataSource=DATASOURCE, query=f"query_result({expr})", regex=f'/{label}="([^"]+)"/',
+                      includeAll=True, multi=True, default="$__all", hide=2, refresh=2)
+
+
+def variables(*chosen: str | g.Template) -> g.Templating:
+    """Chained template variables: datasource, then those named (cluster, instance, gpu, job_id, namespace,
+    pod) or given."""
     catalog = {
         "cluster": g.Template(name="cluster", label="cluster", dataSource=DATASOURCE, includeAll=True,
                               query='label_values(gpuscope_build_info, cluster)', allValue=".*", refresh=2),
@@ -60,17 +75,42 @@ def variables(*names: str) -> g.Templating:
                           refresh=2),
         "job_id": g.Template(name="job_id", label="Slurm job", dataSource=DATASOURCE,
                              query="label_values(gpuscope_gpu_job_info, job_id)", refresh=2),
+        "namespace": g.Template(name="namespace", label="namespace", dataSource=DATASOURCE,
+                                query="label_values(gpuscope_gpu_pod_info, namespace)", refresh=2),
+        "pod": g.Template(name="pod", label="pods", dataSource=DATASOURCE, includeAll=True, multi=True,
+                          query='label_values(gpuscope_gpu_pod_info{namespace="$namespace"}, pod)', allValue=".*",
+                          default="$__all", refresh=2),
     }
     datasource = g.Template(name="datasource", label="Prometheus", query="prometheus", type="datasource")
-    return g.Templating(list=[datasource, *(catalog[name] for name in names)])
+    return g.Templating(list=[datasource, *(catalog[v] if isinstance(v, str) else v for v in chosen)])
 
 
 def _targets(panel: Panel) -> list[g.Target]:
     """Queries through the datasource variable; tables ask for instant values in table format."""
     table = panel.kind == "table"
-    return [g.Target(expr=query.expr, legendFormat=query.legend, refId=chr(ord("A") + n), datasource=DATASOURCE,
+    return [g.Target(expr=query.expr, legendFormat=query.legend, refId=_ref(n), datasource=DATASOURCE,
                      intervalFactor=1, instant=table, format="table" if table else "time_series")
             for n, query in enumerate(panel.queries)]
+
+
+def _ref(n: int) -> str:
+    return chr(ord("A") + n)
+
+
+def _threshold_config(panel: Panel) -> dict:
+    """Turns the panel's threshold queries into threshold lines (Grafana's configFromData transformation).
+
+    Its only threshold handler appends a red step per mapping, so every limit maps to `threshold1`;
+    the base steps hold green alone, so no made-up default line shows before the limits arrive.
+    """
+    limits = [(n, query) for n, query in enumerate(panel.queries) if query.threshold]
+    if not limits:
+        return {}
+    transformations = [{"id": "configFromData", "options": {"configRefId": _ref(n), "mappings": [
+        {"fieldName": query.legend, "handlerKey": "threshold1", "reducerId": "lastNotNull"}]}} for n, query in limits]
+    steps = [{"color": "green", "value": None}]
+    return {"transformations": transformations, "thresholdsStyleMode": "dashed",
+            "extraJson": {"fieldConfig": {"defaults": {"thresholds": {"mode": "absolute", "steps": steps}}}}}
 
 
 def _build(panel: Panel, number: int, pos: g.GridPos):
@@ -78,7 +118,7 @@ def _build(panel: Panel, number: int, pos: g.GridPos):
               "id": number, "description": panel.description}
     if panel.kind == "timeseries":
         return g.TimeSeries(unit=panel.unit, legendDisplayMode="table", legendPlacement="right",
-                            legendCalcs=["lastNotNull", "max"], **common, **panel.extra)
+                            legendCalcs=["lastNotNull", "max"], **common, **_threshold_config(panel), **panel.extra)
     if panel.kind == "stat":
         return g.Stat(format=panel.unit, reduceCalc="lastNotNull", thresholds=[
             {"color": "green", "value": None}], **common, **panel.extra)
@@ -101,12 +141,12 @@ class Board:
     uid: str
     title: str
     description: str
-    variable_names: tuple[str, ...]
+    variable_names: tuple[str | g.Template, ...]
     panels: list[Panel]
     links: tuple[tuple[str, str], ...] = ()
 
 
-def dashboard(uid: str, title: str, description: str, variable_names: tuple[str, ...],
+def dashboard(uid: str, title: str, description: str, variable_names: tuple[str | g.Template, ...],
               panels: list[Panel], links: tuple[tuple[str, str], ...] = ()) -> Board:
     return Board(uid, title, description, variable_names, panels, links)
 

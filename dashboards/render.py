@@ -25,6 +25,28 @@ def substitute(expr: str, values: dict[str, str]) -> str:
     return expr
 
 
+def _regex_escape(value: str) -> str:
+    """Escapes a value as Grafana does for a Prometheus regex inside a PromQL string literal."""
+    return re.sub(r"([\\^$*+?.()|\[\]{}/])", r"\\\\\1", value)
+
+
+def resolve_derived(data: dict, prometheus: str, values: dict[str, str]) -> dict[str, str]:
+    """`values` plus the hidden query_result variables, each the alternation of every value it captures,
+    as Grafana expands an all-selected multi-value variable."""
+    resolved = dict(values)
+    for variable in data["templating"]["list"]:
+        query = variable.get("query") or ""
+        if variable["name"] in resolved or not query.startswith("query_result("):
+            continue
+        capture, found = re.compile(variable["regex"].strip("/")), set()
+        for result in _query(prometheus, substitute(query[len("query_result("):-1], resolved), 0, True):
+            text = "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(result["metric"].items())) + "}"
+            if match := capture.search(text):
+                found.add(match[1])
+        resolved[variable["name"]] = "(" + "|".join(_regex_escape(v) for v in sorted(found)) + ")"
+    return resolved
+
+
 def _legend(template: str, labels: dict[str, str]) -> str:
     text = re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m[1], ""), template)
     return text or ", ".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != "__name__")
@@ -49,6 +71,7 @@ def render_dashboard(data: dict, prometheus: str, values: dict[str, str], path: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    values = resolve_derived(data, prometheus, values)
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in data["panels"])
     figure = plt.figure(figsize=(WIDTH_INCHES, rows * GRID_ROW_INCHES + 0.6))
     figure.suptitle(data["title"], x=0.01, ha="left", fontsize=14)
@@ -60,12 +83,19 @@ def render_dashboard(data: dict, prometheus: str, values: dict[str, str], path: 
         axes = figure.add_axes(box)
         axes.set_title(panel["title"], fontsize=9, loc="left")
         instant = panel["type"] in ("stat", "table")
-        series = []
+        limits = {t["options"]["configRefId"] for t in panel.get("transformations", []) if t["id"] == "configFromData"}
+        series, thresholds = [], []
         for target in panel["targets"]:
-            for result in _query(prometheus, substitute(target["expr"], values), minutes, instant):
-                series.append((_legend(target.get("legendFormat", ""), result["metric"]), result))
+            is_limit = target["refId"] in limits
+            for result in _query(prometheus, substitute(target["expr"], values), minutes, instant or is_limit):
+                if is_limit:
+                    thresholds.append(float(result["value"][1]))
+                else:
+                    series.append((_legend(target.get("legendFormat", ""), result["metric"]), result))
         with_data += bool(series)
         _draw(axes, panel["type"], series)
+        for threshold in thresholds:  # as Grafana's dashed threshold line
+            axes.axhline(threshold, color="red", linestyle="--", linewidth=1)
     figure.savefig(path, dpi=60)
     plt.close(figure)
     return with_data

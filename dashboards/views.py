@@ -8,7 +8,7 @@ faults (throttling, XIDs, firing alerts) and have no data on a healthy cluster.
 from __future__ import annotations
 
 from alerts import rules
-from dashboards.grafana import Panel, dashboard, q
+from dashboards.grafana import Panel, dashboard, derived, limit, q
 from exporter import catalog as c
 
 RATE = "$__rate_interval"
@@ -17,13 +17,26 @@ GPU = 'instance=~"$instance", gpu=~"$gpu"'
 CLUSTER = 'cluster=~"$cluster"'
 LINKS = (("gpuscope-fleet", "Fleet"), ("gpuscope-job", "Job"), ("gpuscope-node", "Node"), ("gpuscope-gpu", "GPU"),
          ("gpuscope-network", "Network"), ("gpuscope-storage", "Storage"))
-JOB = f'{c.GPU_JOB_INFO.name}{{job_id="$job_id"}}'
+# The job's GPUs: those of the chosen Slurm job and of the chosen Kubernetes pods. A cluster has one
+# kind of attribution, so the other picker is empty and matches nothing; max dedupes a GPU in both.
+JOB = (f'max by (instance, gpu, uuid) ({c.GPU_JOB_INFO.name}{{job_id="$job_id"}} '
+       f'or {c.GPU_POD_INFO.name}{{namespace="$namespace", pod=~"$pod"}})')
+# Selectors narrowed to the job's nodes ($job_nodes, resolved from JOB) before the join, so a job
+# panel reads its own nodes' series, not the whole fleet's.
+JOB_NODES = 'instance=~"$job_nodes"'
 XIDS = f"{c.GPU_XID_ERRORS.name}{{{CLUSTER}}}"
 EFA_TX, EFA_RX = c.EFA_PORT_COUNTERS["tx_bytes"].name, c.EFA_PORT_COUNTERS["rx_bytes"].name
 # "EFA devices of GPU n": each device's traffic joined to the GPU under its PCIe switch.
 EFA_BY_GPU = (f"rate({EFA_TX}{{{NODE}}}[{RATE}]) * on (instance, device) group_left (gpu_pci_address) "
               f"{c.RDMA_DEVICE_INFO.name} * on (instance, gpu_pci_address) group_left (gpu) "
               f'label_replace({c.GPU_INFO.name}{{{NODE}}}, "gpu_pci_address", "$1", "pci_bus_id", "(.+)")')
+
+
+def power(width: int) -> Panel:
+    """Each GPU's draw; the highest enforced limit among them is the threshold line."""
+    return Panel("timeseries", "Power against the enforced limit",
+                 (q(f"{c.GPU_POWER.name}{{{GPU}}}", "GPU {{gpu}}"),
+                  limit(f"max({c.GPU_POWER_LIMIT.name}{{{GPU}}})", "limit")), unit="watt", width=width)
 
 
 def fleet():
@@ -63,23 +76,27 @@ def fleet():
 
 
 def job():
-    gpus = f"on (instance, gpu, uuid) group_left (job_id) {JOB}"
-    return dashboard("gpuscope-job", "gpuscope / Job", "One Slurm job's nodes and GPUs side by side.",
-                     ("job_id",), [
+    gpus = f"on (instance, gpu, uuid) group_left {JOB}"
+    sm_clock = f"{c.GPU_SM_CLOCK.name}{{{JOB_NODES}}} * {gpus}"
+    return dashboard("gpuscope-job", "gpuscope / Job",
+                     "One job's nodes and GPUs side by side: a Slurm job, or Kubernetes pods by namespace.",
+                     ("job_id", "namespace", "pod", derived("job_nodes", JOB, "instance")), [
         Panel("table", "Nodes and GPUs of the job", (q(JOB),), width=8, height=10),
-        Panel("timeseries", "SM activity per GPU", (q(f"{c.GPU_SM_ACTIVE.name} * {gpus}", "{{instance}} GPU {{gpu}}"),),
+        Panel("timeseries", "SM activity per GPU",
+              (q(f"{c.GPU_SM_ACTIVE.name}{{{JOB_NODES}}} * {gpus}", "{{instance}} GPU {{gpu}}"),),
               unit="percentunit", width=16, height=10),
         Panel("timeseries", "SM clock against the job's median",
-              (q(f"{c.GPU_SM_CLOCK.name} * {gpus} / on (job_id) group_left {rules.JOB_CLOCK_MEDIAN}",
-                 "{{instance}} GPU {{gpu}}"),), unit="percentunit", width=12),
-        Panel("timeseries", "Power per GPU", (q(f"{c.GPU_POWER.name} * {gpus}", "{{instance}} GPU {{gpu}}"),),
+              (q(f"{sm_clock} / scalar(quantile(0.5, {sm_clock}))", "{{instance}} GPU {{gpu}}"),),
+              unit="percentunit", width=12),
+        Panel("timeseries", "Power per GPU",
+              (q(f"{c.GPU_POWER.name}{{{JOB_NODES}}} * {gpus}", "{{instance}} GPU {{gpu}}"),),
               unit="watt", width=12),
         Panel("timeseries", "EFA traffic per node",
-              (q(f"sum by (instance) (rate({EFA_TX}[{RATE}])) and on (instance) {JOB}", "{{instance}}"),),
+              (q(f"sum by (instance) (rate({EFA_TX}{{{JOB_NODES}}}[{RATE}]))", "{{instance}}"),),
               unit="Bps", width=12),
         Panel("timeseries", "Lustre reads per node",
-              (q(f"sum by (instance) (rate({c.LUSTRE_READ_BYTES.name}[{RATE}])) and on (instance) {JOB}",
-                 "{{instance}}"),), unit="Bps", width=12),
+              (q(f"sum by (instance) (rate({c.LUSTRE_READ_BYTES.name}{{{JOB_NODES}}}[{RATE}]))", "{{instance}}"),),
+              unit="Bps", width=12),
     ], LINKS)
 
 
@@ -89,11 +106,10 @@ def node():
         Panel("timeseries", "SM activity", (q(f"{c.GPU_SM_ACTIVE.name}{{{GPU}}}", "GPU {{gpu}}"),),
               unit="percentunit", width=8),
         Panel("timeseries", "SM clock", (q(f"{c.GPU_SM_CLOCK.name}{{{GPU}}}", "GPU {{gpu}}"),), unit="hertz", width=8),
-        Panel("timeseries", "Power", (q(f"{c.GPU_POWER.name}{{{GPU}}}", "GPU {{gpu}}"),
-                                      q(f"max({c.GPU_POWER_LIMIT.name}{{{GPU}}})", "limit")), unit="watt", width=8),
+        power(width=8),
         Panel("timeseries", "Temperature against the slowdown limit",
               (q(f"{c.GPU_TEMPERATURE.name}{{{GPU}}}", "GPU {{gpu}}"),
-               q(f'min({c.GPU_TEMPERATURE_LIMIT.name}{{{GPU}, limit="slowdown"}})', "slowdown")),
+               limit(f'min({c.GPU_TEMPERATURE_LIMIT.name}{{{GPU}, limit="slowdown"}})', "slowdown")),
               unit="celsius", width=12),
         Panel("state_timeline", "Throttle reasons",
               (q(f'{c.GPU_CLOCK_EVENT.name}{{{GPU}, reason!="gpu_idle"}}', "GPU {{gpu}} {{reason}}"),), width=12),
@@ -122,11 +138,12 @@ def gpu():
         Panel("timeseries", "Clocks against their maximum",
               (q(f"{c.GPU_SM_CLOCK.name}{{{GPU}}}", "SM"), q(f"{c.GPU_SM_CLOCK_MAX.name}{{{GPU}}}", "SM max")),
               unit="hertz", width=12),
-        Panel("timeseries", "Temperatures and limits",
-              (q(f"{c.GPU_TEMPERATURE.name}{{{GPU}}}", "GPU"), q(f"{c.GPU_MEMORY_TEMPERATURE.name}{{{GPU}}}", "HBM"),
-               q(f"{c.GPU_TEMPERATURE_LIMIT.name}{{{GPU}}}", "{{limit}}")), unit="celsius", width=12),
-        Panel("timeseries", "Power", (q(f"{c.GPU_POWER.name}{{{GPU}}}", "draw"),
-                                      q(f"{c.GPU_POWER_LIMIT.name}{{{GPU}}}", "limit")), unit="watt", width=12),
+        Panel("timeseries", "Temperatures against the slowdown and shutdown limits",
+              (q(f"{c.GPU_TEMPERATURE.name}{{{GPU}}}", "GPU {{gpu}}"),
+               q(f"{c.GPU_MEMORY_TEMPERATURE.name}{{{GPU}}}", "GPU {{gpu}} HBM"),
+               *(limit(f'min({c.GPU_TEMPERATURE_LIMIT.name}{{{GPU}, limit="{name}"}})', name)
+                 for name in ("slowdown", "shutdown"))), unit="celsius", width=12),
+        power(width=12),
         Panel("timeseries", "ECC errors", (q(f"{c.GPU_ECC_ERRORS.name}{{{GPU}}}", "{{type}} {{scope}}"),), width=8),
         Panel("timeseries", "Row remapping", (q(f"{c.GPU_REMAPPED_ROWS.name}{{{GPU}}}", "{{cause}}"),
                                               q(f"{c.GPU_REMAP_PENDING.name}{{{GPU}}}", "pending"),

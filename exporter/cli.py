@@ -83,7 +83,9 @@ def _dashboards_parser(subparsers) -> None:
     render.add_argument("--out", default="dashboards/preview", metavar="DIR", help="default dashboards/preview")
     render.add_argument("--instance", default=".*", help="value of $instance (default: all)")
     render.add_argument("--gpu", default=".*", help="value of $gpu (default: all)")
-    render.add_argument("--job-id", default="", help="value of $job_id")
+    render.add_argument("--job-id", default="", help="value of $job_id (a Slurm job)")
+    render.add_argument("--namespace", default="", help="value of $namespace (Kubernetes pods of the job view)")
+    render.add_argument("--pod", default=".*", help="value of $pod, a regex (default: all in the namespace)")
     render.add_argument("--minutes", type=_positive_int, default=15, help="time range drawn (default 15)")
 
 
@@ -160,7 +162,7 @@ def _dashboards(args: dict) -> int:
         from dashboards.render import render_all
 
         values = {"instance": args["instance"], "gpu": args["gpu"], "job_id": args["job_id"], "cluster": ".*",
-                  "__rate_interval": "1m"}
+                  "namespace": args["namespace"], "pod": args["pod"], "__rate_interval": "1m"}
         try:
             print("\n".join(render_all(args["prometheus"], args["out"], values, args["minutes"])))
         except (requests.RequestException, ImportError) as exc:

@@ -33,8 +33,8 @@ def main() -> int:
                 c.inject(1, {"kind": "xid", "gpu": 3, "xid": 48})
                 c.inject(1, {"kind": "gpu_lost", "gpu": 6})
                 time.sleep(45)
-                values = {"instance": "node-1", "gpu": "3", "job_id": "4242", "cluster": ".*",
-                          "__rate_interval": "30s"}
+                values = {"instance": "node-1", "gpu": "3", "job_id": "4242", "namespace": "", "pod": ".*",
+                          "cluster": ".*", "__rate_interval": "30s"}
                 print("\n".join(render_all(prom.base, OUT, values, minutes=3)))
     return 0
 

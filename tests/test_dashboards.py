@@ -1,9 +1,10 @@
 """The dashboards: up to date, structurally sound, and every panel query answered by a real Prometheus.
 
-Live part: two simulated p5 nodes in one Slurm job, Prometheus evaluating the generated rules (the
-recording rules feed the straggler and job panels). Every panel must return data on the healthy
-cluster, except those documented `empty_when_healthy`, which must return data once faults are
-injected (a thermal throttle, an XID, a lost GPU).
+Live part: two simulated p5 nodes, Prometheus evaluating the generated rules (the recording rules
+feed the straggler panels). Slurm job 4242 runs on node-0; a real pod-resources server gives both
+nodes pod trainer-0 (namespace ml) on GPUs 0-3, so the job view is checked by Slurm job and by pods.
+Every panel must return data on the healthy cluster, except those documented `empty_when_healthy`,
+which must return data once faults are injected (a thermal throttle, an XID, a lost GPU).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from alerts.render import write_shortened_rules
 from alerts.rules import Record, groups
 from alerts.settings import Settings
 from dashboards.build import dashboard_json, render_files
+from dashboards.render import resolve_derived, substitute
 from dashboards.views import DASHBOARDS
 from exporter.catalog import CATALOG
 from exporter.sim.cluster import Cluster
 from exporter.sim.stack import prometheus
 from tests.helpers import REPO
+from tests.kubelet import compiled_api, serving, two_pods
 
 GENERATED = REPO / "dashboards" / "generated"
 RECORDS = {rule.record for group in groups(Settings()) for rule in group.rules if isinstance(rule, Record)}
@@ -71,30 +74,40 @@ def test_dashboard_structure(uid):
     assert annotation["expr"].startswith("ALERTS{") and annotation["datasource"] == "${datasource}"
 
 
-def substitute(expr: str, instance: str, gpu: str) -> str:
-    return (expr.replace("$__rate_interval", "15s").replace("$cluster", ".*").replace("$instance", instance)
-            .replace("$gpu", gpu).replace("$job_id", "4242"))
+SLURM_JOB = {"job_id": "4242", "namespace": "", "pod": ".*"}
+ML_PODS = {"job_id": "", "namespace": "ml", "pod": ".*"}
+
+
+def selection(prom, instance: str = "node-0", gpu: str = "3", job: dict[str, str] = SLURM_JOB) -> dict[str, str]:
+    """Template variable values as Grafana would set them, the hidden derived ones resolved live."""
+    values = {"__rate_interval": "15s", "cluster": ".*", "instance": instance, "gpu": gpu, **job}
+    for data in dashboard_json().values():
+        values = resolve_derived(data, prom.base, values)
+    return values
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("dashboards")
     rules = write_shortened_rules(str(root / "rules.yml"), 60)
-    cluster = Cluster(str(root), nodes=2, exporter_args=("--collector.gpu.gpm-interval=1s",))
-    with cluster:
-        jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [cluster.write_targets()],
-                                                              "refresh_interval": "1s"}]}]
-        with prometheus(jobs, rule_files=[rules]) as prom:
-            prom.wait_for('count(up{job="gpuscope"} == 1) == 2')
-            time.sleep(18)  # 15 s rate windows fill
-            yield cluster, prom
+    with compiled_api(root / "api") as (pb, pb_grpc), serving(pb_grpc, two_pods(pb), str(root / "kubelet.sock")):
+        cluster = Cluster(str(root), nodes=2, job_nodes=(0,), exporter_args=(
+            "--collector.gpu.gpm-interval=1s", f"--collector.gpu.pod-resources-socket={root / 'kubelet.sock'}"))
+        with cluster:
+            jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [cluster.write_targets()],
+                                                                  "refresh_interval": "1s"}]}]
+            with prometheus(jobs, rule_files=[rules]) as prom:
+                prom.wait_for('count(up{job="gpuscope"} == 1) == 2')
+                prom.wait_for("count(gpuscope_gpu_pod_info) == 10")
+                time.sleep(18)  # 15 s rate windows fill
+                yield cluster, prom
 
 
-def empty_queries(prom, panels, instance: str, gpu: str) -> list[str]:
+def empty_queries(prom, panels, values: dict[str, str]) -> list[str]:
     empty = []
     for name, panel in panels:
         for query in panel.queries:
-            if not prom.query(substitute(query.expr, instance, gpu)):
+            if not prom.query(substitute(query.expr, values)):
                 empty.append(f"{name}/{panel.title}: {query.expr}")
     return empty
 
@@ -102,14 +115,53 @@ def empty_queries(prom, panels, instance: str, gpu: str) -> list[str]:
 def test_every_panel_has_data_on_a_healthy_cluster(live):
     _, prom = live
     healthy = [(name, panel) for name, panel in PANELS if not panel.empty_when_healthy]
-    assert empty_queries(prom, healthy, "node-0", "3") == []
+    assert empty_queries(prom, healthy, selection(prom)) == []
+
+
+@pytest.mark.parametrize(("job", "gpus"), [
+    (SLURM_JOB, {("node-0", str(gpu)) for gpu in range(8)}),
+    (ML_PODS, {(node, str(gpu)) for node in ("node-0", "node-1") for gpu in range(4)}),
+])
+def test_job_view_shows_exactly_the_jobs_gpus(live, job, gpus):
+    _, prom = live
+    values = selection(prom, job=job)
+    assert values["job_nodes"] == ("(node-0)" if job is SLURM_JOB else "(node-0|node-1)")
+    for panel in SPEC_PANELS["gpuscope-job"]:
+        for query in panel.queries:
+            result = prom.query(substitute(query.expr, values))
+            if "gpu" in query.legend or panel.kind == "table":
+                assert {(r["metric"]["instance"], r["metric"]["gpu"]) for r in result} == gpus, panel.title
+            else:
+                assert {r["metric"]["instance"] for r in result} == {node for node, _ in gpus}, panel.title
+
+
+def test_gpu_limits_are_threshold_lines(live):
+    """Each limit query is mapped to a threshold by configFromData and answers with the GPU's own limit."""
+    _, prom = live
+    expected = {"limit": 700.0, "slowdown": 89.0, "shutdown": 92.0}  # the p5 profile's limits
+    for uid in ("gpuscope-node", "gpuscope-gpu"):
+        for panel in dashboard_json()[uid]["panels"]:
+            configs = {t["options"]["configRefId"]: t["options"]["mappings"] for t in panel.get("transformations", [])
+                       if t["id"] == "configFromData"}
+            for target in panel["targets"]:
+                if target["refId"] not in configs:
+                    continue
+                assert configs[target["refId"]] == [{"fieldName": target["legendFormat"], "handlerKey": "threshold1",
+                                                     "reducerId": "lastNotNull"}]
+                assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "dashed"
+                (result,) = prom.query(substitute(target["expr"], selection(prom)))
+                assert float(result["value"][1]) == expected[target["legendFormat"]], panel["title"]
+    titled = {p["title"] for uid in ("gpuscope-node", "gpuscope-gpu") for p in dashboard_json()[uid]["panels"]
+              if p.get("transformations")}
+    assert titled == {"Power against the enforced limit", "Temperature against the slowdown limit",
+                      "Temperatures against the slowdown and shutdown limits"}
 
 
 def test_render_draws_every_dashboard_from_live_data(live, tmp_path):
     from dashboards.render import render_dashboard
 
     _, prom = live
-    values = {"instance": "node-0", "gpu": "3", "job_id": "4242", "cluster": ".*", "__rate_interval": "15s"}
+    values = {"instance": "node-0", "gpu": "3", "cluster": ".*", "__rate_interval": "15s", **SLURM_JOB}
     for uid, data in dashboard_json().items():
         path = tmp_path / f"{uid}.png"
         drawn = render_dashboard(data, prom.base, values, str(path), minutes=1)
@@ -126,7 +178,8 @@ def test_fault_panels_have_data_once_faults_are_injected(live):
     faulty = [(name, panel) for name, panel in PANELS if panel.empty_when_healthy]
     assert faulty
     deadline = time.monotonic() + 60
-    while (empty := empty_queries(prom, faulty, "node-1", "3")):
+    values = selection(prom, instance="node-1")
+    while (empty := empty_queries(prom, faulty, values)):
         assert time.monotonic() < deadline, empty
         time.sleep(1)
 

@@ -1,91 +1,43 @@
-"""Kubernetes pod attribution against a real gRPC server speaking the kubelet's pod-resources proto.
-
-The server runs in the test process on a unix socket, with messages and service generated at test
-time from tests/podresources/api.proto (the kubelet's field numbers) by grpc_tools.
-"""
+"""Kubernetes pod attribution against a real gRPC server speaking the kubelet's pod-resources proto."""
 
 from __future__ import annotations
 
-import importlib
-import sys
 import time
-from concurrent import futures
 
-import grpc
 import pytest
-from grpc_tools import protoc
 
 from exporter.collectors.gpu import GpuCollector, GpuOptions
 from exporter.collectors.pods import parse_list_response
 from exporter.registry import ScrapeRegistry
 from exporter.sim.nvml import SimulatedNvml
-from tests.helpers import REPO, samples, series, value
+from tests.helpers import samples, series, value
+from tests.kubelet import GPU_RESOURCE, compiled_api, serving, simulated_uuids, two_pods
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    out = tmp_path_factory.mktemp("podresources")
-    proto_dir = REPO / "tests" / "podresources"
-    assert protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}", f"--grpc_python_out={out}",
-                        str(proto_dir / "api.proto")]) == 0
-    sys.path.insert(0, str(out))
-    try:
-        yield importlib.import_module("api_pb2"), importlib.import_module("api_pb2_grpc")
-    finally:
-        sys.path.remove(str(out))
-
-
-def response(pb, sim: SimulatedNvml):
-    uuid = [sim.nvmlDeviceGetUUID(sim.nvmlDeviceGetHandleByIndex(i)) for i in range(8)]
-    gpu = "nvidia.com/gpu"
-    return pb.ListPodResourcesResponse(pod_resources=[
-        pb.PodResources(name="trainer-0", namespace="ml", containers=[
-            pb.ContainerResources(name="pytorch", cpu_ids=[1, 2, 3], devices=[
-                pb.ContainerDevices(resource_name=gpu, device_ids=uuid[0:4],
-                                    topology=pb.TopologyInfo(nodes=[pb.NUMANode(ID=0)])),
-                pb.ContainerDevices(resource_name="vpc.amazonaws.com/efa", device_ids=["rdmap79s0"]),
-            ]),
-            pb.ContainerResources(name="sidecar"),
-        ]),
-        pb.PodResources(name="notebook", namespace="research", containers=[
-            pb.ContainerResources(name="jupyter", devices=[pb.ContainerDevices(resource_name=gpu, device_ids=["5"])]),
-        ]),
-    ])
+    with compiled_api(tmp_path_factory.mktemp("podresources")) as modules:
+        yield modules
 
 
 def test_decoder_reads_what_protobuf_encodes(api):
     pb, _ = api
-    sim = SimulatedNvml("p5.48xlarge")
-    sim.nvmlInit()
-    allocations = parse_list_response(response(pb, sim).SerializeToString(), ("nvidia.com/gpu",))
+    uuid = simulated_uuids()
+    allocations = parse_list_response(two_pods(pb).SerializeToString(), (GPU_RESOURCE,))
     assert {device: (a.namespace, a.pod, a.container) for device, a in allocations.items()} == {
-        **{sim.nvmlDeviceGetUUID(sim.nvmlDeviceGetHandleByIndex(i)): ("ml", "trainer-0", "pytorch") for i in range(4)},
-        "5": ("research", "notebook", "jupyter"),
-    }
-    assert parse_list_response(b"", ("nvidia.com/gpu",)) == {}
+        **{uuid[i]: ("ml", "trainer-0", "pytorch") for i in range(4)}, "5": ("research", "notebook", "jupyter")}
+    assert parse_list_response(b"", (GPU_RESOURCE,)) == {}
     with pytest.raises((ValueError, IndexError)):
-        parse_list_response(b"\x0b\x01", ("nvidia.com/gpu",))  # a truncated message
+        parse_list_response(b"\x0b\x01", (GPU_RESOURCE,))  # a truncated message
 
 
 @pytest.fixture
 def kubelet(api, tmp_path):
     """A pod-resources server on a unix socket; yields (socket path, server stop function)."""
     pb, pb_grpc = api
-    sim = SimulatedNvml("p5.48xlarge")
-    sim.nvmlInit()
-    answer = response(pb, sim)
-
-    class Lister(pb_grpc.PodResourcesListerServicer):
-        def List(self, request, context):
-            return answer
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    pb_grpc.add_PodResourcesListerServicer_to_server(Lister(), server)
-    socket_path = tmp_path / "kubelet.sock"
-    server.add_insecure_port(f"unix://{socket_path}")
-    server.start()
-    yield str(socket_path), lambda: server.stop(0).wait()
-    server.stop(0)
+    socket_path = str(tmp_path / "kubelet.sock")
+    with serving(pb_grpc, two_pods(pb), socket_path) as server:
+        yield socket_path, lambda: server.stop(0).wait()
 
 
 def scrape_until(registry: ScrapeRegistry, check, timeout: float = 5.0):
