@@ -77,7 +77,7 @@ def recording_rules(s: Settings) -> Group:
         return (f"{metric} * on (instance, gpu, uuid) group_left (job_id) {c.GPU_JOB_INFO.name}"
                 f" and on (instance, gpu, uuid) ({busy})")
 
-    efa_tx, efa_rx = c.EFA_PORT_COUNTERS["tx_bytes"].name, c.EFA_PORT_COUNTERS["rx_bytes"].name
+    efa_tx, efa_rx = c.EFA_NODE_COUNTERS["tx_bytes"].name, c.EFA_NODE_COUNTERS["rx_bytes"].name
     return Group("gpuscope-baselines", (
         Record(BUSY, f"{busy}"),
         Record(SM_CLOCK_MEDIAN, busy_median(c.GPU_SM_CLOCK.name)),
@@ -85,7 +85,7 @@ def recording_rules(s: Settings) -> Group:
         Record(POWER_MEDIAN, busy_median(c.GPU_POWER.name)),
         Record(BUSY_GPUS, f"count by (instance) ({BUSY})"),
         Record(GPUS, f"count by (instance) ({c.GPU_UP.name})"),
-        Record(EFA_RATE, f"sum by (instance) (rate({efa_tx}[1m])) + sum by (instance) (rate({efa_rx}[1m]))"),
+        Record(EFA_RATE, f"sum by (instance) (rate({efa_tx}[1m]) + rate({efa_rx}[1m]))"),
         Record(EFA_MEDIAN, f"quantile(0.5, {EFA_RATE})"),
         Record(NODE_CLOCK_MEDIAN, f"quantile(0.5, {SM_CLOCK_MEDIAN})"),
         Record(NODE_ACTIVE_MEDIAN, f"quantile(0.5, {SM_ACTIVE_MEDIAN})"),
@@ -169,7 +169,7 @@ def thermal_alerts(s: Settings) -> Group:
 
 
 def communication_alerts(s: Settings) -> Group:
-    efa = c.EFA_PORT_COUNTERS
+    efa = c.EFA_NODE_COUNTERS
     nvlink = c.GPU_NVLINK_ERRORS.name
     return Group("gpuscope-communication", (
         Alert("CollectiveStall",
@@ -187,24 +187,25 @@ def communication_alerts(s: Settings) -> Group:
               s.efa_stall_for, "critical", "A busy node's EFA traffic collapsed while its peers keep going",
               "{{ $labels.instance }} moves {{ $value | humanize }}B/s over EFA while the median node moves "
               "more than a GB/s, and its GPUs are busy."),
+        # EFA errors per node, from the exporter's node totals: one series per node instead of 32 keeps
+        # these rules cheap at fleet scale; the node dashboard shows which device (runbook).
         Alert("EfaRetransmitTimeouts", f"rate({efa['retrans_timeout_events'].name}[5m]) > 0",
               s.efa_error_for, "warning", "EFA traffic times out and changes network paths",
-              "{{ $labels.device }} on {{ $labels.instance }} sees {{ $value | humanize }} retransmit timeouts "
-              "per second."),
+              "{{ $labels.instance }} sees {{ $value | humanize }} EFA retransmit timeouts per second; the node "
+              "dashboard's EFA panels show which devices."),
         Alert("EfaRemoteConnectionImpaired",
               f"rate({efa['unresponsive_remote_events'].name}[5m])"
               f" + rate({efa['impaired_remote_conn_events'].name}[5m]) > 0",
               s.efa_error_for, "warning", "EFA connections to remote peers are unresponsive or impaired",
-              "{{ $labels.device }} on {{ $labels.instance }} reports {{ $value | humanize }} unresponsive or "
-              "impaired remote connection events per second."),
+              "{{ $labels.instance }} reports {{ $value | humanize }} unresponsive or impaired remote EFA "
+              "connection events per second."),
         Alert("EfaPacketDrops", f"rate({efa['rx_drops'].name}[5m]) > 0",
-              s.efa_error_for, "warning", "An EFA device drops received packets",
-              "{{ $labels.device }} on {{ $labels.instance }} drops {{ $value | humanize }} packets per second."),
+              s.efa_error_for, "warning", "EFA devices drop received packets",
+              "The EFA devices of {{ $labels.instance }} drop {{ $value | humanize }} packets per second."),
         Alert("EfaWorkRequestErrors",
               f"rate({efa['rdma_read_wr_err'].name}[5m]) + rate({efa['rdma_write_wr_err'].name}[5m]) > 0",
-              s.efa_error_for, "warning", "RDMA work requests fail on an EFA device",
-              "{{ $labels.device }} on {{ $labels.instance }} fails {{ $value | humanize }} RDMA work requests "
-              "per second."),
+              s.efa_error_for, "warning", "RDMA work requests fail on EFA",
+              "{{ $labels.instance }} fails {{ $value | humanize }} RDMA work requests per second over EFA."),
         Alert("NvlinkErrors", f'increase({nvlink}{{type=~"replay|recovery"}}[5m]) > 0',
               "0m", "warning", "NVLink replay or recovery errors",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} logged {{ $value }} NVLink {{ $labels.type }} "

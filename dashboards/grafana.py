@@ -62,14 +62,17 @@ def derived(name: str, expr: str, label: str) -> g.Template:
 
 
 def variables(*chosen: str | g.Template) -> g.Templating:
-    """Chained template variables: datasource, then those named (cluster, instance, gpu, job_id, namespace,
-    pod) or given."""
+    """Chained template variables: datasource, then those named (cluster, instance, node (one instance), gpu,
+    job_id, namespace, pod) or given."""
     catalog = {
         "cluster": g.Template(name="cluster", label="cluster", dataSource=DATASOURCE, includeAll=True,
                               query='label_values(gpuscope_build_info, cluster)', allValue=".*", refresh=2),
         "instance": g.Template(name="instance", label="node", dataSource=DATASOURCE, includeAll=True, multi=True,
                                query='label_values(gpuscope_build_info{cluster=~"$cluster"}, instance)',
                                allValue=".*", refresh=2),
+        # The node and GPU views show one node: a single choice, so they never open on the whole fleet.
+        "node": g.Template(name="instance", label="node", dataSource=DATASOURCE,
+                           query='label_values(gpuscope_build_info{cluster=~"$cluster"}, instance)', refresh=2),
         "gpu": g.Template(name="gpu", label="GPU", dataSource=DATASOURCE, includeAll=True, multi=True,
                           query='label_values(gpuscope_gpu_up{instance=~"$instance"}, gpu)', allValue=".*",
                           refresh=2),

@@ -30,16 +30,16 @@ def _regex_escape(value: str) -> str:
     return re.sub(r"([\\^$*+?.()|\[\]{}/])", r"\\\\\1", value)
 
 
-def resolve_derived(data: dict, prometheus: str, values: dict[str, str]) -> dict[str, str]:
+def resolve_derived(data: dict, prometheus: str, values: dict[str, str], at: float | None = None) -> dict[str, str]:
     """`values` plus the hidden query_result variables, each the alternation of every value it captures,
-    as Grafana expands an all-selected multi-value variable."""
+    as Grafana expands an all-selected multi-value variable; evaluated now, or at `at`."""
     resolved = dict(values)
     for variable in data["templating"]["list"]:
         query = variable.get("query") or ""
         if variable["name"] in resolved or not query.startswith("query_result("):
             continue
         capture, found = re.compile(variable["regex"].strip("/")), set()
-        for result in _query(prometheus, substitute(query[len("query_result("):-1], resolved), 0, True):
+        for result in _query(prometheus, substitute(query[len("query_result("):-1], resolved), 0, True, at):
             text = "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(result["metric"].items())) + "}"
             if match := capture.search(text):
                 found.add(match[1])
@@ -52,8 +52,8 @@ def _legend(template: str, labels: dict[str, str]) -> str:
     return text or ", ".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != "__name__")
 
 
-def _query(base: str, expr: str, minutes: int, instant: bool) -> list[dict]:
-    end = time.time()
+def _query(base: str, expr: str, minutes: int, instant: bool, at: float | None = None) -> list[dict]:
+    end = time.time() if at is None else at
     if instant:
         params, path = {"query": expr, "time": end}, "query"
     else:

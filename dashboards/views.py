@@ -25,10 +25,12 @@ JOB = (f'max by (instance, gpu, uuid) ({c.GPU_JOB_INFO.name}{{job_id="$job_id"}}
 # panel reads its own nodes' series, not the whole fleet's.
 JOB_NODES = 'instance=~"$job_nodes"'
 XIDS = f"{c.GPU_XID_ERRORS.name}{{{CLUSTER}}}"
-EFA_TX, EFA_RX = c.EFA_PORT_COUNTERS["tx_bytes"].name, c.EFA_PORT_COUNTERS["rx_bytes"].name
+EFA_TX = c.EFA_PORT_COUNTERS["tx_bytes"].name
+# Fleet and per-node panels read the exporter's EFA node totals (one series per node, not 32).
+NODE_EFA = {name: metric.name for name, metric in c.EFA_NODE_COUNTERS.items()}
 # "EFA devices of GPU n": each device's traffic joined to the GPU under its PCIe switch.
 EFA_BY_GPU = (f"rate({EFA_TX}{{{NODE}}}[{RATE}]) * on (instance, device) group_left (gpu_pci_address) "
-              f"{c.RDMA_DEVICE_INFO.name} * on (instance, gpu_pci_address) group_left (gpu) "
+              f"{c.RDMA_DEVICE_INFO.name}{{{NODE}}} * on (instance, gpu_pci_address) group_left (gpu) "
               f'label_replace({c.GPU_INFO.name}{{{NODE}}}, "gpu_pci_address", "$1", "pci_bus_id", "(.+)")')
 
 
@@ -68,7 +70,7 @@ def fleet():
               (q(f"increase({XIDS}[1d]) > 0 or ({XIDS} unless {XIDS} offset 1d)"),),  # first ones count too
               width=12, empty_when_healthy=True),
         Panel("timeseries", "EFA and Lustre throughput",
-              (q(f"sum(rate({EFA_TX}{{{CLUSTER}}}[{RATE}]))", "EFA transmit"),
+              (q(f"sum(rate({NODE_EFA['tx_bytes']}{{{CLUSTER}}}[{RATE}]))", "EFA transmit"),
                q(f"sum(rate({c.LUSTRE_READ_BYTES.name}{{{CLUSTER}}}[{RATE}]))", "Lustre read"),
                q(f"sum(rate({c.LUSTRE_WRITE_BYTES.name}{{{CLUSTER}}}[{RATE}]))", "Lustre write")),
               unit="Bps", width=12),
@@ -92,7 +94,7 @@ def job():
               (q(f"{c.GPU_POWER.name}{{{JOB_NODES}}} * {gpus}", "{{instance}} GPU {{gpu}}"),),
               unit="watt", width=12),
         Panel("timeseries", "EFA traffic per node",
-              (q(f"sum by (instance) (rate({EFA_TX}{{{JOB_NODES}}}[{RATE}]))", "{{instance}}"),),
+              (q(f"rate({NODE_EFA['tx_bytes']}{{{JOB_NODES}}}[{RATE}])", "{{instance}}"),),
               unit="Bps", width=12),
         Panel("timeseries", "Lustre reads per node",
               (q(f"sum by (instance) (rate({c.LUSTRE_READ_BYTES.name}{{{JOB_NODES}}}[{RATE}]))", "{{instance}}"),),
@@ -102,7 +104,7 @@ def job():
 
 def node():
     return dashboard("gpuscope-node", "gpuscope / Node", "The GPUs of a node side by side, its network and storage.",
-                     ("cluster", "instance", "gpu"), [
+                     ("cluster", "node", "gpu"), [
         Panel("timeseries", "SM activity", (q(f"{c.GPU_SM_ACTIVE.name}{{{GPU}}}", "GPU {{gpu}}"),),
               unit="percentunit", width=8),
         Panel("timeseries", "SM clock", (q(f"{c.GPU_SM_CLOCK.name}{{{GPU}}}", "GPU {{gpu}}"),), unit="hertz", width=8),
@@ -129,7 +131,7 @@ def node():
 
 
 def gpu():
-    return dashboard("gpuscope-gpu", "gpuscope / GPU", "One GPU in depth.", ("cluster", "instance", "gpu"), [
+    return dashboard("gpuscope-gpu", "gpuscope / GPU", "One GPU in depth.", ("cluster", "node", "gpu"), [
         Panel("timeseries", "Activity", (q(f"{c.GPU_UTILIZATION.name}{{{GPU}}}", "utilization"),
                                          q(f"{c.GPU_SM_ACTIVE.name}{{{GPU}}}", "SM active"),
                                          q(f"{c.GPU_TENSOR_ACTIVE.name}{{{GPU}}}", "tensor active"),
@@ -159,18 +161,15 @@ def network():
     return dashboard("gpuscope-network", "gpuscope / Network", "EFA across the fleet, and NVLink health.",
                      ("cluster", "instance"), [
         Panel("timeseries", "EFA traffic per node",
-              (q(f"sum by (instance) (rate({EFA_TX}{{{NODE}}}[{RATE}]))", "{{instance}} transmit"),
-               q(f"sum by (instance) (rate({EFA_RX}{{{NODE}}}[{RATE}]))", "{{instance}} receive")),
+              (q(f"rate({NODE_EFA['tx_bytes']}{{{NODE}}}[{RATE}])", "{{instance}} transmit"),
+               q(f"rate({NODE_EFA['rx_bytes']}{{{NODE}}}[{RATE}])", "{{instance}} receive")),
               unit="Bps", width=24),
         Panel("timeseries", "Receive drops",
-              (q(f"sum by (instance) (rate({c.EFA_PORT_COUNTERS['rx_drops'].name}{{{NODE}}}[{RATE}]))",
-                 "{{instance}}"),), unit="pps", width=8),
+              (q(f"rate({NODE_EFA['rx_drops']}{{{NODE}}}[{RATE}])", "{{instance}}"),), unit="pps", width=8),
         Panel("timeseries", "Retransmitted packets",
-              (q(f"sum by (instance) (rate({c.EFA_PORT_COUNTERS['retrans_pkts'].name}{{{NODE}}}[{RATE}]))",
-                 "{{instance}}"),), unit="pps", width=8),
+              (q(f"rate({NODE_EFA['retrans_pkts']}{{{NODE}}}[{RATE}])", "{{instance}}"),), unit="pps", width=8),
         Panel("timeseries", "Timeouts, unresponsive and impaired remotes",
-              tuple(q(f"sum by (instance) (rate({c.EFA_PORT_COUNTERS[name].name}{{{NODE}}}[{RATE}]))",
-                      f"{{{{instance}}}} {name}")
+              tuple(q(f"rate({NODE_EFA[name]}{{{NODE}}}[{RATE}])", f"{{{{instance}}}} {name}")
                     for name in ("retrans_timeout_events", "unresponsive_remote_events",
                                  "impaired_remote_conn_events")), width=8),
         Panel("timeseries", "NVLink errors per node",

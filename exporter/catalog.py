@@ -157,6 +157,20 @@ EFA_PORT_COUNTERS: dict[str, Metric] = dict([
               "A connection was impaired and rate-limited (driver 2.17+)."),
 ])
 
+# Node totals of the EFA port counters that alerts and fleet panels read: the sum over every EFA
+# device of the node, exported only in scrapes where every device was read (a missing device would
+# look like a counter reset). At 2,048 nodes a rule over the per-device series reads 65,536 of them
+# per counter; over these, 2,048 (bench/scale.py).
+EFA_NODE_COUNTERS: dict[str, Metric] = {
+    sysfs_name: counter("rdma", metric.name.replace("gpuscope_efa_", "gpuscope_efa_node_"),
+                        f"{metric.help.rstrip('.')}, summed over every EFA device of the node.", (),
+                        f"sum of ports/<n>/hw_counters/{sysfs_name} over the EFA devices")
+    for sysfs_name, metric in EFA_PORT_COUNTERS.items()
+    if sysfs_name in ("tx_bytes", "rx_bytes", "rx_drops", "retrans_pkts", "retrans_timeout_events",
+                      "unresponsive_remote_events", "impaired_remote_conn_events", "rdma_read_wr_err",
+                      "rdma_write_wr_err")
+}
+
 _VERBS_OPERATIONS = ("alloc_pd", "create_qp", "create_cq", "reg_mr", "alloc_ucontext", "create_ah", "mmap",
                      "alloc_mr", "get_dma_mr")
 EFA_ADMIN_ERRORS = counter("rdma", "gpuscope_efa_admin_command_errors_total",

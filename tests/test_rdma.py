@@ -102,6 +102,39 @@ def test_p5_tree_has_32_efa_devices_with_every_network_counter(tmp_path):
     assert all(v == 1 for (name, _), v in parsed.items() if name == "gpuscope_rdma_device_read_success")
 
 
+def test_node_totals_are_the_exact_sums_over_the_efa_devices(tmp_path):
+    parsed = efa_scrape(tmp_path, p5_efa_devices())
+    assert len(catalog.EFA_NODE_COUNTERS) == 9
+    for sysfs_name, metric in catalog.EFA_NODE_COUNTERS.items():
+        index = EFA_PORT_COUNTERS.index(sysfs_name)  # counter i of device d was written as 1000 * (i + 1) + d
+        assert value(parsed, metric.name) == sum(1000 * (index + 1) + d for d in range(32)), metric.name
+        per_device = sum(value(parsed, catalog.EFA_PORT_COUNTERS[sysfs_name].name, **labels)
+                         for labels in series(parsed, catalog.EFA_PORT_COUNTERS[sysfs_name].name))
+        assert value(parsed, metric.name) == per_device
+    assert not series(parsed, "gpuscope_efa_node_transmit_packets_total")  # only the counters rules read
+
+
+def test_node_totals_are_absent_while_a_device_fails_to_read(tmp_path):
+    """A partial sum would drop and look like a counter reset to rate(): no total is better."""
+    sysfs = tmp_path / "sys"
+    write_rdma_tree(str(sysfs), p5_efa_devices())
+    broken = sysfs / "class/infiniband/rdmap80s0/ports/1/hw_counters/tx_pkts"
+    broken.write_text("garbage\n")
+    parsed = samples(scrape([RdmaCollector(str(sysfs))]))
+    assert value(parsed, "gpuscope_rdma_device_read_success", device="rdmap80s0") == 0
+    assert not [name for name, _ in parsed if name.startswith("gpuscope_efa_node_")]
+    assert len(series(parsed, "gpuscope_efa_transmit_bytes_total")) == 32  # the devices' own series stay
+    broken.write_text("7\n")
+    parsed = samples(scrape([RdmaCollector(str(sysfs))]))
+    assert value(parsed, "gpuscope_efa_node_transmit_bytes_total") > 0
+
+
+def test_no_efa_devices_means_no_node_totals(fixtures):
+    parsed = samples(scrape([RdmaCollector(str(fixtures / "prometheus-procfs" / "sys"))]))
+    assert series(parsed, "gpuscope_rdma_port_stat_total")
+    assert not [name for name, _ in parsed if name.startswith("gpuscope_efa_node_")]
+
+
 def test_real_p5_packet_counts_round_trip(tmp_path, fixtures):
     """Packet counts of a real P5's 32 devices, written to a tree and read back, equal the capture."""
     capture = samples((fixtures / "awslabs-awsome-distributed-ai" / "node_amazonefa_tx_pkts_p5_exposition.prom")

@@ -8,6 +8,10 @@ combined layout exports exactly what the split layout does.
 A device's set of counter files is fixed while it exists, so the first scrape lists the
 directories and works out which metric each file feeds (its plan); later scrapes only read the
 files. Any failed read drops the plan, and the next scrape lists the device again.
+
+A few EFA counters are also summed over the node's devices (a target without label values), so
+fleet-wide rules read one series per node instead of one per device; the totals appear only when
+every device was read, since a partial sum would look like a counter reset.
 """
 
 from __future__ import annotations
@@ -65,17 +69,23 @@ class RdmaCollector:
     def collect(self) -> Iterator[Family]:
         scrape = Scrape()
         devices = list_dir(self._class_dir)
+        totals: dict[Metric, int] = {}
+        every_device_read = True
         for device in devices:
             ok = False
             if not self._in_flight.busy(device):
                 with self._in_flight.hold(device):
-                    ok = self._read_device(device, scrape)
+                    ok = self._read_device(device, scrape, totals)
             scrape.add(catalog.RDMA_DEVICE_READ_SUCCESS, 1 if ok else 0, device)
+            every_device_read &= ok
+        if every_device_read:
+            for metric, value in totals.items():
+                scrape.add(metric, value)
         for gone in set(self._plans) - set(devices):
             self._plans.pop(gone, None)
         yield from scrape.families.values()
 
-    def _read_device(self, device: str, scrape: Scrape) -> bool:
+    def _read_device(self, device: str, scrape: Scrape, totals: dict[Metric, int]) -> bool:
         """Adds the device's samples; False if any file failed (the rest still count)."""
         path = f"{self._class_dir}/{device}"
         try:
@@ -98,7 +108,10 @@ class RdmaCollector:
                 for target in targets:
                     sums[target] = sums.get(target, 0) + value
         for (metric, labels), value in sums.items():
-            scrape.family(metric).samples.append((labels, value))
+            if labels:
+                scrape.family(metric).samples.append((labels, value))
+            else:  # a node total
+                totals[metric] = totals.get(metric, 0) + value
         if not ok:
             self._plans.pop(device, None)
         return ok
@@ -155,6 +168,8 @@ def _not_available(path: str) -> bool:
 
 
 def _port_targets(device: str, port: str, name: str, is_efa: bool) -> tuple[Target, ...]:
+    if is_efa and name in catalog.EFA_NODE_COUNTERS:
+        return (catalog.EFA_PORT_COUNTERS[name], (device, port)), (catalog.EFA_NODE_COUNTERS[name], ())
     if is_efa and name in catalog.EFA_PORT_COUNTERS:
         return ((catalog.EFA_PORT_COUNTERS[name], (device, port)),)
     if is_efa and name in catalog.EFA_DEVICE_DETAIL_COUNTERS:

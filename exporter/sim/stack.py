@@ -40,10 +40,10 @@ def find_binary(*names: str) -> str:
 
 
 @contextmanager
-def _server(command: list[str], base: str, ready_path: str) -> Iterator[None]:
+def _server(command: list[str], base: str, ready_path: str, ready_timeout: float = 30) -> Iterator[None]:
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + ready_timeout
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"{command[0]} exited {proc.returncode}: {proc.stderr.read()}")
@@ -53,7 +53,7 @@ def _server(command: list[str], base: str, ready_path: str) -> Iterator[None]:
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{command[0]} not ready within 30 s")
+                raise RuntimeError(f"{command[0]} not ready within {ready_timeout:.0f} s")
             time.sleep(0.1)
         yield
     finally:
@@ -93,8 +93,9 @@ class Prometheus:
 
 @contextmanager
 def prometheus(scrape_configs: list[dict], interval: str = "1s", rule_files: Sequence[str] = (),
-               alertmanager: str = "") -> Iterator[Prometheus]:
-    """Prometheus scraping and evaluating rules every `interval`, sending alerts to `alertmanager`."""
+               alertmanager: str = "", data_dir: str = "", ready_timeout: float = 30) -> Iterator[Prometheus]:
+    """Prometheus scraping and evaluating rules every `interval`, sending alerts to `alertmanager`;
+    its TSDB in `data_dir` if given (e.g. a backfilled one), else a fresh temporary one."""
     binary = find_binary("prometheus")
     with tempfile.TemporaryDirectory(prefix="gpuscope-prom-") as work:
         config = {"global": {"scrape_interval": interval, "evaluation_interval": interval},
@@ -104,9 +105,9 @@ def prometheus(scrape_configs: list[dict], interval: str = "1s", rule_files: Seq
         path = Path(work) / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))
         port = free_port()
-        with _server([binary, f"--config.file={path}", f"--storage.tsdb.path={work}/data",
+        with _server([binary, f"--config.file={path}", f"--storage.tsdb.path={data_dir or work + '/data'}",
                       f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                     f"http://127.0.0.1:{port}", "/-/ready"):
+                     f"http://127.0.0.1:{port}", "/-/ready", ready_timeout):
             yield Prometheus(f"http://127.0.0.1:{port}")
 
 
