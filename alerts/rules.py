@@ -64,9 +64,19 @@ JOB_ACTIVE_MEDIAN = "job_id:gpuscope_gpu_sm_active_ratio:median_busy"
 NODE_IN_JOB_CLOCK_MEDIAN = "instance_job_id:gpuscope_gpu_sm_clock_hertz:median_busy"
 JOB_NODE_CLOCK_MEDIAN = "job_id:gpuscope_gpu_sm_clock_hertz:median_node"
 JOB_NODES = "job_id:gpuscope_nodes:count"
+# Fleet dashboard series: one evaluation per interval instead of one per panel step over 16,384 GPUs.
+FLEET_QUANTILES = {c.GPU_POWER.name: "cluster:gpuscope_gpu_power_watts:quantile",
+                   c.GPU_TEMPERATURE.name: "cluster:gpuscope_gpu_temperature_celsius:quantile"}
+FLEET_AVERAGES = {metric.name: f"cluster:{metric.name}:avg"
+                  for metric in (c.GPU_UTILIZATION, c.GPU_SM_ACTIVE, c.GPU_TENSOR_ACTIVE)}
+NODE_NVLINK_ERRORS = "instance_type:gpuscope_gpu_nvlink_errors:rate5m"
+QUANTILES = (0.05, 0.5, 0.95)
 
 
-def recording_rules(s: Settings) -> Group:
+def recording_rules(s: Settings) -> list[Group]:
+    """Peer baselines and fleet dashboard series, in small groups: Prometheus evaluates groups in
+    parallel and the rules of one group in turn, so small groups keep each evaluation short at fleet
+    scale (bench/scale.py). A rule reading another group's output sees it one interval late."""
     busy = f"{c.GPU_UTILIZATION.name} > {s.busy_utilization}"
 
     def busy_median(metric: str) -> str:
@@ -77,24 +87,39 @@ def recording_rules(s: Settings) -> Group:
         return (f"{metric} * on (instance, gpu, uuid) group_left (job_id) {c.GPU_JOB_INFO.name}"
                 f" and on (instance, gpu, uuid) ({busy})")
 
+    def fleet_quantiles(metric: str) -> str:
+        return " or ".join(f'label_replace(quantile by (cluster) ({q}, {metric}), "quantile", "{q}", "", "")'
+                           for q in QUANTILES)
+
     efa_tx, efa_rx = c.EFA_NODE_COUNTERS["tx_bytes"].name, c.EFA_NODE_COUNTERS["rx_bytes"].name
-    return Group("gpuscope-baselines", (
-        Record(BUSY, f"{busy}"),
-        Record(SM_CLOCK_MEDIAN, busy_median(c.GPU_SM_CLOCK.name)),
-        Record(SM_ACTIVE_MEDIAN, busy_median(c.GPU_SM_ACTIVE.name)),
-        Record(POWER_MEDIAN, busy_median(c.GPU_POWER.name)),
-        Record(BUSY_GPUS, f"count by (instance) ({BUSY})"),
-        Record(GPUS, f"count by (instance) ({c.GPU_UP.name})"),
-        Record(EFA_RATE, f"sum by (instance) (rate({efa_tx}[1m]) + rate({efa_rx}[1m]))"),
-        Record(EFA_MEDIAN, f"quantile(0.5, {EFA_RATE})"),
-        Record(NODE_CLOCK_MEDIAN, f"quantile(0.5, {SM_CLOCK_MEDIAN})"),
-        Record(NODE_ACTIVE_MEDIAN, f"quantile(0.5, {SM_ACTIVE_MEDIAN})"),
-        Record(JOB_CLOCK_MEDIAN, f"quantile by (job_id) (0.5, {in_job(c.GPU_SM_CLOCK.name)})"),
-        Record(JOB_ACTIVE_MEDIAN, f"quantile by (job_id) (0.5, {in_job(c.GPU_SM_ACTIVE.name)})"),
-        Record(NODE_IN_JOB_CLOCK_MEDIAN, f"quantile by (instance, job_id) (0.5, {in_job(c.GPU_SM_CLOCK.name)})"),
-        Record(JOB_NODE_CLOCK_MEDIAN, f"quantile by (job_id) (0.5, {NODE_IN_JOB_CLOCK_MEDIAN})"),
-        Record(JOB_NODES, f"count by (job_id) ({NODE_IN_JOB_CLOCK_MEDIAN})"),
-    ))
+    return [
+        Group("gpuscope-node-baselines", (
+            Record(BUSY, f"{busy}"),
+            Record(BUSY_GPUS, f"count by (instance) ({BUSY})"),
+            Record(GPUS, f"count by (instance) ({c.GPU_UP.name})"),
+            Record(SM_CLOCK_MEDIAN, busy_median(c.GPU_SM_CLOCK.name)),
+            Record(SM_ACTIVE_MEDIAN, busy_median(c.GPU_SM_ACTIVE.name)),
+            Record(POWER_MEDIAN, busy_median(c.GPU_POWER.name)),
+        )),
+        Group("gpuscope-fleet-baselines", (
+            Record(EFA_RATE, f"sum by (instance) (rate({efa_tx}[1m]) + rate({efa_rx}[1m]))"),
+            Record(EFA_MEDIAN, f"quantile(0.5, {EFA_RATE})"),
+            Record(NODE_CLOCK_MEDIAN, f"quantile(0.5, {SM_CLOCK_MEDIAN})"),
+            Record(NODE_ACTIVE_MEDIAN, f"quantile(0.5, {SM_ACTIVE_MEDIAN})"),
+        )),
+        Group("gpuscope-job-baselines", (
+            Record(JOB_CLOCK_MEDIAN, f"quantile by (job_id) (0.5, {in_job(c.GPU_SM_CLOCK.name)})"),
+            Record(JOB_ACTIVE_MEDIAN, f"quantile by (job_id) (0.5, {in_job(c.GPU_SM_ACTIVE.name)})"),
+            Record(NODE_IN_JOB_CLOCK_MEDIAN, f"quantile by (instance, job_id) (0.5, {in_job(c.GPU_SM_CLOCK.name)})"),
+            Record(JOB_NODE_CLOCK_MEDIAN, f"quantile by (job_id) (0.5, {NODE_IN_JOB_CLOCK_MEDIAN})"),
+            Record(JOB_NODES, f"count by (job_id) ({NODE_IN_JOB_CLOCK_MEDIAN})"),
+        )),
+        Group("gpuscope-fleet-dashboards", (
+            *(Record(record, fleet_quantiles(metric)) for metric, record in FLEET_QUANTILES.items()),
+            *(Record(record, f"avg by (cluster) ({metric})") for metric, record in FLEET_AVERAGES.items()),
+            Record(NODE_NVLINK_ERRORS, f"sum by (instance, type) (rate({c.GPU_NVLINK_ERRORS.name}[5m]))"),
+        )),
+    ]
 
 
 def straggler_alerts(s: Settings) -> Group:
@@ -309,6 +334,6 @@ def agent_alerts(s: Settings) -> Group:
 
 
 def groups(settings: Settings) -> list[Group]:
-    return [recording_rules(settings), straggler_alerts(settings), thermal_alerts(settings),
+    return [*recording_rules(settings), straggler_alerts(settings), thermal_alerts(settings),
             communication_alerts(settings), gpu_health_alerts(settings), storage_alerts(settings),
             agent_alerts(settings)]

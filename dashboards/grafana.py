@@ -89,10 +89,12 @@ def variables(*chosen: str | g.Template) -> g.Templating:
 
 
 def _targets(panel: Panel) -> list[g.Target]:
-    """Queries through the datasource variable; tables ask for instant values in table format."""
+    """Queries through the datasource variable; tables and stats show one value, so they ask for an
+    instant one (tables in table format) instead of a range they would reduce to its last point."""
     table = panel.kind == "table"
     return [g.Target(expr=query.expr, legendFormat=query.legend, refId=_ref(n), datasource=DATASOURCE,
-                     intervalFactor=1, instant=table, format="table" if table else "time_series")
+                     intervalFactor=1, instant=panel.kind in ("table", "stat"),
+                     format="table" if table else "time_series")
             for n, query in enumerate(panel.queries)]
 
 

@@ -51,15 +51,14 @@ def fleet():
         Panel("table", "Firing alerts by kind", (q('count by (alertname, severity) (ALERTS{alertstate="firing"})'),),
               width=12, height=4, empty_when_healthy=True),
         Panel("timeseries", "GPU activity, whole cluster",
-              (q(f"avg({c.GPU_UTILIZATION.name}{{{CLUSTER}}})", "utilization"),
-               q(f"avg({c.GPU_SM_ACTIVE.name}{{{CLUSTER}}})", "SM active"),
-               q(f"avg({c.GPU_TENSOR_ACTIVE.name}{{{CLUSTER}}})", "tensor active")), unit="percentunit", width=12),
+              tuple(q(f"{rules.FLEET_AVERAGES[metric.name]}{{{CLUSTER}}}", legend) for metric, legend in (
+                  (c.GPU_UTILIZATION, "utilization"), (c.GPU_SM_ACTIVE, "SM active"),
+                  (c.GPU_TENSOR_ACTIVE, "tensor active"))), unit="percentunit", width=12),
         Panel("timeseries", "GPU power distribution",
-              tuple(q(f"quantile({p}, {c.GPU_POWER.name}{{{CLUSTER}}})", f"p{int(p * 100)}")
-                    for p in (0.05, 0.5, 0.95)), unit="watt", width=6),
+              (q(f"{rules.FLEET_QUANTILES[c.GPU_POWER.name]}{{{CLUSTER}}}", "q{{quantile}}"),), unit="watt", width=6),
         Panel("timeseries", "GPU temperature distribution",
-              tuple(q(f"quantile({p}, {c.GPU_TEMPERATURE.name}{{{CLUSTER}}})", f"p{int(p * 100)}")
-                    for p in (0.05, 0.5, 0.95)), unit="celsius", width=6),
+              (q(f"{rules.FLEET_QUANTILES[c.GPU_TEMPERATURE.name]}{{{CLUSTER}}}", "q{{quantile}}"),),
+              unit="celsius", width=6),
         Panel("table", "Stragglers: GPUs furthest below their node's median SM clock",
               (q(f"bottomk(10, {c.GPU_SM_CLOCK.name}{{{CLUSTER}}} / on (instance) group_left "
                  f"{rules.SM_CLOCK_MEDIAN})"),), unit="percentunit", width=12),
@@ -173,8 +172,7 @@ def network():
                     for name in ("retrans_timeout_events", "unresponsive_remote_events",
                                  "impaired_remote_conn_events")), width=8),
         Panel("timeseries", "NVLink errors per node",
-              (q(f"sum by (instance, type) (increase({c.GPU_NVLINK_ERRORS.name}{{{NODE}}}[{RATE}]))",
-                 "{{instance}} {{type}}"),), width=24),
+              (q(f"{rules.NODE_NVLINK_ERRORS}{{{NODE}}}", "{{instance}} {{type}}"),), unit="cps", width=24),
     ], LINKS)
 
 
