@@ -117,51 +117,58 @@ def recording_rules(s: Settings) -> list[Group]:
         Group("gpuscope-fleet-dashboards", (
             *(Record(record, fleet_quantiles(metric)) for metric, record in FLEET_QUANTILES.items()),
             *(Record(record, f"avg by (cluster) ({metric})") for metric, record in FLEET_AVERAGES.items()),
+        )),
+        Group("gpuscope-network-dashboards", (
             Record(NODE_NVLINK_ERRORS, f"sum by (instance, type) (rate({c.GPU_NVLINK_ERRORS.name}[5m]))"),
         )),
     ]
 
 
-def straggler_alerts(s: Settings) -> Group:
+def straggler_alerts(s: Settings) -> list[Group]:
+    """Peers on the node and in the fleet; peers in the job (a group of its own: the heavier joins)."""
     ratio = s.straggler_ratio
 
     def below_peers(metric: str, median: str) -> str:
         return f"({metric} / on (instance) group_left {median} < {ratio})"
 
-    return Group("gpuscope-stragglers", (
-        Alert("GpuStraggler",
-              f"({below_peers(c.GPU_SM_CLOCK.name, SM_CLOCK_MEDIAN)}"
-              f" or {below_peers(c.GPU_SM_ACTIVE.name, SM_ACTIVE_MEDIAN)}"
-              f" or {below_peers(c.GPU_POWER.name, POWER_MEDIAN)})"
-              f" and on (instance, gpu, uuid) {BUSY}"
-              f" and on (instance) {BUSY_GPUS} >= 2",
-              s.straggler_for, "warning", "A busy GPU is persistently slower than its peers on the node",
-              "GPU {{ $labels.gpu }} on {{ $labels.instance }} runs at {{ $value | humanizePercentage }} of its "
-              "busy peers' median (SM clock, SM activity or power) while it is busy itself; synchronous "
-              "training waits for it."),
-        Alert("GpuStraggler",
-              f"({c.GPU_SM_CLOCK.name} * on (instance, gpu, uuid) group_left (job_id) {c.GPU_JOB_INFO.name}"
-              f" / on (job_id) group_left {JOB_CLOCK_MEDIAN} < {ratio}"
-              f" or {c.GPU_SM_ACTIVE.name} * on (instance, gpu, uuid) group_left (job_id) {c.GPU_JOB_INFO.name}"
-              f" / on (job_id) group_left {JOB_ACTIVE_MEDIAN} < {ratio})"
-              f" and on (instance, gpu, uuid) {BUSY}",
-              s.straggler_for, "warning", "A busy GPU is persistently slower than the other GPUs of its job",
-              "GPU {{ $labels.gpu }} on {{ $labels.instance }} runs at {{ $value | humanizePercentage }} of the "
-              "median GPU of job {{ $labels.job_id }} (SM clock or SM activity).", (("scope", "job"),)),
-        Alert("NodeStraggler",
-              f"{NODE_IN_JOB_CLOCK_MEDIAN} / on (job_id) group_left {JOB_NODE_CLOCK_MEDIAN} < {ratio}"
-              f" and on (job_id) {JOB_NODES} >= 3",
-              s.straggler_for, "warning", "All GPUs of a node lag the other nodes of their job",
-              "The busy GPUs of {{ $labels.instance }} run at {{ $value | humanizePercentage }} of the median node "
-              "of job {{ $labels.job_id }}.", (("scope", "job"),)),
-        Alert("NodeStraggler",
-              f"({SM_CLOCK_MEDIAN} / scalar({NODE_CLOCK_MEDIAN}) < {ratio}"
-              f" or {SM_ACTIVE_MEDIAN} / scalar({NODE_ACTIVE_MEDIAN}) < {ratio})"
-              f" and on (instance) {BUSY_GPUS} > 0 and on () count({SM_CLOCK_MEDIAN}) >= 3",
-              s.straggler_for, "warning", "All GPUs of a node lag the other nodes",
-              "The busy GPUs of {{ $labels.instance }} run at {{ $value | humanizePercentage }} of the median node "
-              "(SM clock or SM activity)."),
-    ))
+    return [
+        Group("gpuscope-stragglers", (
+            Alert("GpuStraggler",
+                  f"({below_peers(c.GPU_SM_CLOCK.name, SM_CLOCK_MEDIAN)}"
+                  f" or {below_peers(c.GPU_SM_ACTIVE.name, SM_ACTIVE_MEDIAN)}"
+                  f" or {below_peers(c.GPU_POWER.name, POWER_MEDIAN)})"
+                  f" and on (instance, gpu, uuid) {BUSY}"
+                  f" and on (instance) {BUSY_GPUS} >= 2",
+                  s.straggler_for, "warning", "A busy GPU is persistently slower than its peers on the node",
+                  "GPU {{ $labels.gpu }} on {{ $labels.instance }} runs at {{ $value | humanizePercentage }} of its "
+                  "busy peers' median (SM clock, SM activity or power) while it is busy itself; synchronous "
+                  "training waits for it."),
+            Alert("NodeStraggler",
+                  f"({SM_CLOCK_MEDIAN} / scalar({NODE_CLOCK_MEDIAN}) < {ratio}"
+                  f" or {SM_ACTIVE_MEDIAN} / scalar({NODE_ACTIVE_MEDIAN}) < {ratio})"
+                  f" and on (instance) {BUSY_GPUS} > 0 and on () count({SM_CLOCK_MEDIAN}) >= 3",
+                  s.straggler_for, "warning", "All GPUs of a node lag the other nodes",
+                  "The busy GPUs of {{ $labels.instance }} run at {{ $value | humanizePercentage }} of the median node "
+                  "(SM clock or SM activity)."),
+        )),
+        Group("gpuscope-job-stragglers", (
+            Alert("GpuStraggler",
+                  f"({c.GPU_SM_CLOCK.name} * on (instance, gpu, uuid) group_left (job_id) {c.GPU_JOB_INFO.name}"
+                  f" / on (job_id) group_left {JOB_CLOCK_MEDIAN} < {ratio}"
+                  f" or {c.GPU_SM_ACTIVE.name} * on (instance, gpu, uuid) group_left (job_id) {c.GPU_JOB_INFO.name}"
+                  f" / on (job_id) group_left {JOB_ACTIVE_MEDIAN} < {ratio})"
+                  f" and on (instance, gpu, uuid) {BUSY}",
+                  s.straggler_for, "warning", "A busy GPU is persistently slower than the other GPUs of its job",
+                  "GPU {{ $labels.gpu }} on {{ $labels.instance }} runs at {{ $value | humanizePercentage }} of the "
+                  "median GPU of job {{ $labels.job_id }} (SM clock or SM activity).", (("scope", "job"),)),
+            Alert("NodeStraggler",
+                  f"{NODE_IN_JOB_CLOCK_MEDIAN} / on (job_id) group_left {JOB_NODE_CLOCK_MEDIAN} < {ratio}"
+                  f" and on (job_id) {JOB_NODES} >= 3",
+                  s.straggler_for, "warning", "All GPUs of a node lag the other nodes of their job",
+                  "The busy GPUs of {{ $labels.instance }} run at {{ $value | humanizePercentage }} of the median node "
+                  "of job {{ $labels.job_id }}.", (("scope", "job"),)),
+        )),
+    ]
 
 
 def thermal_alerts(s: Settings) -> Group:
@@ -193,64 +200,69 @@ def thermal_alerts(s: Settings) -> Group:
     ))
 
 
-def communication_alerts(s: Settings) -> Group:
+def communication_alerts(s: Settings) -> list[Group]:
+    """The network (collective and EFA, per node) and the GPU links (NVLink, PCIe, per GPU)."""
     efa = c.EFA_NODE_COUNTERS
     nvlink = c.GPU_NVLINK_ERRORS.name
-    return Group("gpuscope-communication", (
-        Alert("CollectiveStall",
-              f"min by (instance) ({c.GPU_UTILIZATION.name}) >= {s.stall_utilization}"
-              f" and on (instance) max by (instance) ({c.GPU_POWER.name} / {c.GPU_POWER_LIMIT.name})"
-              f" < {s.stall_power_fraction}"
-              f" and on (instance) {EFA_RATE} < {s.stall_network_bytes_per_second:g}",
-              s.stall_for, "critical", "A collective operation hangs (NCCL hang signature)",
-              "Every GPU of {{ $labels.instance }} shows 100 % utilization at near-idle power and the node's "
-              "EFA traffic is flat: the job is stuck in a collective, not computing."),
-        Alert("EfaTrafficStalled",
-              f"{EFA_RATE} < {s.efa_stall_fraction} * scalar({EFA_MEDIAN})"
-              f" and on () {EFA_MEDIAN} > {s.efa_busy_bytes_per_second:g}"
-              f" and on (instance) {BUSY_GPUS} > 0",
-              s.efa_stall_for, "critical", "A busy node's EFA traffic collapsed while its peers keep going",
-              "{{ $labels.instance }} moves {{ $value | humanize }}B/s over EFA while the median node moves "
-              "more than a GB/s, and its GPUs are busy."),
-        # EFA errors per node, from the exporter's node totals: one series per node instead of 32 keeps
-        # these rules cheap at fleet scale; the node dashboard shows which device (runbook).
-        Alert("EfaRetransmitTimeouts", f"rate({efa['retrans_timeout_events'].name}[5m]) > 0",
-              s.efa_error_for, "warning", "EFA traffic times out and changes network paths",
-              "{{ $labels.instance }} sees {{ $value | humanize }} EFA retransmit timeouts per second; the node "
-              "dashboard's EFA panels show which devices."),
-        Alert("EfaRemoteConnectionImpaired",
-              f"rate({efa['unresponsive_remote_events'].name}[5m])"
-              f" + rate({efa['impaired_remote_conn_events'].name}[5m]) > 0",
-              s.efa_error_for, "warning", "EFA connections to remote peers are unresponsive or impaired",
-              "{{ $labels.instance }} reports {{ $value | humanize }} unresponsive or impaired remote EFA "
-              "connection events per second."),
-        Alert("EfaPacketDrops", f"rate({efa['rx_drops'].name}[5m]) > 0",
-              s.efa_error_for, "warning", "EFA devices drop received packets",
-              "The EFA devices of {{ $labels.instance }} drop {{ $value | humanize }} packets per second."),
-        Alert("EfaWorkRequestErrors",
-              f"rate({efa['rdma_read_wr_err'].name}[5m]) + rate({efa['rdma_write_wr_err'].name}[5m]) > 0",
-              s.efa_error_for, "warning", "RDMA work requests fail on EFA",
-              "{{ $labels.instance }} fails {{ $value | humanize }} RDMA work requests per second over EFA."),
-        Alert("NvlinkErrors", f'increase({nvlink}{{type=~"replay|recovery"}}[5m]) > 0',
-              "0m", "warning", "NVLink replay or recovery errors",
-              "GPU {{ $labels.gpu }} on {{ $labels.instance }} logged {{ $value }} NVLink {{ $labels.type }} "
-              "errors in 5 minutes.", (("signal", "link_retries"),)),
-        Alert("NvlinkErrors", f'rate({nvlink}{{type=~"crc_flit|crc_data"}}[5m]) > {s.nvlink_crc_per_second:g}',
-              "5m", "warning", "NVLink CRC errors at a high rate",
-              "GPU {{ $labels.gpu }} on {{ $labels.instance }} sees {{ $value | humanize }} NVLink "
-              "{{ $labels.type }} errors per second.", (("signal", "crc_rate"),)),
-        Alert("PcieReplayRateHigh", f"rate({c.GPU_PCIE_REPLAYS.name}[5m]) * 60 > {s.pcie_replays_per_minute:g}",
-              "5m", "warning", "PCIe replays above what a healthy link shows",
-              "GPU {{ $labels.gpu }} on {{ $labels.instance }} replays {{ $value | humanize }} PCIe packets per "
-              "minute."),
-        Alert("PcieLinkDegraded",
-              f"({c.GPU_PCIE_GENERATION.name} < {c.GPU_PCIE_GENERATION_MAX.name}"
-              f" or {c.GPU_PCIE_WIDTH.name} < {c.GPU_PCIE_WIDTH_MAX.name})"
-              f" and on (instance, gpu, uuid) {BUSY}",
-              s.pcie_degraded_for, "warning", "A busy GPU's PCIe link runs below its generation or width",
-              "GPU {{ $labels.gpu }} on {{ $labels.instance }} trains over a PCIe link slower than it supports "
-              "(idle GPUs may downshift; this one is busy)."),
-    ))
+    return [
+        Group("gpuscope-network", (
+            Alert("CollectiveStall",
+                  f"min by (instance) ({c.GPU_UTILIZATION.name}) >= {s.stall_utilization}"
+                  f" and on (instance) max by (instance) ({c.GPU_POWER.name} / {c.GPU_POWER_LIMIT.name})"
+                  f" < {s.stall_power_fraction}"
+                  f" and on (instance) {EFA_RATE} < {s.stall_network_bytes_per_second:g}",
+                  s.stall_for, "critical", "A collective operation hangs (NCCL hang signature)",
+                  "Every GPU of {{ $labels.instance }} shows 100 % utilization at near-idle power and the node's "
+                  "EFA traffic is flat: the job is stuck in a collective, not computing."),
+            Alert("EfaTrafficStalled",
+                  f"{EFA_RATE} < {s.efa_stall_fraction} * scalar({EFA_MEDIAN})"
+                  f" and on () {EFA_MEDIAN} > {s.efa_busy_bytes_per_second:g}"
+                  f" and on (instance) {BUSY_GPUS} > 0",
+                  s.efa_stall_for, "critical", "A busy node's EFA traffic collapsed while its peers keep going",
+                  "{{ $labels.instance }} moves {{ $value | humanize }}B/s over EFA while the median node moves "
+                  "more than a GB/s, and its GPUs are busy."),
+            # EFA errors per node, from the exporter's node totals: one series per node instead of 32 keeps
+            # these rules cheap at fleet scale; the node dashboard shows which device (runbook).
+            Alert("EfaRetransmitTimeouts", f"rate({efa['retrans_timeout_events'].name}[5m]) > 0",
+                  s.efa_error_for, "warning", "EFA traffic times out and changes network paths",
+                  "{{ $labels.instance }} sees {{ $value | humanize }} EFA retransmit timeouts per second; the node "
+                  "dashboard's EFA panels show which devices."),
+            Alert("EfaRemoteConnectionImpaired",
+                  f"rate({efa['unresponsive_remote_events'].name}[5m])"
+                  f" + rate({efa['impaired_remote_conn_events'].name}[5m]) > 0",
+                  s.efa_error_for, "warning", "EFA connections to remote peers are unresponsive or impaired",
+                  "{{ $labels.instance }} reports {{ $value | humanize }} unresponsive or impaired remote EFA "
+                  "connection events per second."),
+            Alert("EfaPacketDrops", f"rate({efa['rx_drops'].name}[5m]) > 0",
+                  s.efa_error_for, "warning", "EFA devices drop received packets",
+                  "The EFA devices of {{ $labels.instance }} drop {{ $value | humanize }} packets per second."),
+            Alert("EfaWorkRequestErrors",
+                  f"rate({efa['rdma_read_wr_err'].name}[5m]) + rate({efa['rdma_write_wr_err'].name}[5m]) > 0",
+                  s.efa_error_for, "warning", "RDMA work requests fail on EFA",
+                  "{{ $labels.instance }} fails {{ $value | humanize }} RDMA work requests per second over EFA."),
+        )),
+        Group("gpuscope-gpu-links", (
+            Alert("NvlinkErrors", f'increase({nvlink}{{type=~"replay|recovery"}}[5m]) > 0',
+                  "0m", "warning", "NVLink replay or recovery errors",
+                  "GPU {{ $labels.gpu }} on {{ $labels.instance }} logged {{ $value }} NVLink {{ $labels.type }} "
+                  "errors in 5 minutes.", (("signal", "link_retries"),)),
+            Alert("NvlinkErrors", f'rate({nvlink}{{type=~"crc_flit|crc_data"}}[5m]) > {s.nvlink_crc_per_second:g}',
+                  "5m", "warning", "NVLink CRC errors at a high rate",
+                  "GPU {{ $labels.gpu }} on {{ $labels.instance }} sees {{ $value | humanize }} NVLink "
+                  "{{ $labels.type }} errors per second.", (("signal", "crc_rate"),)),
+            Alert("PcieReplayRateHigh", f"rate({c.GPU_PCIE_REPLAYS.name}[5m]) * 60 > {s.pcie_replays_per_minute:g}",
+                  "5m", "warning", "PCIe replays above what a healthy link shows",
+                  "GPU {{ $labels.gpu }} on {{ $labels.instance }} replays {{ $value | humanize }} PCIe packets per "
+                  "minute."),
+            Alert("PcieLinkDegraded",
+                  f"({c.GPU_PCIE_GENERATION.name} < {c.GPU_PCIE_GENERATION_MAX.name}"
+                  f" or {c.GPU_PCIE_WIDTH.name} < {c.GPU_PCIE_WIDTH_MAX.name})"
+                  f" and on (instance, gpu, uuid) {BUSY}",
+                  s.pcie_degraded_for, "warning", "A busy GPU's PCIe link runs below its generation or width",
+                  "GPU {{ $labels.gpu }} on {{ $labels.instance }} trains over a PCIe link slower than it supports "
+                  "(idle GPUs may downshift; this one is busy)."),
+        )),
+    ]
 
 
 def _new_xids(xids: tuple[int, ...], window: str) -> str:
@@ -334,6 +346,6 @@ def agent_alerts(s: Settings) -> Group:
 
 
 def groups(settings: Settings) -> list[Group]:
-    return [*recording_rules(settings), straggler_alerts(settings), thermal_alerts(settings),
-            communication_alerts(settings), gpu_health_alerts(settings), storage_alerts(settings),
+    return [*recording_rules(settings), *straggler_alerts(settings), thermal_alerts(settings),
+            *communication_alerts(settings), gpu_health_alerts(settings), storage_alerts(settings),
             agent_alerts(settings)]
