@@ -51,7 +51,6 @@ def _xids(xids: tuple[int, ...]) -> str:
 BUSY = "instance_gpu:gpuscope_gpu_utilization_ratio:busy"
 SM_CLOCK_MEDIAN = "instance:gpuscope_gpu_sm_clock_hertz:median_busy"
 SM_ACTIVE_MEDIAN = "instance:gpuscope_gpu_sm_active_ratio:median_busy"
-POWER_MEDIAN = "instance:gpuscope_gpu_power_watts:median_busy"
 BUSY_GPUS = "instance:gpuscope_gpus_busy:count"
 GPUS = "instance:gpuscope_gpus:count"
 EFA_RATE = "instance:gpuscope_efa_bytes:rate1m"
@@ -99,7 +98,6 @@ def recording_rules(s: Settings) -> list[Group]:
             Record(GPUS, f"count by (instance) ({c.GPU_UP.name})"),
             Record(SM_CLOCK_MEDIAN, busy_median(c.GPU_SM_CLOCK.name)),
             Record(SM_ACTIVE_MEDIAN, busy_median(c.GPU_SM_ACTIVE.name)),
-            Record(POWER_MEDIAN, busy_median(c.GPU_POWER.name)),
         )),
         Group("gpuscope-fleet-baselines", (
             Record(EFA_RATE, f"sum by (instance) (rate({efa_tx}[1m]) + rate({efa_rx}[1m]))"),
@@ -125,7 +123,11 @@ def recording_rules(s: Settings) -> list[Group]:
 
 
 def straggler_alerts(s: Settings) -> list[Group]:
-    """Peers on the node and in the fleet; peers in the job (a group of its own: the heavier joins)."""
+    """Peers on the node and in the fleet; peers in the job (a group of its own: the heavier joins).
+
+    Slow means a lower SM clock or SM activity than the peers' median. Power is not a signal: it also
+    drops in memory-bound phases and under a power cap, and each signal costs a read of every GPU's
+    series per evaluation (16,384 at 2,048 nodes)."""
     ratio = s.straggler_ratio
 
     def below_peers(metric: str, median: str) -> str:
@@ -135,13 +137,12 @@ def straggler_alerts(s: Settings) -> list[Group]:
         Group("gpuscope-stragglers", (
             Alert("GpuStraggler",
                   f"({below_peers(c.GPU_SM_CLOCK.name, SM_CLOCK_MEDIAN)}"
-                  f" or {below_peers(c.GPU_SM_ACTIVE.name, SM_ACTIVE_MEDIAN)}"
-                  f" or {below_peers(c.GPU_POWER.name, POWER_MEDIAN)})"
+                  f" or {below_peers(c.GPU_SM_ACTIVE.name, SM_ACTIVE_MEDIAN)})"
                   f" and on (instance, gpu, uuid) {BUSY}"
                   f" and on (instance) {BUSY_GPUS} >= 2",
                   s.straggler_for, "warning", "A busy GPU is persistently slower than its peers on the node",
                   "GPU {{ $labels.gpu }} on {{ $labels.instance }} runs at {{ $value | humanizePercentage }} of its "
-                  "busy peers' median (SM clock, SM activity or power) while it is busy itself; synchronous "
+                  "busy peers' median (SM clock or SM activity) while it is busy itself; synchronous "
                   "training waits for it."),
             Alert("NodeStraggler",
                   f"({SM_CLOCK_MEDIAN} / scalar({NODE_CLOCK_MEDIAN}) < {ratio}"
