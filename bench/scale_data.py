@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -200,7 +201,7 @@ def write_openmetrics(path: str, templates: dict[str, Template], layout: Layout,
     return samples
 
 
-def _write_node_extras(out, healthy: Template, node: int, stamps: list[str]) -> int:
+def _write_node_extras(out: TextIO, healthy: Template, node: int, stamps: list[str]) -> int:
     """`up` and the Slurm job of each GPU (jobs of 16 consecutive nodes), constant over the history."""
     job = FIRST_JOB + node // JOB_NODES
     lines = [f'up{{cluster="{CLUSTER}",instance="{instance(node)}",job="gpuscope"}} 1']
