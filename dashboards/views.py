@@ -28,6 +28,12 @@ XIDS = f"{c.GPU_XID_ERRORS.name}{{{CLUSTER}}}"
 EFA_TX = c.EFA_PORT_COUNTERS["tx_bytes"].name
 # Fleet and per-node panels read the exporter's EFA node totals (one series per node, not 32).
 NODE_EFA = {name: metric.name for name, metric in c.EFA_NODE_COUNTERS.items()}
+
+
+def efa_rate(name: str, selector: str = NODE) -> str:
+    """Per-second rate of an EFA node total (by sysfs counter name) over the selected nodes."""
+    return f"rate({NODE_EFA[name]}{{{selector}}}[{RATE}])"
+
 # "EFA devices of GPU n": each device's traffic joined to the GPU under its PCIe switch.
 EFA_BY_GPU = (f"rate({EFA_TX}{{{NODE}}}[{RATE}]) * on (instance, device) group_left (gpu_pci_address) "
               f"{c.RDMA_DEVICE_INFO.name}{{{NODE}}} * on (instance, gpu_pci_address) group_left (gpu) "
@@ -69,7 +75,7 @@ def fleet():
               (q(f"increase({XIDS}[1d]) > 0 or ({XIDS} unless {XIDS} offset 1d)"),),  # first ones count too
               width=12, empty_when_healthy=True),
         Panel("timeseries", "EFA and Lustre throughput",
-              (q(f"sum(rate({NODE_EFA['tx_bytes']}{{{CLUSTER}}}[{RATE}]))", "EFA transmit"),
+              (q(f"sum({efa_rate('tx_bytes', CLUSTER)})", "EFA transmit"),
                q(f"sum(rate({c.LUSTRE_READ_BYTES.name}{{{CLUSTER}}}[{RATE}]))", "Lustre read"),
                q(f"sum(rate({c.LUSTRE_WRITE_BYTES.name}{{{CLUSTER}}}[{RATE}]))", "Lustre write")),
               unit="Bps", width=12),
@@ -93,7 +99,7 @@ def job():
               (q(f"{c.GPU_POWER.name}{{{JOB_NODES}}} * {gpus}", "{{instance}} GPU {{gpu}}"),),
               unit="watt", width=12),
         Panel("timeseries", "EFA traffic per node",
-              (q(f"rate({NODE_EFA['tx_bytes']}{{{JOB_NODES}}}[{RATE}])", "{{instance}}"),),
+              (q(efa_rate("tx_bytes", JOB_NODES), "{{instance}}"),),
               unit="Bps", width=12),
         Panel("timeseries", "Lustre reads per node",
               (q(f"sum by (instance) (rate({c.LUSTRE_READ_BYTES.name}{{{JOB_NODES}}}[{RATE}]))", "{{instance}}"),),
@@ -160,15 +166,15 @@ def network():
     return dashboard("gpuscope-network", "gpuscope / Network", "EFA across the fleet, and NVLink health.",
                      ("cluster", "instance"), [
         Panel("timeseries", "EFA traffic per node",
-              (q(f"rate({NODE_EFA['tx_bytes']}{{{NODE}}}[{RATE}])", "{{instance}} transmit"),
-               q(f"rate({NODE_EFA['rx_bytes']}{{{NODE}}}[{RATE}])", "{{instance}} receive")),
+              (q(efa_rate("tx_bytes"), "{{instance}} transmit"),
+               q(efa_rate("rx_bytes"), "{{instance}} receive")),
               unit="Bps", width=24),
         Panel("timeseries", "Receive drops",
-              (q(f"rate({NODE_EFA['rx_drops']}{{{NODE}}}[{RATE}])", "{{instance}}"),), unit="pps", width=8),
+              (q(efa_rate("rx_drops"), "{{instance}}"),), unit="pps", width=8),
         Panel("timeseries", "Retransmitted packets",
-              (q(f"rate({NODE_EFA['retrans_pkts']}{{{NODE}}}[{RATE}])", "{{instance}}"),), unit="pps", width=8),
+              (q(efa_rate("retrans_pkts"), "{{instance}}"),), unit="pps", width=8),
         Panel("timeseries", "Timeouts, unresponsive and impaired remotes",
-              tuple(q(f"rate({NODE_EFA[name]}{{{NODE}}}[{RATE}])", f"{{{{instance}}}} {name}")
+              tuple(q(efa_rate(name), f"{{{{instance}}}} {name}")
                     for name in ("retrans_timeout_events", "unresponsive_remote_events",
                                  "impaired_remote_conn_events")), width=8),
         Panel("timeseries", "NVLink errors per node",
