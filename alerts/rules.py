@@ -57,45 +57,74 @@ EFA_RATE = "instance:gpuscope_efa_bytes:rate1m"
 EFA_MEDIAN = "cluster:gpuscope_efa_bytes:median_node_rate1m"
 NODE_CLOCK_MEDIAN = "cluster:gpuscope_gpu_sm_clock_hertz:median_node"
 NODE_ACTIVE_MEDIAN = "cluster:gpuscope_gpu_sm_active_ratio:median_node"
-# Job-scoped peers, where job attribution exists (gpuscope_gpu_job_info).
+# Job-scoped peers, where job attribution exists (gpuscope_gpu_job_info): each busy GPU's value with
+# its job_id, recorded once and read by the job medians and the job straggler alert.
+JOB_SM_CLOCK = "instance_gpu_job_id:gpuscope_gpu_sm_clock_hertz:busy"
+JOB_SM_ACTIVE = "instance_gpu_job_id:gpuscope_gpu_sm_active_ratio:busy"
 JOB_CLOCK_MEDIAN = "job_id:gpuscope_gpu_sm_clock_hertz:median_busy"
 JOB_ACTIVE_MEDIAN = "job_id:gpuscope_gpu_sm_active_ratio:median_busy"
 NODE_IN_JOB_CLOCK_MEDIAN = "instance_job_id:gpuscope_gpu_sm_clock_hertz:median_busy"
 JOB_NODE_CLOCK_MEDIAN = "job_id:gpuscope_gpu_sm_clock_hertz:median_node"
 JOB_NODES = "job_id:gpuscope_nodes:count"
-# Fleet dashboard series: one evaluation per interval instead of one per panel step over 16,384 GPUs.
+# GPUs whose clocks a hardware or thermal reason holds down: usually none, so the thermal alerts and
+# the fleet's throttled-GPU table read a handful of series instead of every GPU's reasons.
+THROTTLED = "instance_gpu_reason:gpuscope_gpu_clock_event_active:throttling"
+THROTTLE_REASONS = ("hw_slowdown", "hw_thermal_slowdown", "hw_power_brake", "sw_thermal_slowdown")
+# Fleet dashboard series. A 6 h panel costs about 0.1 ms per series on this machine's Prometheus, so
+# a fleet-wide panel reads these aggregates (one series per cluster, filesystem or target), never
+# one series per node or GPU (bench/scale.py).
 FLEET_QUANTILES = {c.GPU_POWER.name: "cluster:gpuscope_gpu_power_watts:quantile",
                    c.GPU_TEMPERATURE.name: "cluster:gpuscope_gpu_temperature_celsius:quantile"}
 FLEET_AVERAGES = {metric.name: f"cluster:{metric.name}:avg"
                   for metric in (c.GPU_UTILIZATION, c.GPU_SM_ACTIVE, c.GPU_TENSOR_ACTIVE)}
+EFA_NODE_QUANTILES = "cluster:gpuscope_efa_bytes:quantile_node_rate1m"
+FLEET_EFA = {name: f"cluster:{c.EFA_NODE_COUNTERS[name].name.removesuffix('_total')}:rate1m"
+             for name in ("tx_bytes", "rx_bytes", "rx_drops", "retrans_pkts", "retrans_timeout_events",
+                          "unresponsive_remote_events", "impaired_remote_conn_events")}
 NODE_NVLINK_ERRORS = "instance_type:gpuscope_gpu_nvlink_errors:rate5m"
+FLEET_NVLINK_ERRORS = "cluster_type:gpuscope_gpu_nvlink_errors:rate5m"
+FS_RATES = {metric.name: f"cluster_fs:{metric.name.removesuffix('_total')}:rate1m"
+            for metric in (c.LUSTRE_READ_BYTES, c.LUSTRE_WRITE_BYTES)}
+FS_OPERATION_RATES = {metric.name: f"cluster_fs_operation:{metric.name.removesuffix('_total')}:rate1m"
+                      for metric in (c.LUSTRE_OPERATIONS, c.LUSTRE_OPERATION_SECONDS)}
+TARGET_CLIENTS_UNHEALTHY = "cluster_fs_target:gpuscope_lustre_import_unhealthy:count"
+TARGET_RPCS_IN_FLIGHT = "cluster_fs_target:gpuscope_lustre_import_rpcs_in_flight:sum"
+TARGET_RECONNECTS = "cluster_fs_target:gpuscope_lustre_import_connection_attempts:increase5m"
 QUANTILES = (0.05, 0.5, 0.95)
+
+
+def fleet_quantiles(metric: str, by: str = "cluster") -> str:
+    """The 5th, 50th and 95th percentile of `metric` as one series each, told apart by `quantile`."""
+    return " or ".join(f'label_replace(quantile by ({by}) ({q}, {metric}), "quantile", "{q}", "", "")'
+                       for q in QUANTILES)
 
 
 def recording_rules(s: Settings) -> list[Group]:
     """Peer baselines and fleet dashboard series, in small groups: Prometheus evaluates groups in
-    parallel and the rules of one group in turn, so small groups keep each evaluation short at fleet
-    scale (bench/scale.py). A rule reading another group's output sees it one interval late."""
+    parallel and the rules of one group in turn, so a group reads at most about four series per GPU
+    and stays under a second at 2,048 nodes (bench/scale.py). A rule reading another group's output
+    sees it up to one interval late."""
     busy = f"{c.GPU_UTILIZATION.name} > {s.busy_utilization}"
 
     def busy_median(metric: str) -> str:
-        return f"quantile by (instance) (0.5, {metric} and on (instance, gpu, uuid) ({busy}))"
+        return f"quantile by (instance) (0.5, {metric} and on (instance, gpu, uuid) {BUSY})"
 
     def in_job(metric: str) -> str:
         """The busy GPUs' values with the job_id of the job that holds them."""
-        return (f"{metric} * on (instance, gpu, uuid) group_left (job_id) {c.GPU_JOB_INFO.name}"
-                f" and on (instance, gpu, uuid) ({busy})")
+        return (f"{metric} * on (instance, gpu, uuid) group_left (job_id)"
+                f" ({c.GPU_JOB_INFO.name} and on (instance, gpu, uuid) {BUSY})")
 
-    def fleet_quantiles(metric: str) -> str:
-        return " or ".join(f'label_replace(quantile by (cluster) ({q}, {metric}), "quantile", "{q}", "", "")'
-                           for q in QUANTILES)
+    def fleet_rate(metric: str, by: str, window: str = "1m") -> str:
+        return f"sum by ({by}) (rate({metric}[{window}]))"
 
     efa_tx, efa_rx = c.EFA_NODE_COUNTERS["tx_bytes"].name, c.EFA_NODE_COUNTERS["rx_bytes"].name
     return [
-        Group("gpuscope-node-baselines", (
+        Group("gpuscope-node-busy", (
             Record(BUSY, f"{busy}"),
             Record(BUSY_GPUS, f"count by (instance) ({BUSY})"),
             Record(GPUS, f"count by (instance) ({c.GPU_UP.name})"),
+        )),
+        Group("gpuscope-node-baselines", (
             Record(SM_CLOCK_MEDIAN, busy_median(c.GPU_SM_CLOCK.name)),
             Record(SM_ACTIVE_MEDIAN, busy_median(c.GPU_SM_ACTIVE.name)),
         )),
@@ -105,19 +134,41 @@ def recording_rules(s: Settings) -> list[Group]:
             Record(NODE_CLOCK_MEDIAN, f"quantile(0.5, {SM_CLOCK_MEDIAN})"),
             Record(NODE_ACTIVE_MEDIAN, f"quantile(0.5, {SM_ACTIVE_MEDIAN})"),
         )),
-        Group("gpuscope-job-baselines", (
-            Record(JOB_CLOCK_MEDIAN, f"quantile by (job_id) (0.5, {in_job(c.GPU_SM_CLOCK.name)})"),
-            Record(JOB_ACTIVE_MEDIAN, f"quantile by (job_id) (0.5, {in_job(c.GPU_SM_ACTIVE.name)})"),
-            Record(NODE_IN_JOB_CLOCK_MEDIAN, f"quantile by (instance, job_id) (0.5, {in_job(c.GPU_SM_CLOCK.name)})"),
+        Group("gpuscope-job-clock", (
+            Record(JOB_SM_CLOCK, in_job(c.GPU_SM_CLOCK.name)),
+            Record(JOB_CLOCK_MEDIAN, f"quantile by (job_id) (0.5, {JOB_SM_CLOCK})"),
+        )),
+        Group("gpuscope-job-nodes", (
+            Record(NODE_IN_JOB_CLOCK_MEDIAN, f"quantile by (instance, job_id) (0.5, {JOB_SM_CLOCK})"),
             Record(JOB_NODE_CLOCK_MEDIAN, f"quantile by (job_id) (0.5, {NODE_IN_JOB_CLOCK_MEDIAN})"),
             Record(JOB_NODES, f"count by (job_id) ({NODE_IN_JOB_CLOCK_MEDIAN})"),
         )),
-        Group("gpuscope-fleet-dashboards", (
-            *(Record(record, fleet_quantiles(metric)) for metric, record in FLEET_QUANTILES.items()),
-            *(Record(record, f"avg by (cluster) ({metric})") for metric, record in FLEET_AVERAGES.items()),
+        Group("gpuscope-job-activity", (
+            Record(JOB_SM_ACTIVE, in_job(c.GPU_SM_ACTIVE.name)),
+            Record(JOB_ACTIVE_MEDIAN, f"quantile by (job_id) (0.5, {JOB_SM_ACTIVE})"),
         )),
+        *(Group(f"gpuscope-fleet-{name}", (Record(record, fleet_quantiles(metric)),))
+          for name, (metric, record) in zip(("power", "temperature"), FLEET_QUANTILES.items(), strict=True)),
+        Group("gpuscope-fleet-activity", tuple(Record(record, f"avg by (cluster) ({metric})")
+                                               for metric, record in FLEET_AVERAGES.items())),
         Group("gpuscope-network-dashboards", (
-            Record(NODE_NVLINK_ERRORS, f"sum by (instance, type) (rate({c.GPU_NVLINK_ERRORS.name}[5m]))"),
+            Record(EFA_NODE_QUANTILES, fleet_quantiles(EFA_RATE)),
+            *(Record(record, fleet_rate(c.EFA_NODE_COUNTERS[name].name, "cluster"))
+              for name, record in FLEET_EFA.items()),
+        )),
+        Group("gpuscope-nvlink-dashboards", (
+            Record(NODE_NVLINK_ERRORS, fleet_rate(c.GPU_NVLINK_ERRORS.name, "instance, type", "5m")),
+            Record(FLEET_NVLINK_ERRORS, f"sum by (cluster, type) ({NODE_NVLINK_ERRORS})"),
+        )),
+        Group("gpuscope-storage-dashboards", (
+            *(Record(record, fleet_rate(metric, "cluster, fs")) for metric, record in FS_RATES.items()),
+            *(Record(record, fleet_rate(metric, "cluster, fs, operation"))
+              for metric, record in FS_OPERATION_RATES.items()),
+            Record(TARGET_CLIENTS_UNHEALTHY,
+                   f"sum by (cluster, fs, target) ({c.LUSTRE_IMPORT_HEALTHY.name} == bool 0)"),
+            Record(TARGET_RPCS_IN_FLIGHT, f"sum by (cluster, fs, target) ({c.LUSTRE_RPCS_IN_FLIGHT.name})"),
+            Record(TARGET_RECONNECTS,
+                   f"sum by (cluster, fs, target) (increase({c.LUSTRE_CONNECT_ATTEMPTS.name}[5m]))"),
         )),
     ]
 
@@ -154,11 +205,8 @@ def straggler_alerts(s: Settings) -> list[Group]:
         )),
         Group("gpuscope-job-stragglers", (
             Alert("GpuStraggler",
-                  f"({c.GPU_SM_CLOCK.name} * on (instance, gpu, uuid) group_left (job_id) {c.GPU_JOB_INFO.name}"
-                  f" / on (job_id) group_left {JOB_CLOCK_MEDIAN} < {ratio}"
-                  f" or {c.GPU_SM_ACTIVE.name} * on (instance, gpu, uuid) group_left (job_id) {c.GPU_JOB_INFO.name}"
-                  f" / on (job_id) group_left {JOB_ACTIVE_MEDIAN} < {ratio})"
-                  f" and on (instance, gpu, uuid) {BUSY}",
+                  f"{JOB_SM_CLOCK} / on (job_id) group_left {JOB_CLOCK_MEDIAN} < {ratio}"
+                  f" or {JOB_SM_ACTIVE} / on (job_id) group_left {JOB_ACTIVE_MEDIAN} < {ratio}",
                   s.straggler_for, "warning", "A busy GPU is persistently slower than the other GPUs of its job",
                   "GPU {{ $labels.gpu }} on {{ $labels.instance }} runs at {{ $value | humanizePercentage }} of the "
                   "median GPU of job {{ $labels.job_id }} (SM clock or SM activity).", (("scope", "job"),)),
@@ -172,22 +220,26 @@ def straggler_alerts(s: Settings) -> list[Group]:
     ]
 
 
-def thermal_alerts(s: Settings) -> Group:
+def thermal_alerts(s: Settings) -> list[Group]:
+    """Throttling from the recorded throttled GPUs (a group of its own: it reads four reasons of every
+    GPU), temperatures from each GPU's own limits."""
     reason = c.GPU_CLOCK_EVENT.name
     margin, limit = c.GPU_TEMPERATURE_MARGIN.name, c.GPU_TEMPERATURE_LIMIT.name
-    return Group("gpuscope-thermal", (
-        Alert("GpuThermalThrottling", f'{reason}{{reason=~"hw_thermal_slowdown|hw_slowdown"}} == 1',
+    return [Group("gpuscope-thermal-throttling", (
+        Record(THROTTLED, f'{reason}{{reason=~"{"|".join(THROTTLE_REASONS)}"}} == 1'),
+        Alert("GpuThermalThrottling", f'{THROTTLED}{{reason=~"hw_thermal_slowdown|hw_slowdown"}}',
               s.hw_slowdown_for, "critical", "A GPU is slowed down by hardware (thermal or HW slowdown)",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} has {{ $labels.reason }} active: its clocks are "
               "forced down and the whole job waits for it."),
-        Alert("GpuThermalThrottling", f'{reason}{{reason="sw_thermal_slowdown"}} == 1',
+        Alert("GpuThermalThrottling", f'{THROTTLED}{{reason="sw_thermal_slowdown"}}',
               s.sw_thermal_for, "warning", "A GPU is held down by software thermal slowdown",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} has been in SW thermal slowdown for "
               f"{s.sw_thermal_for}."),
-        Alert("GpuPowerBrakeSlowdown", f'{reason}{{reason="hw_power_brake"}} == 1',
+        Alert("GpuPowerBrakeSlowdown", f'{THROTTLED}{{reason="hw_power_brake"}}',
               s.hw_slowdown_for, "critical", "A GPU is held down by the power brake",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} has the HW power brake asserted (external power "
               "or PSU event)."),
+    )), Group("gpuscope-thermal", (
         Alert("GpuTemperatureNearLimit", f"{margin} < {s.temperature_margin_celsius}",
               "5m", "warning", "A GPU is close to its own slowdown temperature",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} is {{ $value }} C from the temperature at which "
@@ -198,7 +250,7 @@ def thermal_alerts(s: Settings) -> Group:
               "5m", "warning", "A GPU's HBM is close to its maximum temperature",
               "HBM of GPU {{ $labels.gpu }} on {{ $labels.instance }} is at {{ $value }} C, within "
               f"{s.hbm_margin_celsius:g} C of its limit."),
-    ))
+    ))]
 
 
 def communication_alerts(s: Settings) -> list[Group]:
@@ -206,7 +258,7 @@ def communication_alerts(s: Settings) -> list[Group]:
     efa = c.EFA_NODE_COUNTERS
     nvlink = c.GPU_NVLINK_ERRORS.name
     return [
-        Group("gpuscope-network", (
+        Group("gpuscope-collective", (
             Alert("CollectiveStall",
                   f"min by (instance) ({c.GPU_UTILIZATION.name}) >= {s.stall_utilization}"
                   f" and on (instance) max by (instance) ({c.GPU_POWER.name} / {c.GPU_POWER_LIMIT.name})"
@@ -215,6 +267,8 @@ def communication_alerts(s: Settings) -> list[Group]:
                   s.stall_for, "critical", "A collective operation hangs (NCCL hang signature)",
                   "Every GPU of {{ $labels.instance }} shows 100 % utilization at near-idle power and the node's "
                   "EFA traffic is flat: the job is stuck in a collective, not computing."),
+        )),
+        Group("gpuscope-network", (
             Alert("EfaTrafficStalled",
                   f"{EFA_RATE} < {s.efa_stall_fraction} * scalar({EFA_MEDIAN})"
                   f" and on () {EFA_MEDIAN} > {s.efa_busy_bytes_per_second:g}"
@@ -242,7 +296,7 @@ def communication_alerts(s: Settings) -> list[Group]:
                   s.efa_error_for, "warning", "RDMA work requests fail on EFA",
                   "{{ $labels.instance }} fails {{ $value | humanize }} RDMA work requests per second over EFA."),
         )),
-        Group("gpuscope-gpu-links", (
+        Group("gpuscope-nvlink", (
             Alert("NvlinkErrors", f'increase({nvlink}{{type=~"replay|recovery"}}[5m]) > 0',
                   "0m", "warning", "NVLink replay or recovery errors",
                   "GPU {{ $labels.gpu }} on {{ $labels.instance }} logged {{ $value }} NVLink {{ $labels.type }} "
@@ -251,6 +305,8 @@ def communication_alerts(s: Settings) -> list[Group]:
                   "5m", "warning", "NVLink CRC errors at a high rate",
                   "GPU {{ $labels.gpu }} on {{ $labels.instance }} sees {{ $value | humanize }} NVLink "
                   "{{ $labels.type }} errors per second.", (("signal", "crc_rate"),)),
+        )),
+        Group("gpuscope-pcie", (
             Alert("PcieReplayRateHigh", f"rate({c.GPU_PCIE_REPLAYS.name}[5m]) * 60 > {s.pcie_replays_per_minute:g}",
                   "5m", "warning", "PCIe replays above what a healthy link shows",
                   "GPU {{ $labels.gpu }} on {{ $labels.instance }} replays {{ $value | humanize }} PCIe packets per "
@@ -272,8 +328,8 @@ def _new_xids(xids: tuple[int, ...], window: str) -> str:
     return f"increase({series}[{window}]) > 0 or ({series} unless {series} offset {window})"
 
 
-def gpu_health_alerts(s: Settings) -> Group:
-    return Group("gpuscope-gpu-health", (
+def gpu_health_alerts(s: Settings) -> list[Group]:
+    return [Group("gpuscope-xid", (
         Alert("GpuXidCritical", _new_xids(s.xid_critical, s.xid_window), "0m", "critical",
               "A GPU reported an XID that needs action",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} reported XID {{ $labels.xid }}: drain the node and "
@@ -285,6 +341,7 @@ def gpu_health_alerts(s: Settings) -> Group:
               "A GPU reported an XID that is usually the application's fault",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} reported XID {{ $labels.xid }} (illegal memory "
               "access, exception or similar): tell the job owner."),
+    )), Group("gpuscope-gpu-health", (
         Alert("GpuLost", f"{c.GPU_UP.name} == 0", s.gpu_lost_for, "critical", "A GPU stopped answering NVML",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} is lost (fallen off the bus, XID 79, or hung).",
               (("cause", "not_answering"),)),
@@ -307,7 +364,7 @@ def gpu_health_alerts(s: Settings) -> Group:
               "The driver asks for a GPU reset or node reboot",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} reports recovery action {{ $value }} "
               "(1 GPU reset, 2 node reboot, 3 drain P2P, 4 drain and reset)."),
-    ))
+    ))]
 
 
 def storage_alerts(s: Settings) -> Group:
@@ -347,6 +404,6 @@ def agent_alerts(s: Settings) -> Group:
 
 
 def groups(settings: Settings) -> list[Group]:
-    return [*recording_rules(settings), *straggler_alerts(settings), thermal_alerts(settings),
-            *communication_alerts(settings), gpu_health_alerts(settings), storage_alerts(settings),
+    return [*recording_rules(settings), *straggler_alerts(settings), *thermal_alerts(settings),
+            *communication_alerts(settings), *gpu_health_alerts(settings), storage_alerts(settings),
             agent_alerts(settings)]

@@ -26,8 +26,13 @@ JOB = (f'max by (instance, gpu, uuid) ({c.GPU_JOB_INFO.name}{{job_id="$job_id"}}
 JOB_NODES = 'instance=~"$job_nodes"'
 XIDS = f"{c.GPU_XID_ERRORS.name}{{{CLUSTER}}}"
 EFA_TX = c.EFA_PORT_COUNTERS["tx_bytes"].name
-# Fleet and per-node panels read the exporter's EFA node totals (one series per node, not 32).
+# Per-node panels read the exporter's EFA node totals (one series per node, not 32).
 NODE_EFA = {name: metric.name for name, metric in c.EFA_NODE_COUNTERS.items()}
+EFA_ERRORS = ("rx_drops", "retrans_pkts", "retrans_timeout_events", "unresponsive_remote_events",
+              "impaired_remote_conn_events")
+FS_READ, FS_WRITE = (rules.FS_RATES[metric.name] for metric in (c.LUSTRE_READ_BYTES, c.LUSTRE_WRITE_BYTES))
+FS_OPS, FS_OP_SECONDS = (rules.FS_OPERATION_RATES[metric.name]
+                         for metric in (c.LUSTRE_OPERATIONS, c.LUSTRE_OPERATION_SECONDS))
 
 
 def efa_rate(name: str, selector: str = NODE) -> str:
@@ -68,16 +73,14 @@ def fleet():
         Panel("table", "Stragglers: GPUs furthest below their node's median SM clock",
               (q(f"bottomk(10, {c.GPU_SM_CLOCK.name}{{{CLUSTER}}} / on (instance) group_left "
                  f"{rules.SM_CLOCK_MEDIAN})"),), unit="percentunit", width=12),
-        Panel("table", "Throttled GPUs",
-              (q(f'{c.GPU_CLOCK_EVENT.name}{{{CLUSTER}, reason=~"hw_.*|sw_thermal_slowdown"}} == 1'),),
-              width=12, empty_when_healthy=True),
+        Panel("table", "Throttled GPUs", (q(f"{rules.THROTTLED}{{{CLUSTER}}}"),), width=12, empty_when_healthy=True),
         Panel("table", "XIDs in the last day",
               (q(f"increase({XIDS}[1d]) > 0 or ({XIDS} unless {XIDS} offset 1d)"),),  # first ones count too
               width=12, empty_when_healthy=True),
         Panel("timeseries", "EFA and Lustre throughput",
-              (q(f"sum({efa_rate('tx_bytes', CLUSTER)})", "EFA transmit"),
-               q(f"sum(rate({c.LUSTRE_READ_BYTES.name}{{{CLUSTER}}}[{RATE}]))", "Lustre read"),
-               q(f"sum(rate({c.LUSTRE_WRITE_BYTES.name}{{{CLUSTER}}}[{RATE}]))", "Lustre write")),
+              (q(f"sum({rules.FLEET_EFA['tx_bytes']}{{{CLUSTER}}})", "EFA transmit"),
+               q(f"sum({FS_READ}{{{CLUSTER}}})", "Lustre read"),
+               q(f"sum({FS_WRITE}{{{CLUSTER}}})", "Lustre write")),
               unit="Bps", width=12),
     ], LINKS)
 
@@ -129,6 +132,8 @@ def node():
         Panel("timeseries", "Lustre per filesystem",
               (q(f"rate({c.LUSTRE_READ_BYTES.name}{{{NODE}}}[{RATE}])", "{{fs}} read"),
                q(f"rate({c.LUSTRE_WRITE_BYTES.name}{{{NODE}}}[{RATE}])", "{{fs}} write")), unit="Bps", width=12),
+        Panel("state_timeline", "Lustre imports (8 FULL, 10 IDLE healthy)",
+              (q(f"{c.LUSTRE_IMPORT_STATE.name}{{{NODE}}}", "{{fs}} {{target}}"),), width=12),
         Panel("timeseries", "Host CPU busy per NUMA node",
               (q(f"rate({c.HOST_CPU_BUSY.name}{{{NODE}}}[{RATE}]) / {c.HOST_CPUS.name}{{{NODE}}}",
                  "NUMA {{numa_node}}"),), unit="percentunit", width=12),
@@ -163,46 +168,55 @@ def gpu():
 
 
 def network():
-    return dashboard("gpuscope-network", "gpuscope / Network", "EFA across the fleet, and NVLink health.",
-                     ("cluster", "instance"), [
-        Panel("timeseries", "EFA traffic per node",
-              (q(efa_rate("tx_bytes"), "{{instance}} transmit"),
-               q(efa_rate("rx_bytes"), "{{instance}} receive")),
-              unit="Bps", width=24),
-        Panel("timeseries", "Receive drops",
-              (q(efa_rate("rx_drops"), "{{instance}}"),), unit="pps", width=8),
-        Panel("timeseries", "Retransmitted packets",
-              (q(efa_rate("retrans_pkts"), "{{instance}}"),), unit="pps", width=8),
-        Panel("timeseries", "Timeouts, unresponsive and impaired remotes",
-              tuple(q(efa_rate(name), f"{{{{instance}}}} {name}")
-                    for name in ("retrans_timeout_events", "unresponsive_remote_events",
-                                 "impaired_remote_conn_events")), width=8),
-        Panel("timeseries", "NVLink errors per node",
-              (q(f"{rules.NODE_NVLINK_ERRORS}{{{NODE}}}", "{{instance}} {{type}}"),), unit="cps", width=24),
+    """Fleet scope: distributions and cluster totals from recording rules over time, and the nodes
+    to look at now as instant tables; one node's devices are on the node view."""
+    errors_now = " or ".join(f'label_replace(rate({NODE_EFA[name]}{{{CLUSTER}}}[5m]) > 0, "counter", "{name}", "", "")'
+                             for name in EFA_ERRORS)
+    return dashboard("gpuscope-network", "gpuscope / Network", "EFA and NVLink across the fleet.", ("cluster",), [
+        Panel("timeseries", "EFA traffic per node: distribution",
+              (q(f"{rules.EFA_NODE_QUANTILES}{{{CLUSTER}}}", "q{{quantile}}"),), unit="Bps", width=12),
+        Panel("timeseries", "EFA traffic, whole cluster",
+              (q(f"sum({rules.FLEET_EFA['tx_bytes']}{{{CLUSTER}}})", "transmit"),
+               q(f"sum({rules.FLEET_EFA['rx_bytes']}{{{CLUSTER}}})", "receive")), unit="Bps", width=12),
+        Panel("timeseries", "EFA errors, whole cluster",
+              tuple(q(f"sum({rules.FLEET_EFA[name]}{{{CLUSTER}}})", name) for name in EFA_ERRORS),
+              unit="cps", width=12),
+        Panel("table", "Nodes moving the least EFA traffic", (q(f"bottomk(10, {rules.EFA_RATE}{{{CLUSTER}}})"),),
+              unit="Bps", width=12),
+        Panel("table", "Nodes with EFA errors now (per second, 5 m)", (q(errors_now),), width=12,
+              empty_when_healthy=True),
+        Panel("timeseries", "NVLink errors, whole cluster",
+              (q(f"sum by (type) ({rules.FLEET_NVLINK_ERRORS}{{{CLUSTER}}})", "{{type}}"),), unit="cps", width=12),
+        Panel("table", "Nodes with NVLink errors now (per second, 5 m)",
+              (q(f"{rules.NODE_NVLINK_ERRORS}{{{CLUSTER}}} > 0"),), width=12, empty_when_healthy=True),
     ], LINKS)
 
 
 def storage():
-    ops = c.LUSTRE_OPERATIONS.name
-    return dashboard("gpuscope-storage", "gpuscope / Storage", "Lustre clients: throughput, latency, imports.",
-                     ("cluster", "instance"), [
+    """Fleet scope like the network view: per filesystem and per target, summed over the clients."""
+    def per_target(record: str) -> str:
+        return f"sum by (fs, target) ({record}{{{CLUSTER}}})"
+
+    return dashboard("gpuscope-storage", "gpuscope / Storage",
+                     "Lustre across the clients: throughput, latency, targets.", ("cluster",), [
         Panel("timeseries", "Throughput per filesystem",
-              (q(f"sum by (fs) (rate({c.LUSTRE_READ_BYTES.name}{{{NODE}}}[{RATE}]))", "{{fs}} read"),
-               q(f"sum by (fs) (rate({c.LUSTRE_WRITE_BYTES.name}{{{NODE}}}[{RATE}]))", "{{fs}} write")),
-              unit="Bps", width=12),
+              (q(f"sum by (fs) ({FS_READ}{{{CLUSTER}}})", "{{fs}} read"),
+               q(f"sum by (fs) ({FS_WRITE}{{{CLUSTER}}})", "{{fs}} write")), unit="Bps", width=12),
         Panel("timeseries", "Operation latency (Lustre 2.14+)",
-              (q(f"sum by (fs, operation) (rate({c.LUSTRE_OPERATION_SECONDS.name}{{{NODE}}}[{RATE}]))"
-                 f" / sum by (fs, operation) (rate({ops}{{{NODE}}}[{RATE}]))", "{{fs}} {{operation}}"),),
+              (q(f"sum by (fs, operation) ({FS_OP_SECONDS}{{{CLUSTER}}})"
+                 f" / sum by (fs, operation) ({FS_OPS}{{{CLUSTER}}})", "{{fs}} {{operation}}"),),
               unit="s", width=12),
-        Panel("state_timeline", "Import state (8 FULL, 10 IDLE healthy)",
-              (q(f"{c.LUSTRE_IMPORT_STATE.name}{{{NODE}}}", "{{instance}} {{fs}} {{target}}"),), width=12),
-        Panel("timeseries", "RPCs in flight per target",
-              (q(f"{c.LUSTRE_RPCS_IN_FLIGHT.name}{{{NODE}}}", "{{instance}} {{target}}"),), width=12),
-        Panel("timeseries", "Reconnects (evictions and server restarts)",
-              (q(f"increase({c.LUSTRE_CONNECT_ATTEMPTS.name}{{{NODE}}}[{RATE}])", "{{instance}} {{target}}"),),
-              width=12),
-        Panel("state_timeline", "Client health_check (1 healthy)",
-              (q(f"{c.LUSTRE_HEALTH_CHECK.name}{{{NODE}}}", "{{instance}}"),), width=12),
+        Panel("timeseries", "Clients not connected, per target",
+              (q(per_target(rules.TARGET_CLIENTS_UNHEALTHY), "{{fs}} {{target}}"),), width=8),
+        Panel("timeseries", "RPCs in flight per target, all clients",
+              (q(per_target(rules.TARGET_RPCS_IN_FLIGHT), "{{fs}} {{target}}"),), width=8),
+        Panel("timeseries", "Reconnects per target, all clients (5 m)",
+              (q(per_target(rules.TARGET_RECONNECTS), "{{fs}} {{target}}"),), width=8),
+        Panel("table", "Clients with a target not connected (state: 8 FULL, 10 IDLE healthy)",
+              (q(f"{c.LUSTRE_IMPORT_STATE.name}{{{CLUSTER}}} and on (instance, fs, target)"
+                 f" {c.LUSTRE_IMPORT_HEALTHY.name}{{{CLUSTER}}} == 0"),), width=16, empty_when_healthy=True),
+        Panel("stat", "Clients failing health_check",
+              (q(f"count({c.LUSTRE_HEALTH_CHECK.name}{{{CLUSTER}}} == 0) or vector(0)"),), width=8),
     ], LINKS)
 
 

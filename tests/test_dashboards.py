@@ -175,6 +175,9 @@ def test_fault_panels_have_data_once_faults_are_injected(live):
     cluster.inject(1, {"kind": "thermal_throttle", "gpu": 3})
     cluster.inject(1, {"kind": "xid", "gpu": 3, "xid": 48})
     cluster.inject(1, {"kind": "gpu_lost", "gpu": 6})
+    cluster.inject(1, {"kind": "nvlink_errors", "gpu": 2})
+    cluster.inject(1, {"kind": "efa_retransmit_storm"})
+    cluster.inject(1, {"kind": "lustre_eviction"})
     faulty = [(name, panel) for name, panel in PANELS if panel.empty_when_healthy]
     assert faulty
     deadline = time.monotonic() + 60
