@@ -129,7 +129,7 @@ def recording_rules(s: Settings) -> list[Group]:
             Record(SM_ACTIVE_MEDIAN, busy_median(c.GPU_SM_ACTIVE.name)),
         )),
         Group("gpuscope-fleet-baselines", (
-            Record(EFA_RATE, f"sum by (instance) (rate({efa_tx}[1m]) + rate({efa_rx}[1m]))"),
+            Record(EFA_RATE, f"sum by (cluster, instance) (rate({efa_tx}[1m]) + rate({efa_rx}[1m]))"),
             Record(EFA_MEDIAN, f"quantile(0.5, {EFA_RATE})"),
             Record(NODE_CLOCK_MEDIAN, f"quantile(0.5, {SM_CLOCK_MEDIAN})"),
             Record(NODE_ACTIVE_MEDIAN, f"quantile(0.5, {SM_ACTIVE_MEDIAN})"),

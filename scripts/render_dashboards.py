@@ -3,7 +3,7 @@
     .venv/bin/python scripts/render_dashboards.py
 
 Four simulated p5.48xlarge nodes in one job, Prometheus with the generated rules (durations
-shortened as in the demo), three minutes of data, then a thermal throttle and an XID on node-1's
+divided by 4, so a 1 m rate window still holds three of the 5 s scrapes), three minutes of data, then a thermal throttle and an XID on node-1's
 GPU 3 and a lost GPU 6, so the fault panels have something to show.
 """
 
@@ -24,7 +24,7 @@ OUT = os.path.join(os.path.dirname(__file__), "..", "docs", "dashboards")
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as work:
-        rules = write_shortened_rules(os.path.join(work, "rules.yml"), 10)
+        rules = write_shortened_rules(os.path.join(work, "rules.yml"), 4)
         with Cluster(os.path.join(work, "nodes"), nodes=4, exporter_args=("--collector.gpu.gpm-interval=5s",)) as c:
             jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [c.write_targets()]}]}]
             with prometheus(jobs, interval="5s", rule_files=[rules]) as prom:
