@@ -253,6 +253,14 @@ def thermal_alerts(s: Settings) -> list[Group]:
     ))]
 
 
+def link_degraded(current: str, maximum: str, signal: str, s: Settings) -> Alert:
+    """A busy GPU's PCIe link below its maximum generation or width (idle GPUs may downshift)."""
+    return Alert("PcieLinkDegraded", f"{current} < {maximum} and on (instance, gpu, uuid) {BUSY}",
+                 s.pcie_degraded_for, "warning", f"A busy GPU's PCIe link runs below its maximum {signal}",
+                 "GPU {{ $labels.gpu }} on {{ $labels.instance }} trains its PCIe link at {{ $value }}, below the "
+                 f"{signal} it supports (idle GPUs may downshift; this one is busy).", (("signal", signal),))
+
+
 def communication_alerts(s: Settings) -> list[Group]:
     """The network (collective and EFA, per node) and the GPU links (NVLink, PCIe, per GPU)."""
     efa = c.EFA_NODE_COUNTERS
@@ -311,13 +319,11 @@ def communication_alerts(s: Settings) -> list[Group]:
                   "5m", "warning", "PCIe replays above what a healthy link shows",
                   "GPU {{ $labels.gpu }} on {{ $labels.instance }} replays {{ $value | humanize }} PCIe packets per "
                   "minute."),
-            Alert("PcieLinkDegraded",
-                  f"({c.GPU_PCIE_GENERATION.name} < {c.GPU_PCIE_GENERATION_MAX.name}"
-                  f" or {c.GPU_PCIE_WIDTH.name} < {c.GPU_PCIE_WIDTH_MAX.name})"
-                  f" and on (instance, gpu, uuid) {BUSY}",
-                  s.pcie_degraded_for, "warning", "A busy GPU's PCIe link runs below its generation or width",
-                  "GPU {{ $labels.gpu }} on {{ $labels.instance }} trains over a PCIe link slower than it supports "
-                  "(idle GPUs may downshift; this one is busy)."),
+            link_degraded(c.GPU_PCIE_GENERATION.name, c.GPU_PCIE_GENERATION_MAX.name, "generation", s),
+        )),
+        # Generation and width are two rules in two groups: each reads three series per GPU.
+        Group("gpuscope-pcie-width", (
+            link_degraded(c.GPU_PCIE_WIDTH.name, c.GPU_PCIE_WIDTH_MAX.name, "width", s),
         )),
     ]
 
