@@ -69,7 +69,7 @@ JOB_NODES = "job_id:gpuscope_nodes:count"
 # GPUs whose clocks a hardware or thermal reason holds down: usually none, so the thermal alerts and
 # the fleet's throttled-GPU table read a handful of series instead of every GPU's reasons.
 THROTTLED = "instance_gpu_reason:gpuscope_gpu_clock_event_active:throttling"
-THROTTLE_REASONS = ("hw_slowdown", "hw_thermal_slowdown", "hw_power_brake", "sw_thermal_slowdown")
+THROTTLE_REASONS = {"hardware": "hw_slowdown|hw_thermal_slowdown|hw_power_brake", "software": "sw_thermal_slowdown"}
 # Fleet dashboard series. A 6 h panel costs about 0.1 ms per series on this machine's Prometheus, so
 # a fleet-wide panel reads these aggregates (one series per cluster, filesystem or target), never
 # one series per node or GPU (bench/scale.py).
@@ -82,6 +82,7 @@ FLEET_EFA = {name: f"cluster:{c.EFA_NODE_COUNTERS[name].name.removesuffix('_tota
              for name in ("tx_bytes", "rx_bytes", "rx_drops", "retrans_pkts", "retrans_timeout_events",
                           "unresponsive_remote_events", "impaired_remote_conn_events")}
 NODE_NVLINK_ERRORS = "instance_type:gpuscope_gpu_nvlink_errors:rate5m"
+NVLINK_ERROR_CLASSES = {"retries": "replay|recovery", "crc": "crc_flit|crc_data"}
 FLEET_NVLINK_ERRORS = "cluster_type:gpuscope_gpu_nvlink_errors:rate5m"
 FS_RATES = {metric.name: f"cluster_fs:{metric.name.removesuffix('_total')}:rate1m"
             for metric in (c.LUSTRE_READ_BYTES, c.LUSTRE_WRITE_BYTES)}
@@ -101,9 +102,10 @@ def fleet_quantiles(metric: str, by: str = "cluster") -> str:
 
 def recording_rules(s: Settings) -> list[Group]:
     """Peer baselines and fleet dashboard series, in small groups: Prometheus evaluates groups in
-    parallel and the rules of one group in turn, so a group reads at most about four series per GPU
-    and stays under a second at 2,048 nodes (bench/scale.py). A rule reading another group's output
-    sees it up to one interval late."""
+    parallel and the rules of one group in turn. At 2,048 nodes reading one series of every GPU
+    costs about 0.2 s on this machine (bench/scale.py), so a group reads at most about four, and a
+    rule that reads more than two sits alone. A rule reading another group's output sees it up to
+    one interval late."""
     busy = f"{c.GPU_UTILIZATION.name} > {s.busy_utilization}"
 
     def busy_median(metric: str) -> str:
@@ -124,46 +126,44 @@ def recording_rules(s: Settings) -> list[Group]:
             Record(BUSY_GPUS, f"count by (instance) ({BUSY})"),
             Record(GPUS, f"count by (instance) ({c.GPU_UP.name})"),
         )),
-        Group("gpuscope-node-baselines", (
-            Record(SM_CLOCK_MEDIAN, busy_median(c.GPU_SM_CLOCK.name)),
-            Record(SM_ACTIVE_MEDIAN, busy_median(c.GPU_SM_ACTIVE.name)),
-        )),
+        Group("gpuscope-node-clock", (Record(SM_CLOCK_MEDIAN, busy_median(c.GPU_SM_CLOCK.name)),)),
+        Group("gpuscope-node-activity", (Record(SM_ACTIVE_MEDIAN, busy_median(c.GPU_SM_ACTIVE.name)),)),
         Group("gpuscope-fleet-baselines", (
             Record(EFA_RATE, f"sum by (cluster, instance) (rate({efa_tx}[1m]) + rate({efa_rx}[1m]))"),
             Record(EFA_MEDIAN, f"quantile(0.5, {EFA_RATE})"),
             Record(NODE_CLOCK_MEDIAN, f"quantile(0.5, {SM_CLOCK_MEDIAN})"),
             Record(NODE_ACTIVE_MEDIAN, f"quantile(0.5, {SM_ACTIVE_MEDIAN})"),
         )),
-        Group("gpuscope-job-clock", (
-            Record(JOB_SM_CLOCK, in_job(c.GPU_SM_CLOCK.name)),
+        Group("gpuscope-job-clock", (Record(JOB_SM_CLOCK, in_job(c.GPU_SM_CLOCK.name)),)),
+        Group("gpuscope-job-activity", (Record(JOB_SM_ACTIVE, in_job(c.GPU_SM_ACTIVE.name)),)),
+        Group("gpuscope-job-baselines", (
             Record(JOB_CLOCK_MEDIAN, f"quantile by (job_id) (0.5, {JOB_SM_CLOCK})"),
-        )),
-        Group("gpuscope-job-nodes", (
+            Record(JOB_ACTIVE_MEDIAN, f"quantile by (job_id) (0.5, {JOB_SM_ACTIVE})"),
             Record(NODE_IN_JOB_CLOCK_MEDIAN, f"quantile by (instance, job_id) (0.5, {JOB_SM_CLOCK})"),
             Record(JOB_NODE_CLOCK_MEDIAN, f"quantile by (job_id) (0.5, {NODE_IN_JOB_CLOCK_MEDIAN})"),
             Record(JOB_NODES, f"count by (job_id) ({NODE_IN_JOB_CLOCK_MEDIAN})"),
-        )),
-        Group("gpuscope-job-activity", (
-            Record(JOB_SM_ACTIVE, in_job(c.GPU_SM_ACTIVE.name)),
-            Record(JOB_ACTIVE_MEDIAN, f"quantile by (job_id) (0.5, {JOB_SM_ACTIVE})"),
         )),
         *(Group(f"gpuscope-fleet-{name}", (Record(record, fleet_quantiles(metric)),))
           for name, (metric, record) in zip(("power", "temperature"), FLEET_QUANTILES.items(), strict=True)),
         Group("gpuscope-fleet-activity", tuple(Record(record, f"avg by (cluster) ({metric})")
                                                for metric, record in FLEET_AVERAGES.items())),
+        # One rule per class of NVLink error types, each in its own group: both read two series per GPU.
+        *(Group(f"gpuscope-nvlink-{name}-dashboards", (
+            Record(NODE_NVLINK_ERRORS, fleet_rate(f'{c.GPU_NVLINK_ERRORS.name}{{type=~"{types}"}}',
+                                                  "cluster, instance, type", "5m")),))
+          for name, types in NVLINK_ERROR_CLASSES.items()),
         Group("gpuscope-network-dashboards", (
             Record(EFA_NODE_QUANTILES, fleet_quantiles(EFA_RATE)),
             *(Record(record, fleet_rate(c.EFA_NODE_COUNTERS[name].name, "cluster"))
               for name, record in FLEET_EFA.items()),
-        )),
-        Group("gpuscope-nvlink-dashboards", (
-            Record(NODE_NVLINK_ERRORS, fleet_rate(c.GPU_NVLINK_ERRORS.name, "instance, type", "5m")),
             Record(FLEET_NVLINK_ERRORS, f"sum by (cluster, type) ({NODE_NVLINK_ERRORS})"),
         )),
-        Group("gpuscope-storage-dashboards", (
+        Group("gpuscope-storage-fs-dashboards", (
             *(Record(record, fleet_rate(metric, "cluster, fs")) for metric, record in FS_RATES.items()),
             *(Record(record, fleet_rate(metric, "cluster, fs, operation"))
               for metric, record in FS_OPERATION_RATES.items()),
+        )),
+        Group("gpuscope-storage-target-dashboards", (
             Record(TARGET_CLIENTS_UNHEALTHY,
                    f"sum by (cluster, fs, target) ({c.LUSTRE_IMPORT_HEALTHY.name} == bool 0)"),
             Record(TARGET_RPCS_IN_FLIGHT, f"sum by (cluster, fs, target) ({c.LUSTRE_RPCS_IN_FLIGHT.name})"),
@@ -174,7 +174,8 @@ def recording_rules(s: Settings) -> list[Group]:
 
 
 def straggler_alerts(s: Settings) -> list[Group]:
-    """Peers on the node and in the fleet; peers in the job (a group of its own: the heavier joins).
+    """A GPU against its node's busy GPUs (a group of its own: it reads three series of every GPU), a
+    node against the fleet, and both against the job's peers from the recorded job values.
 
     Slow means a lower SM clock or SM activity than the peers' median. Power is not a signal: it also
     drops in memory-bound phases and under a power cap, and each signal costs a read of every GPU's
@@ -195,6 +196,8 @@ def straggler_alerts(s: Settings) -> list[Group]:
                   "GPU {{ $labels.gpu }} on {{ $labels.instance }} runs at {{ $value | humanizePercentage }} of its "
                   "busy peers' median (SM clock or SM activity) while it is busy itself; synchronous "
                   "training waits for it."),
+        )),
+        Group("gpuscope-node-stragglers", (
             Alert("NodeStraggler",
                   f"({SM_CLOCK_MEDIAN} / scalar({NODE_CLOCK_MEDIAN}) < {ratio}"
                   f" or {SM_ACTIVE_MEDIAN} / scalar({NODE_ACTIVE_MEDIAN}) < {ratio})"
@@ -221,24 +224,29 @@ def straggler_alerts(s: Settings) -> list[Group]:
 
 
 def thermal_alerts(s: Settings) -> list[Group]:
-    """Throttling from the recorded throttled GPUs (a group of its own: it reads four reasons of every
-    GPU), temperatures from each GPU's own limits."""
-    reason = c.GPU_CLOCK_EVENT.name
+    """Throttling from the recorded throttled GPUs, hardware and software reasons in a group each (the
+    record reads those reasons of every GPU); temperatures from each GPU's own limits."""
     margin, limit = c.GPU_TEMPERATURE_MARGIN.name, c.GPU_TEMPERATURE_LIMIT.name
-    return [Group("gpuscope-thermal-throttling", (
-        Record(THROTTLED, f'{reason}{{reason=~"{"|".join(THROTTLE_REASONS)}"}} == 1'),
+
+    def throttled(kind: str) -> Record:
+        return Record(THROTTLED, f'{c.GPU_CLOCK_EVENT.name}{{reason=~"{THROTTLE_REASONS[kind]}"}} == 1')
+
+    return [Group("gpuscope-thermal-hardware", (
+        throttled("hardware"),
         Alert("GpuThermalThrottling", f'{THROTTLED}{{reason=~"hw_thermal_slowdown|hw_slowdown"}}',
               s.hw_slowdown_for, "critical", "A GPU is slowed down by hardware (thermal or HW slowdown)",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} has {{ $labels.reason }} active: its clocks are "
               "forced down and the whole job waits for it."),
-        Alert("GpuThermalThrottling", f'{THROTTLED}{{reason="sw_thermal_slowdown"}}',
-              s.sw_thermal_for, "warning", "A GPU is held down by software thermal slowdown",
-              "GPU {{ $labels.gpu }} on {{ $labels.instance }} has been in SW thermal slowdown for "
-              f"{s.sw_thermal_for}."),
         Alert("GpuPowerBrakeSlowdown", f'{THROTTLED}{{reason="hw_power_brake"}}',
               s.hw_slowdown_for, "critical", "A GPU is held down by the power brake",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} has the HW power brake asserted (external power "
               "or PSU event)."),
+    )), Group("gpuscope-thermal-software", (
+        throttled("software"),
+        Alert("GpuThermalThrottling", f'{THROTTLED}{{reason="sw_thermal_slowdown"}}',
+              s.sw_thermal_for, "warning", "A GPU is held down by software thermal slowdown",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} has been in SW thermal slowdown for "
+              f"{s.sw_thermal_for}."),
     )), Group("gpuscope-thermal", (
         Alert("GpuTemperatureNearLimit", f"{margin} < {s.temperature_margin_celsius}",
               "5m", "warning", "A GPU is close to its own slowdown temperature",
@@ -304,24 +312,29 @@ def communication_alerts(s: Settings) -> list[Group]:
                   s.efa_error_for, "warning", "RDMA work requests fail on EFA",
                   "{{ $labels.instance }} fails {{ $value | humanize }} RDMA work requests per second over EFA."),
         )),
-        Group("gpuscope-nvlink", (
-            Alert("NvlinkErrors", f'increase({nvlink}{{type=~"replay|recovery"}}[5m]) > 0',
+        # One rule a group from here on: each reads two or three series of every GPU.
+        Group("gpuscope-nvlink-retries", (
+            Alert("NvlinkErrors", f'increase({nvlink}{{type=~"{NVLINK_ERROR_CLASSES["retries"]}"}}[5m]) > 0',
                   "0m", "warning", "NVLink replay or recovery errors",
                   "GPU {{ $labels.gpu }} on {{ $labels.instance }} logged {{ $value }} NVLink {{ $labels.type }} "
                   "errors in 5 minutes.", (("signal", "link_retries"),)),
-            Alert("NvlinkErrors", f'rate({nvlink}{{type=~"crc_flit|crc_data"}}[5m]) > {s.nvlink_crc_per_second:g}',
+        )),
+        Group("gpuscope-nvlink-crc", (
+            Alert("NvlinkErrors",
+                  f'rate({nvlink}{{type=~"{NVLINK_ERROR_CLASSES["crc"]}"}}[5m]) > {s.nvlink_crc_per_second:g}',
                   "5m", "warning", "NVLink CRC errors at a high rate",
                   "GPU {{ $labels.gpu }} on {{ $labels.instance }} sees {{ $value | humanize }} NVLink "
                   "{{ $labels.type }} errors per second.", (("signal", "crc_rate"),)),
         )),
-        Group("gpuscope-pcie", (
+        Group("gpuscope-pcie-replays", (
             Alert("PcieReplayRateHigh", f"rate({c.GPU_PCIE_REPLAYS.name}[5m]) * 60 > {s.pcie_replays_per_minute:g}",
                   "5m", "warning", "PCIe replays above what a healthy link shows",
                   "GPU {{ $labels.gpu }} on {{ $labels.instance }} replays {{ $value | humanize }} PCIe packets per "
                   "minute."),
+        )),
+        Group("gpuscope-pcie-generation", (
             link_degraded(c.GPU_PCIE_GENERATION.name, c.GPU_PCIE_GENERATION_MAX.name, "generation", s),
         )),
-        # Generation and width are two rules in two groups: each reads three series per GPU.
         Group("gpuscope-pcie-width", (
             link_degraded(c.GPU_PCIE_WIDTH.name, c.GPU_PCIE_WIDTH_MAX.name, "width", s),
         )),
@@ -355,6 +368,11 @@ def gpu_health_alerts(s: Settings) -> list[Group]:
               "A node has fewer GPUs than it had",
               "{{ $labels.instance }} now shows {{ $value }} GPUs, fewer than in the last 6 hours.",
               (("cause", "missing"),)),
+        Alert("GpuRecoveryActionRequired", f"{c.GPU_RECOVERY_ACTION.name} > 0", "0m", "critical",
+              "The driver asks for a GPU reset or node reboot",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} reports recovery action {{ $value }} "
+              "(1 GPU reset, 2 node reboot, 3 drain P2P, 4 drain and reset)."),
+    )), Group("gpuscope-gpu-memory", (
         Alert("GpuUncorrectableEccErrors",
               f'increase({c.GPU_ECC_ERRORS.name}{{type="uncorrected", scope="volatile"}}[10m]) > 0',
               "0m", "critical", "A GPU had uncorrectable memory errors",
@@ -366,16 +384,12 @@ def gpu_health_alerts(s: Settings) -> list[Group]:
         Alert("GpuRowRemapPending", f"{c.GPU_REMAP_PENDING.name} == 1", s.remap_pending_for, "warning",
               "A GPU waits for a reset to remap a memory row",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} has a row remap pending until its next reset."),
-        Alert("GpuRecoveryActionRequired", f"{c.GPU_RECOVERY_ACTION.name} > 0", "0m", "critical",
-              "The driver asks for a GPU reset or node reboot",
-              "GPU {{ $labels.gpu }} on {{ $labels.instance }} reports recovery action {{ $value }} "
-              "(1 GPU reset, 2 node reboot, 3 drain P2P, 4 drain and reset)."),
     ))]
 
 
-def storage_alerts(s: Settings) -> Group:
+def storage_alerts(s: Settings) -> list[Group]:
     read, write = c.LUSTRE_READ_BYTES.name, c.LUSTRE_WRITE_BYTES.name
-    return Group("gpuscope-storage", (
+    return [Group("gpuscope-storage", (
         Alert("LustreTargetDisconnected", f"{c.LUSTRE_IMPORT_HEALTHY.name} == 0", s.lustre_disconnected_for,
               "critical", "A Lustre target is not connected",
               "{{ $labels.instance }} has lost its connection to {{ $labels.fs }} {{ $labels.target }}: I/O to "
@@ -385,16 +399,17 @@ def storage_alerts(s: Settings) -> Group:
               f" or increase({c.LUSTRE_CONNECT_ATTEMPTS.name}[10m]) > 0",
               "0m", "warning", "A Lustre client was evicted or had to reconnect",
               "{{ $labels.instance }} was evicted by or reconnected to {{ $labels.fs }} {{ $labels.target }}."),
+        Alert("LustreHealthCheckFailed", f"{c.LUSTRE_HEALTH_CHECK.name} == 0", s.lustre_health_for, "warning",
+              "The Lustre client reports itself unhealthy",
+              "health_check on {{ $labels.instance }} is not 'healthy'."),
+    )), Group("gpuscope-storage-io", (
         Alert("LustreIoStalled",
               f"({c.LUSTRE_RPCS_IN_FLIGHT.name} > 0 or increase({c.LUSTRE_RPC_TIMEOUTS.name}[5m]) > 0)"
               f" and on (instance, fs) (rate({read}[5m]) + rate({write}[5m])) == 0",
               s.lustre_stall_for, "critical", "Lustre I/O is stalled",
               "{{ $labels.instance }} has RPCs outstanding or timing out on {{ $labels.fs }} {{ $labels.target }} "
               "while no bytes move."),
-        Alert("LustreHealthCheckFailed", f"{c.LUSTRE_HEALTH_CHECK.name} == 0", s.lustre_health_for, "warning",
-              "The Lustre client reports itself unhealthy",
-              "health_check on {{ $labels.instance }} is not 'healthy'."),
-    ))
+    ))]
 
 
 def agent_alerts(s: Settings) -> Group:
@@ -411,5 +426,5 @@ def agent_alerts(s: Settings) -> Group:
 
 def groups(settings: Settings) -> list[Group]:
     return [*recording_rules(settings), *straggler_alerts(settings), *thermal_alerts(settings),
-            *communication_alerts(settings), *gpu_health_alerts(settings), storage_alerts(settings),
+            *communication_alerts(settings), *gpu_health_alerts(settings), *storage_alerts(settings),
             agent_alerts(settings)]

@@ -86,7 +86,8 @@ def inlined_recording_rules() -> list[Record]:
         expr = rule.expr
         for name, body in expanded.items():
             expr = re.sub(rf"\b{re.escape(name)}\b(?![{{\[])", f"({body})", expr)
-        expanded[rule.record] = expr
+        # a name recorded by several rules (disjoint label sets, e.g. per error class) is their union
+        expanded[rule.record] = f"({expanded[rule.record]}) or ({expr})" if rule.record in expanded else expr
     return [Record(name, expr) for name, expr in expanded.items()]
 
 

@@ -3,8 +3,9 @@
     .venv/bin/python scripts/render_dashboards.py
 
 Four simulated p5.48xlarge nodes in one job, Prometheus with the generated rules (durations
-divided by 4, so a 1 m rate window still holds three of the 5 s scrapes), three minutes of data, then a thermal throttle and an XID on node-1's
-GPU 3 and a lost GPU 6, so the fault panels have something to show.
+divided by 4, so a 1 m rate window still holds three of the 5 s scrapes), three minutes of data,
+then a thermal throttle and an XID on node-1's GPU 3 and a lost GPU 6, so the fault panels have
+something to show.
 """
 
 from __future__ import annotations
