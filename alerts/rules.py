@@ -94,9 +94,9 @@ TARGET_RECONNECTS = "cluster_fs_target:gpuscope_lustre_import_connection_attempt
 QUANTILES = (0.05, 0.5, 0.95)
 
 
-def fleet_quantiles(metric: str, by: str = "cluster") -> str:
-    """The 5th, 50th and 95th percentile of `metric` as one series each, told apart by `quantile`."""
-    return " or ".join(f'label_replace(quantile by ({by}) ({q}, {metric}), "quantile", "{q}", "", "")'
+def fleet_quantiles(metric: str) -> str:
+    """The 5th, 50th and 95th percentile of `metric` per cluster, one series each, told apart by `quantile`."""
+    return " or ".join(f'label_replace(quantile by (cluster) ({q}, {metric}), "quantile", "{q}", "", "")'
                        for q in QUANTILES)
 
 
