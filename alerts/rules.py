@@ -78,9 +78,10 @@ FLEET_QUANTILES = {c.GPU_POWER.name: "cluster:gpuscope_gpu_power_watts:quantile"
 FLEET_AVERAGES = {metric.name: f"cluster:{metric.name}:avg"
                   for metric in (c.GPU_UTILIZATION, c.GPU_SM_ACTIVE, c.GPU_TENSOR_ACTIVE)}
 EFA_NODE_QUANTILES = "cluster:gpuscope_efa_bytes:quantile_node_rate1m"
+EFA_ERROR_COUNTERS = ("rx_drops", "retrans_pkts", "retrans_timeout_events", "unresponsive_remote_events",
+                      "impaired_remote_conn_events")
 FLEET_EFA = {name: f"cluster:{c.EFA_NODE_COUNTERS[name].name.removesuffix('_total')}:rate1m"
-             for name in ("tx_bytes", "rx_bytes", "rx_drops", "retrans_pkts", "retrans_timeout_events",
-                          "unresponsive_remote_events", "impaired_remote_conn_events")}
+             for name in ("tx_bytes", "rx_bytes", *EFA_ERROR_COUNTERS)}
 NODE_NVLINK_ERRORS = "instance_type:gpuscope_gpu_nvlink_errors:rate5m"
 NVLINK_ERROR_CLASSES = {"retries": "replay|recovery", "crc": "crc_flit|crc_data"}
 FLEET_NVLINK_ERRORS = "cluster_type:gpuscope_gpu_nvlink_errors:rate5m"

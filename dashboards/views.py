@@ -28,8 +28,6 @@ XIDS = f"{c.GPU_XID_ERRORS.name}{{{CLUSTER}}}"
 EFA_TX = c.EFA_PORT_COUNTERS["tx_bytes"].name
 # Per-node panels read the exporter's EFA node totals (one series per node, not 32).
 NODE_EFA = {name: metric.name for name, metric in c.EFA_NODE_COUNTERS.items()}
-EFA_ERRORS = ("rx_drops", "retrans_pkts", "retrans_timeout_events", "unresponsive_remote_events",
-              "impaired_remote_conn_events")
 FS_READ, FS_WRITE = (rules.FS_RATES[metric.name] for metric in (c.LUSTRE_READ_BYTES, c.LUSTRE_WRITE_BYTES))
 FS_OPS, FS_OP_SECONDS = (rules.FS_OPERATION_RATES[metric.name]
                          for metric in (c.LUSTRE_OPERATIONS, c.LUSTRE_OPERATION_SECONDS))
@@ -171,7 +169,7 @@ def network():
     """Fleet scope: distributions and cluster totals from recording rules over time, and the nodes
     to look at now as instant tables; one node's devices are on the node view."""
     errors_now = " or ".join(f'label_replace(rate({NODE_EFA[name]}{{{CLUSTER}}}[5m]) > 0, "counter", "{name}", "", "")'
-                             for name in EFA_ERRORS)
+                             for name in rules.EFA_ERROR_COUNTERS)
     return dashboard("gpuscope-network", "gpuscope / Network", "EFA and NVLink across the fleet.", ("cluster",), [
         Panel("timeseries", "EFA traffic per node: distribution",
               (q(f"{rules.EFA_NODE_QUANTILES}{{{CLUSTER}}}", "q{{quantile}}"),), unit="Bps", width=12),
@@ -179,7 +177,7 @@ def network():
               (q(f"sum({rules.FLEET_EFA['tx_bytes']}{{{CLUSTER}}})", "transmit"),
                q(f"sum({rules.FLEET_EFA['rx_bytes']}{{{CLUSTER}}})", "receive")), unit="Bps", width=12),
         Panel("timeseries", "EFA errors, whole cluster",
-              tuple(q(f"sum({rules.FLEET_EFA[name]}{{{CLUSTER}}})", name) for name in EFA_ERRORS),
+              tuple(q(f"sum({rules.FLEET_EFA[name]}{{{CLUSTER}}})", name) for name in rules.EFA_ERROR_COUNTERS),
               unit="cps", width=12),
         Panel("table", "Nodes moving the least EFA traffic", (q(f"bottomk(10, {rules.EFA_RATE}{{{CLUSTER}}})"),),
               unit="Bps", width=12),
