@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -31,7 +32,12 @@ def efa_sysfs(tmp_path):
 
 @pytest.fixture
 def fifos():
-    """Creates FIFOs that block readers, and lets every blocked reader go at the end of the test."""
+    """Creates FIFOs that block readers; at the end lets every blocked collector thread go.
+
+    A collector thread may reach its FIFO only after the test is over (a slow machine), and a
+    released one may walk on into the next FIFO, so release is repeated until no collector thread
+    is left: a thread leaked into the next test would spoil its thread count.
+    """
     made: list[str] = []
 
     def make(path) -> None:
@@ -40,21 +46,24 @@ def fifos():
         made.append(str(path))
 
     yield make
-    for path in made:
-        for _ in range(8):  # one blocked reader per earlier scrape at most
-            try:
+    deadline = time.monotonic() + 10
+    while collector_threads() and time.monotonic() < deadline:
+        for path in made:
+            with contextlib.suppress(OSError):  # no reader on this one yet
                 os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-            except OSError:
-                break
-            time.sleep(0.01)
+        time.sleep(0.01)
+    assert not collector_threads(), "collector threads still blocked after the test"
 
 
 def port_counter(sysfs, device: str, name: str):
     return sysfs / "class/infiniband" / device / "ports/1/hw_counters" / name
 
 
-def collector_threads(name: str) -> int:
-    return sum(1 for thread in threading.enumerate() if thread.name == f"collector-{name}")
+def collector_threads(name: str = "") -> int:
+    """Live collector worker threads: of one collector, or of any."""
+    prefix = f"collector-{name}"
+    return sum(1 for thread in threading.enumerate()
+               if thread.name == prefix or (not name and thread.name.startswith(prefix)))
 
 
 def test_hung_read_costs_one_scrape_then_only_its_device(efa_sysfs, fifos, tmp_path):
