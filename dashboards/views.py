@@ -33,9 +33,9 @@ FS_OPS, FS_OP_SECONDS = (rules.FS_OPERATION_RATES[metric.name]
                          for metric in (c.LUSTRE_OPERATIONS, c.LUSTRE_OPERATION_SECONDS))
 
 
-def efa_rate(name: str, selector: str = NODE) -> str:
+def efa_rate(name: str, selector: str, window: str = RATE) -> str:
     """Per-second rate of an EFA node total (by sysfs counter name) over the selected nodes."""
-    return f"rate({NODE_EFA[name]}{{{selector}}}[{RATE}])"
+    return f"rate({NODE_EFA[name]}{{{selector}}}[{window}])"
 
 # "EFA devices of GPU n": each device's traffic joined to the GPU under its PCIe switch.
 EFA_BY_GPU = (f"rate({EFA_TX}{{{NODE}}}[{RATE}]) * on (instance, device) group_left (gpu_pci_address) "
@@ -168,7 +168,7 @@ def gpu():
 def network():
     """Fleet scope: distributions and cluster totals from recording rules over time, and the nodes
     to look at now as instant tables; one node's devices are on the node view."""
-    errors_now = " or ".join(f'label_replace(rate({NODE_EFA[name]}{{{CLUSTER}}}[5m]) > 0, "counter", "{name}", "", "")'
+    errors_now = " or ".join(f'label_replace({efa_rate(name, CLUSTER, "5m")} > 0, "counter", "{name}", "", "")'
                              for name in rules.EFA_ERROR_COUNTERS)
     return dashboard("gpuscope-network", "gpuscope / Network", "EFA and NVLink across the fleet.", ("cluster",), [
         Panel("timeseries", "EFA traffic per node: distribution",
