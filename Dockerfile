@@ -4,7 +4,7 @@
 # `nvidia`, NVIDIA_DRIVER_CAPABILITIES=utility), so no CUDA base image is needed.
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE NOTICE ./
 COPY exporter ./exporter
 COPY alerts ./alerts
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .

@@ -6,14 +6,16 @@ busy GPUs of a node, and over the nodes) are recording rules, so alerts and dash
 pre-aggregated series instead of recomputing medians over every GPU of the fleet.
 
 Node identity is `instance`; GPU alerts carry `gpu` and `uuid`, EFA alerts `device`, Lustre alerts
-`fs` and `target`, because each alert keeps the labels of the series it is about.
+`fs` and `target`, because each alert keeps the labels of the series it is about. The expressions
+are written in these canonical labels; `groups()` fits them to the settings (selector, cluster and
+node label names, alerts switched off or given another severity).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from alerts.settings import Settings
+from alerts.settings import Settings, load_settings
 from exporter import catalog as c
 
 
@@ -415,7 +417,7 @@ def storage_alerts(s: Settings) -> list[Group]:
 
 def agent_alerts(s: Settings) -> Group:
     return Group("gpuscope-agent", (
-        Alert("GpuscopeExporterDown", f'up{{job="{s.exporter_job}"}} == 0', s.exporter_down_for, "critical",
+        Alert("GpuscopeExporterDown", f"up{{{s.selector}}} == 0", s.exporter_down_for, "critical",
               "The gpuscope exporter does not answer",
               "Prometheus cannot scrape gpuscope on {{ $labels.instance }}: nothing on this node is watched."),
         Alert("GpuscopeCollectorFailing", f"{c.COLLECTOR_SUCCESS.name} == 0", s.collector_failing_for, "warning",
@@ -425,7 +427,37 @@ def agent_alerts(s: Settings) -> Group:
     ))
 
 
-def groups(settings: Settings) -> list[Group]:
+def _canonical_groups(settings: Settings) -> list[Group]:
     return [*recording_rules(settings), *straggler_alerts(settings), *thermal_alerts(settings),
             *communication_alerts(settings), *gpu_health_alerts(settings), *storage_alerts(settings),
             agent_alerts(settings)]
+
+
+def alert_names() -> frozenset[str]:
+    """Every alert that exists, for checking a settings file's `alerts:` overrides."""
+    return frozenset(rule.alert for group in _canonical_groups(Settings()) for rule in group.rules
+                     if isinstance(rule, Alert))
+
+
+def load(path: str) -> Settings:
+    """The settings file at `path` (defaults if empty), its alert overrides checked against the alerts."""
+    return load_settings(path, alert_names())
+
+
+def _localized(rule: Record | Alert, s: Settings) -> Record | Alert:
+    if isinstance(rule, Record):
+        return replace(rule, expr=s.expr(rule.expr))
+    return replace(rule, expr=s.expr(rule.expr), severity=s.severity(rule.alert, rule.severity),
+                   summary=s.template(rule.summary), description=s.template(rule.description))
+
+
+def groups(settings: Settings) -> list[Group]:
+    """Every rule group for these settings: alerts switched off are left out (and a group left empty
+    with them), the rest carry the user's selector, label names and severities."""
+    out = []
+    for group in _canonical_groups(settings):
+        rules = tuple(_localized(rule, settings) for rule in group.rules
+                      if not (isinstance(rule, Alert) and rule.alert in settings.disabled_alerts))
+        if rules:
+            out.append(Group(group.name, rules))
+    return out

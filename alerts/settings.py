@@ -1,15 +1,24 @@
-"""Alert thresholds and durations: named settings, each default with the evidence behind it.
+"""The one settings object of the rules and the dashboards, as a monitoring mixin's `_config`.
 
-Users override any of them in one YAML file (`gpuscope alerts build --config FILE`), keys being the
-field names below. Sources are REFERENCE.md §4 and the documents it cites.
+Which series are gpuscope's (`selector`), what the cluster and node labels are called, each alert's
+thresholds and durations (every default with the evidence behind it, REFERENCE.md §4), and which
+alerts are on at what severity. Users override any of them in one YAML file read by both
+`gpuscope alerts build --config FILE` and `gpuscope dashboards build --config FILE`; keys are the
+field names below, plus `alerts:` (alert name to `enabled` and/or `severity`). docs/configuration.md
+shows an example.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from alerts import promql
 from exporter.config import ConfigError, load_yaml
+
+SEVERITIES = ("critical", "warning", "info")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_]\w*$")
 
 
 class SettingsError(ValueError):
@@ -18,8 +27,17 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    # Which Prometheus job scrapes the exporters (GpuscopeExporterDown).
-    exporter_job: str = "gpuscope"
+    # Label matchers on every gpuscope_* series a rule or panel reads, and on `up` for
+    # GpuscopeExporterDown: only the exporters' own scrape job counts, so a federated copy or a
+    # second job scraping the same targets never doubles a median or breaks a join.
+    selector: str = 'job="gpuscope"'
+    # The label naming the cluster (fleet records and dashboards group and filter by it) and the one
+    # naming the node (peer medians, joins, annotations).
+    cluster_label: str = "cluster"
+    node_label: str = "instance"
+    # Alerts switched off, and severities overridden: `alerts: {Name: {enabled: false, severity: info}}`.
+    disabled_alerts: frozenset[str] = frozenset()
+    severities: tuple[tuple[str, str], ...] = ()
     # A GPU counts as busy above this utilization: stragglers and stalls are judged on busy GPUs only,
     # so an idle node or an idle job never looks slow (the trap in issue 5).
     busy_utilization: float = 0.5
@@ -69,26 +87,81 @@ class Settings:
     collector_failing_for: str = "10m"
     runbook_base_url: str = "https://github.com/gpuscope/gpuscope/blob/main/alerts/runbooks"
 
+    @property
+    def label_names(self) -> dict[str, str]:
+        """gpuscope's canonical label names to the user's."""
+        return {"instance": self.node_label, "cluster": self.cluster_label}
 
-def load_settings(path: str = "") -> Settings:
-    """Defaults, overridden by the YAML file at `path` if given."""
+    def expr(self, expr: str) -> str:
+        """A PromQL expression written in canonical labels, for these settings (alerts/promql.py)."""
+        return promql.localize(expr, self.selector, self.label_names)
+
+    def template(self, text: str) -> str:
+        """An annotation or a legend written in canonical labels, for these settings."""
+        return promql.localize_template(text, self.label_names)
+
+    def severity(self, alert: str, default: str) -> str:
+        return dict(self.severities).get(alert, default)
+
+
+# Keys of the settings file that are not plain fields.
+_SPECIAL = {"disabled_alerts", "severities"}
+
+
+def load_settings(path: str = "", alert_names: frozenset[str] = frozenset()) -> Settings:
+    """Defaults, overridden by the YAML file at `path` if given. `alert_names` are the alerts that
+    exist, so a misspelt name under `alerts:` is an error, not a silently ignored override."""
     if not path:
         return Settings()
     try:
-        data = load_yaml(path, "alert settings")
+        data = load_yaml(path, "settings")
     except ConfigError as exc:
         raise SettingsError(str(exc)) from None
     if not isinstance(data, dict):
-        raise SettingsError(f"alert settings {path}: must be a mapping of setting names to values")
-    known = {f.name: f for f in fields(Settings)}
+        raise SettingsError(f"settings {path}: must be a mapping of setting names to values")
+    known = {f.name for f in fields(Settings)} - _SPECIAL
     overrides: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in known:
-            raise SettingsError(f"alert settings {path}: unknown setting {key!r}")
-        default = getattr(Settings(), key)
-        try:
-            overrides[key] = tuple(int(v) for v in value) if isinstance(default, tuple) else type(default)(value)
-        except (TypeError, ValueError):
-            raise SettingsError(f"alert settings {path}: {key}: expected {type(default).__name__}, "
-                                f"got {value!r}") from None
+        if key == "alerts":
+            overrides.update(_alert_overrides(path, value, alert_names))
+        elif key in known:
+            overrides[key] = _field_value(path, key, value)
+        else:
+            raise SettingsError(f"settings {path}: unknown setting {key!r}")
     return replace(Settings(), **overrides)
+
+
+def _field_value(path: str, key: str, value: Any) -> Any:
+    default = getattr(Settings(), key)
+    try:
+        converted = tuple(int(v) for v in value) if isinstance(default, tuple) else type(default)(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"settings {path}: {key}: expected {type(default).__name__}, got {value!r}") from None
+    if key in ("cluster_label", "node_label") and not _LABEL_NAME.match(converted):
+        raise SettingsError(f"settings {path}: {key}: {converted!r} is not a Prometheus label name")
+    if key == "selector" and not promql.MATCHERS.match(converted):
+        raise SettingsError(f"settings {path}: selector: {converted!r} is not a list of label matchers "
+                            'such as job="gpuscope" (rules need it to tell gpuscope\'s `up` series apart)')
+    return converted
+
+
+def _alert_overrides(path: str, value: Any, alert_names: frozenset[str]) -> dict[str, Any]:
+    """`alerts: {Name: {enabled: bool, severity: critical|warning|info}}` as disabled_alerts and severities."""
+    if not isinstance(value, dict):
+        raise SettingsError(f"settings {path}: alerts: must map alert names to {{enabled, severity}}")
+    disabled, severities = set(), []
+    for name, override in value.items():
+        where = f"settings {path}: alerts.{name}"
+        if alert_names and name not in alert_names:
+            raise SettingsError(f"{where}: no such alert (known: {', '.join(sorted(alert_names))})")
+        if not isinstance(override, dict) or not override or set(override) - {"enabled", "severity"}:
+            raise SettingsError(f"{where}: must be a mapping with enabled and/or severity")
+        if not isinstance(override.get("enabled", True), bool):
+            raise SettingsError(f"{where}.enabled: expected true or false, got {override['enabled']!r}")
+        if override.get("enabled") is False:
+            disabled.add(name)
+        if "severity" in override:
+            if override["severity"] not in SEVERITIES:
+                raise SettingsError(f"{where}.severity: {override['severity']!r} is not one of {', '.join(SEVERITIES)}")
+            severities.append((name, override["severity"]))
+    return {"disabled_alerts": frozenset(disabled), "severities": tuple(severities)}

@@ -12,18 +12,19 @@ from dashboards.grafana import Panel, dashboard, derived, limit, q
 from exporter import catalog as c
 
 RATE = "$__rate_interval"
-NODE = 'instance=~"$instance"'
-GPU = 'instance=~"$instance", gpu=~"$gpu"'
+# Every view filters by cluster; labels are gpuscope's canonical ones, fitted to the settings at render.
 CLUSTER = 'cluster=~"$cluster"'
+NODE = f'{CLUSTER}, instance=~"$instance"'
+GPU = f'{NODE}, gpu=~"$gpu"'
 LINKS = (("gpuscope-fleet", "Fleet"), ("gpuscope-job", "Job"), ("gpuscope-node", "Node"), ("gpuscope-gpu", "GPU"),
          ("gpuscope-network", "Network"), ("gpuscope-storage", "Storage"))
 # The job's GPUs: those of the chosen Slurm job and of the chosen Kubernetes pods. A cluster has one
 # kind of attribution, so the other picker is empty and matches nothing; max dedupes a GPU in both.
-JOB = (f'max by (instance, gpu, uuid) ({c.GPU_JOB_INFO.name}{{job_id="$job_id"}} '
-       f'or {c.GPU_POD_INFO.name}{{namespace="$namespace", pod=~"$pod"}})')
+JOB = (f'max by (instance, gpu, uuid) ({c.GPU_JOB_INFO.name}{{{CLUSTER}, job_id="$job_id"}} '
+       f'or {c.GPU_POD_INFO.name}{{{CLUSTER}, namespace="$namespace", pod=~"$pod"}})')
 # Selectors narrowed to the job's nodes ($job_nodes, resolved from JOB) before the join, so a job
 # panel reads its own nodes' series, not the whole fleet's.
-JOB_NODES = 'instance=~"$job_nodes"'
+JOB_NODES = f'{CLUSTER}, instance=~"$job_nodes"'
 XIDS = f"{c.GPU_XID_ERRORS.name}{{{CLUSTER}}}"
 EFA_TX = c.EFA_PORT_COUNTERS["tx_bytes"].name
 # Per-node panels read the exporter's EFA node totals (one series per node, not 32).
@@ -88,7 +89,7 @@ def job():
     sm_clock = f"{c.GPU_SM_CLOCK.name}{{{JOB_NODES}}} * {gpus}"
     return dashboard("gpuscope-job", "gpuscope / Job",
                      "One job's nodes and GPUs side by side: a Slurm job, or Kubernetes pods by namespace.",
-                     ("job_id", "namespace", "pod", derived("job_nodes", JOB, "instance")), [
+                     ("cluster", "job_id", "namespace", "pod", derived("job_nodes", JOB, "instance")), [
         Panel("table", "Nodes and GPUs of the job", (q(JOB),), width=8, height=10),
         Panel("timeseries", "SM activity per GPU",
               (q(f"{c.GPU_SM_ACTIVE.name}{{{JOB_NODES}}} * {gpus}", "{{instance}} GPU {{gpu}}"),),

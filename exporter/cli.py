@@ -13,8 +13,8 @@ from typing import NoReturn
 
 from exporter import __version__
 from exporter.config import DEFAULT_PORT, OPTIONS, ConfigError, config_file_from, resolve
-from exporter.sim.cluster import SCENARIOS
 from exporter.sim.profiles import PROFILES
+from exporter.sim.scenarios import SCENARIOS
 
 USAGE_ERROR = 2
 
@@ -62,6 +62,12 @@ def _cluster_arguments(parser, scenario: str, duration: str, duration_help: str)
     parser.add_argument("--duration", default=duration, help=f"{duration_help} (default {duration})")
 
 
+def _settings_argument(parser) -> None:
+    parser.add_argument("--config", default="", metavar="FILE",
+                        help="settings file shared by rules and dashboards: selector, cluster and node label names, "
+                             "thresholds, alerts switched off or given another severity (docs/configuration.md)")
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"invalid positive integer {text!r}")
@@ -72,6 +78,7 @@ def _dashboards_parser(subparsers) -> None:
     parser = subparsers.add_parser("dashboards", help="Grafana dashboards")
     actions = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
     build = actions.add_parser("build", help="write the dashboards' JSON and sidecar ConfigMaps")
+    _settings_argument(build)
     build.add_argument("--out", default="dashboards/generated", metavar="DIR", help="default dashboards/generated")
     push = actions.add_parser("push", help="upload the dashboards through Grafana's HTTP API")
     push.add_argument("--grafana-url", required=True, help="e.g. https://grafana.example.com")
@@ -104,7 +111,7 @@ def _alerts_parser(subparsers) -> None:
     build = actions.add_parser("build", help="write the Prometheus rules file, PrometheusRule and Grafana provisioning",
                                description="Renders alerts/rules.py into OUT/prometheus-rules.yml, "
                                            "OUT/prometheusrule.yaml and OUT/grafana-alert-rules.yaml.")
-    build.add_argument("--config", default="", metavar="FILE", help="YAML file overriding alert settings")
+    _settings_argument(build)
     build.add_argument("--out", default="alerts/generated", metavar="DIR", help="default alerts/generated")
     build.add_argument("--grafana-datasource-uid", default="prometheus",
                        help="uid of the Prometheus data source the Grafana rules query (default prometheus)")
@@ -136,10 +143,16 @@ def _run_exporter(cli: dict) -> int:
     return app.run(settings, web)
 
 
-def _build_alerts(args: dict) -> int:
-    from alerts.render import build
-    from alerts.settings import SettingsError
+EXTRA = "needs the dashboards extra: pip install 'gpuscope[dashboards]'"
 
+
+def _build_alerts(args: dict) -> int:
+    try:
+        from alerts.render import build
+        from alerts.settings import SettingsError
+    except ImportError as exc:
+        print(f"gpuscope alerts: error: {EXTRA} ({exc})", file=sys.stderr)
+        return 1
     try:
         paths = build(args["out"], args["config"], args["grafana_datasource_uid"])
     except SettingsError as exc:
@@ -150,13 +163,22 @@ def _build_alerts(args: dict) -> int:
 
 
 def _dashboards(args: dict) -> int:
-    import requests
+    try:
+        import requests
 
-    from dashboards.build import build
-    from dashboards.push import PushError, push, read_token
+        from alerts.settings import SettingsError
+        from dashboards.build import build
+        from dashboards.push import PushError, push, read_token
+    except ImportError as exc:
+        print(f"gpuscope dashboards: error: {EXTRA} ({exc})", file=sys.stderr)
+        return 1
 
     if args["action"] == "build":
-        print("\n".join(build(args["out"])))
+        try:
+            print("\n".join(build(args["out"], args["config"])))
+        except SettingsError as exc:
+            print(f"gpuscope dashboards: error: {exc}", file=sys.stderr)
+            return USAGE_ERROR
         return 0
     if args["action"] == "render":
         from dashboards.render import render_all
@@ -187,8 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "dashboards":
         return _dashboards(args)
     if command == "demo":
-        from exporter.sim.demo import run_demo
-
+        try:
+            from exporter.sim.demo import run_demo
+        except ImportError as exc:
+            print(f"gpuscope demo: error: needs the demo extra: pip install 'gpuscope[demo]' ({exc})", file=sys.stderr)
+            return 1
         return run_demo(args)
     if command == "simulate":
         from exporter.sim.run import run_simulation

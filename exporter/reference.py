@@ -1,14 +1,12 @@
-"""README reference tables generated from the catalog and the option list, so the docs cannot drift.
+"""Reference tables in docs/ generated from the catalog and the option list, so the docs cannot drift.
 
-`python -m exporter.reference` rewrites the marked sections of README.md; a test fails when they
-are out of date.
+`scripts/generate` rewrites the marked sections (`<!-- generated:NAME -->…<!-- end:NAME -->`) of the
+documents in DOCS; a test fails when they are out of date.
 """
 
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 from exporter.catalog import CATALOG
 from exporter.collectors import DESCRIPTIONS
@@ -44,23 +42,15 @@ def metrics_table() -> str:
 
 
 SECTIONS = {"flags": flags_table, "metrics": metrics_table}
+# Each document (relative to the repository) and the generated sections it holds.
+DOCS = {"docs/exporter.md": ("flags",), "docs/metrics.md": ("metrics",)}
 
 
-def render(readme: str) -> str:
-    """README text with every `<!-- generated:NAME -->…<!-- end:NAME -->` section regenerated."""
-    for name, make in SECTIONS.items():
+def render(text: str, sections: tuple[str, ...]) -> str:
+    """`text` with each named `<!-- generated:NAME -->…<!-- end:NAME -->` section regenerated."""
+    for name in sections:
         pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(<!-- end:{name} -->)", re.S)
-        if not pattern.search(readme):
-            raise ValueError(f"README has no generated:{name} section")
-        readme = pattern.sub(lambda m, make=make: m.group(1) + make() + m.group(2), readme)
-    return readme
-
-
-def main() -> int:
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
-    path.write_text(render(path.read_text()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        if not pattern.search(text):
+            raise ValueError(f"no generated:{name} section")
+        text = pattern.sub(lambda m, make=SECTIONS[name]: m.group(1) + make() + m.group(2), text)
+    return text

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,7 +12,7 @@ from exporter.registry import ScrapeRegistry
 from exporter.sim.cluster import free_port  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("GPUSCOPE_FIXTURES", REPO.parent / "shared" / "fixtures"))
+FIXTURES = REPO / "tests" / "fixtures"  # real captures by public projects, sources in SOURCES.md
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

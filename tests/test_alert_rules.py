@@ -29,11 +29,6 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([binary, *args], capture_output=True, text=True, timeout=120)
 
 
-def test_generated_files_are_up_to_date():
-    for name, text in render_all(Settings()).items():
-        assert (GENERATED / name).read_text() == text, f"{name} is stale: run gpuscope alerts build"
-
-
 def test_promtool_accepts_the_rules_and_the_prometheusrule_spec(tmp_path):
     result = promtool("check", "rules", str(GENERATED / FILES[0]))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -133,6 +133,7 @@ def test_busy_port_is_one_log_line_and_exit_1():
 
 
 
+@pytest.mark.e2e
 def test_simulate_runs_a_cluster_plays_the_scenario_and_stops_everything(tmp_path):
     scenario = tmp_path / "stall.yml"
     scenario.write_text("name: quick stall\nnodes: 2\nsteps:\n  - {at: 1s, node: 1, fault: {kind: efa_stall}}\n")
@@ -173,6 +174,7 @@ def test_demo_without_prometheus_says_how_to_install_it(tmp_path):
     assert "prometheus not found on PATH: install it with `apt-get install prometheus" in result.stderr
 
 
+@pytest.mark.e2e
 def test_demo_shows_alerts_fire_and_resolve_and_leaves_nothing_behind(tmp_path):
     scenario = tmp_path / "quick.yml"
     scenario.write_text("name: quick thermal\nnodes: 2\n"

@@ -18,7 +18,7 @@ import yaml
 from alerts.render import write_shortened_rules
 from alerts.rules import Record, groups
 from alerts.settings import Settings
-from dashboards.build import dashboard_json, render_files
+from dashboards.build import dashboard_json
 from dashboards.render import resolve_derived, substitute
 from dashboards.views import DASHBOARDS
 from exporter.catalog import CATALOG
@@ -31,11 +31,6 @@ GENERATED = REPO / "dashboards" / "generated"
 RECORDS = {rule.record for group in groups(Settings()) for rule in group.rules if isinstance(rule, Record)}
 PANELS = [(make.__name__, panel) for make in DASHBOARDS for panel in make().panels]
 SPEC_PANELS = {make().uid: make().panels for make in DASHBOARDS}
-
-
-def test_generated_files_are_up_to_date():
-    for name, text in render_files().items():
-        assert (GENERATED / name).read_text() == text, f"{name} is stale: run gpuscope dashboards build"
 
 
 def test_configmaps_carry_every_dashboard_for_the_sidecar():
@@ -112,6 +107,7 @@ def empty_queries(prom, panels, values: dict[str, str]) -> list[str]:
     return empty
 
 
+@pytest.mark.e2e
 def test_every_panel_has_data_on_a_healthy_cluster(live):
     _, prom = live
     healthy = [(name, panel) for name, panel in PANELS if not panel.empty_when_healthy]
@@ -122,6 +118,7 @@ def test_every_panel_has_data_on_a_healthy_cluster(live):
     (SLURM_JOB, {("node-0", str(gpu)) for gpu in range(8)}),
     (ML_PODS, {(node, str(gpu)) for node in ("node-0", "node-1") for gpu in range(4)}),
 ])
+@pytest.mark.e2e
 def test_job_view_shows_exactly_the_jobs_gpus(live, job, gpus):
     _, prom = live
     values = selection(prom, job=job)
@@ -135,6 +132,7 @@ def test_job_view_shows_exactly_the_jobs_gpus(live, job, gpus):
                 assert {r["metric"]["instance"] for r in result} == {node for node, _ in gpus}, panel.title
 
 
+@pytest.mark.e2e
 def test_gpu_limits_are_threshold_lines(live):
     """Each limit query is mapped to a threshold by configFromData and answers with the GPU's own limit."""
     _, prom = live
@@ -157,6 +155,7 @@ def test_gpu_limits_are_threshold_lines(live):
                       "Temperatures against the slowdown and shutdown limits"}
 
 
+@pytest.mark.e2e
 def test_render_draws_every_dashboard_from_live_data(live, tmp_path):
     from dashboards.render import render_dashboard
 
@@ -170,6 +169,7 @@ def test_render_draws_every_dashboard_from_live_data(live, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
 
 
+@pytest.mark.e2e
 def test_fault_panels_have_data_once_faults_are_injected(live):
     cluster, prom = live
     cluster.inject(1, {"kind": "thermal_throttle", "gpu": 3})

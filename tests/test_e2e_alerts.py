@@ -21,6 +21,8 @@ from exporter.sim.cluster import Cluster, load_scenario
 from exporter.sim.stack import alertmanager, prometheus, webhook_receiver
 from tests.test_alertmanager import for_test
 
+pytestmark = pytest.mark.e2e  # real Prometheus (and Alertmanager) over simulated nodes
+
 # scenario -> (alerts firing in Prometheus, alerts notified through Alertmanager); an alert is
 # (alertname, node, gpu/target); EFA error alerts name the node alone.
 TABLE: dict[str, tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]] = {

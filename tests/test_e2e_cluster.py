@@ -15,6 +15,8 @@ import yaml
 from exporter.sim.cluster import Cluster
 from exporter.sim.stack import alertmanager, prometheus, webhook_only_config, webhook_receiver
 
+pytestmark = pytest.mark.e2e  # real Prometheus (and Alertmanager) over simulated nodes
+
 PROBE_RULES = {"groups": [{"name": "harness-probe", "rules": [{
     "alert": "HarnessProbeThermal",
     "expr": 'gpuscope_gpu_clock_event_active{reason="hw_thermal_slowdown"} == 1',

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import bcrypt
+import pytest
 
 from exporter.sim.rdma_tree import p5_efa_devices, write_rdma_tree
 from exporter.sim.stack import prometheus
 from tests.procs import exporter_process
 from tests.test_server import pki  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.e2e  # real Prometheus (and Alertmanager) over simulated nodes
 
 
 def test_prometheus_scrapes_plain_tls_and_simulated_exporters(tmp_path, fixtures, pki):  # noqa: F811

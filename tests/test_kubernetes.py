@@ -62,7 +62,7 @@ def test_manifests_pass_strict_validation(rendered, version):
 def test_prometheusrule_is_the_generated_one_and_promtool_clean(rendered, tmp_path):
     generated = yaml.safe_load((REPO / "alerts" / "generated" / "prometheusrule.yaml").read_text())
     shipped = yaml.safe_load((BASE / "prometheusrule.yaml").read_text())
-    assert shipped == generated, "cp alerts/generated/prometheusrule.yaml deploy/kubernetes/base/"
+    assert shipped == generated, "run scripts/generate"
     rule = next(d for d in rendered[1] if d["kind"] == "PrometheusRule")
     (tmp_path / "spec.yml").write_text(yaml.safe_dump(rule["spec"]))
     result = subprocess.run([shutil.which("promtool") or "promtool", "check", "rules", str(tmp_path / "spec.yml")],
@@ -72,8 +72,7 @@ def test_prometheusrule_is_the_generated_one_and_promtool_clean(rendered, tmp_pa
 
 def test_dashboard_configmaps_are_the_generated_ones():
     shipped = (BASE / "dashboards.yaml").read_text()
-    assert shipped == (REPO / "dashboards" / "generated" / "configmaps.yaml").read_text(), \
-        "cp dashboards/generated/configmaps.yaml deploy/kubernetes/base/dashboards.yaml"
+    assert shipped == (REPO / "dashboards" / "generated" / "configmaps.yaml").read_text(), "run scripts/generate"
 
 
 def test_daemonset_is_locked_down(rendered):
@@ -197,7 +196,7 @@ def test_chart_ships_the_generated_rules_and_dashboards(tmp_path):
     _, documents = template(tmp_path, {})
     rule = next(d for d in documents if d["kind"] == "PrometheusRule")
     generated = yaml.safe_load((REPO / "alerts" / "generated" / "prometheus-rules.yml").read_text())
-    assert rule["spec"] == generated, "cp alerts/generated/prometheus-rules.yml deploy/helm/gpuscope/files/"
+    assert rule["spec"] == generated, "run scripts/generate"
     (tmp_path / "spec.yml").write_text(yaml.safe_dump(rule["spec"]))
     result = subprocess.run([shutil.which("promtool") or "promtool", "check", "rules", str(tmp_path / "spec.yml")],
                             capture_output=True, text=True, timeout=60)
@@ -205,8 +204,7 @@ def test_chart_ships_the_generated_rules_and_dashboards(tmp_path):
     maps = {d["metadata"]["name"]: d for d in documents if d["kind"] == "ConfigMap"}
     for path in sorted((REPO / "dashboards" / "generated").glob("*.json")):
         data = maps[f"gpuscope-{path.stem.removeprefix('gpuscope-')}-dashboard"]
-        assert data["data"] == {path.name: path.read_text().rstrip("\n")}, \
-            "cp dashboards/generated/*.json deploy/helm/gpuscope/files/dashboards/"
+        assert data["data"] == {path.name: path.read_text().rstrip("\n")}, "run scripts/generate"
         assert data["metadata"]["labels"]["grafana_dashboard"] == "1"
 
 

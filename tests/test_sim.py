@@ -10,10 +10,11 @@ import yaml
 from exporter.collectors import Roots, build, close
 from exporter.collectors.gpu import GpuOptions
 from exporter.registry import ScrapeRegistry
-from exporter.sim.cluster import SCENARIOS, load_scenario
+from exporter.sim.cluster import load_scenario
 from exporter.sim.faults import ScenarioError, node_effects
 from exporter.sim.node import EFA_RATES, LUSTRE_READ_RATE, SimulatedNode
 from exporter.sim.nvml import SimulatedNvml, load_profile
+from exporter.sim.scenarios import SCENARIOS
 from tests.helpers import samples, series, value
 
 PROFILE = load_profile("p5.48xlarge")

@@ -23,10 +23,7 @@ import yaml
 
 from exporter.sim.faults import JOB_KINDS, Scenario, ScenarioError, Step, check_fault, parse_scenario
 from exporter.sim.nvml import load_profile
-
-SCENARIOS = ("healthy", "straggler", "thermal_throttle", "power_brake", "collective_stall", "efa_stall",
-             "efa_retransmit_storm", "nvlink_errors", "gpu_lost", "ecc_uncorrectable", "row_remap_failure",
-             "lustre_eviction", "demo")
+from exporter.sim.scenarios import SCENARIOS
 
 
 def load_scenario(name_or_path: str, gpus: int, nodes: int | None = None) -> Scenario:

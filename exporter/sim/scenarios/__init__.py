@@ -1,1 +1,7 @@
-"""Built-in fault scenarios for simulated clusters, one YAML file each; users write their own alike."""
+"""Built-in fault scenarios for simulated clusters, one YAML file each; users write their own alike.
+
+Names only, so the command line lists them without loading the simulator."""
+
+SCENARIOS = ("healthy", "straggler", "thermal_throttle", "power_brake", "collective_stall", "efa_stall",
+             "efa_retransmit_storm", "nvlink_errors", "gpu_lost", "ecc_uncorrectable", "row_remap_failure",
+             "lustre_eviction", "demo")
