@@ -15,7 +15,6 @@ import yaml
 from grafanalib._gen import DashboardEncoder
 
 from alerts.render import write_files
-from alerts.rules import load
 from alerts.settings import Settings
 from dashboards.grafana import render
 from dashboards.views import DASHBOARDS
@@ -45,6 +44,6 @@ def render_files(settings: Settings | None = None) -> dict[str, str]:
     return files
 
 
-def build(out_dir: str, settings_file: str = "") -> list[str]:
-    """Writes the generated files for the settings file (defaults if empty); returns their paths."""
-    return write_files(out_dir, render_files(load(settings_file)))
+def build(out_dir: str, settings: Settings) -> list[str]:
+    """Writes the generated files for the settings; returns their paths."""
+    return write_files(out_dir, render_files(settings))

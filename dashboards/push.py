@@ -12,6 +12,7 @@ import os
 
 import requests
 
+from alerts.settings import Settings
 from dashboards.build import dashboard_json
 
 MIN_GRAFANA_MAJOR = 9  # time series, state timeline and the v9 alerting the provisioning file uses
@@ -37,15 +38,15 @@ def read_token(token_file: str, environ: dict[str, str] | None = None) -> str:
     return token
 
 
-def push(url: str, token: str, folder: str = "gpuscope") -> list[str]:
-    """Uploads every dashboard; returns their URLs in Grafana."""
+def push(url: str, token: str, folder: str = "gpuscope", settings: Settings | None = None) -> list[str]:
+    """Uploads every dashboard built for the settings (defaults if none); returns their URLs in Grafana."""
     session = requests.Session()
     session.headers.update({"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     base = url.rstrip("/")
     _check_version(session, base)
     _ensure_folder(session, base, folder)
     urls = []
-    for dashboard in dashboard_json().values():
+    for dashboard in dashboard_json(settings).values():
         body = _call(session, "POST", f"{base}/api/dashboards/db",
                      {"dashboard": {**dashboard, "id": None}, "folderUid": folder, "overwrite": True,
                       "message": "gpuscope dashboards push"})

@@ -1,6 +1,6 @@
 """The one list of gpuscope's metric names, types, help texts and labels.
 
-Collectors build their families from these entries, and the dashboards, alert rules, README
+Collectors build their families from these entries, and the dashboards, alert rules, docs
 metric table and tests read the same entries, so a metric name is spelled in exactly one place.
 Names follow the Prometheus conventions: the `gpuscope_` prefix, base units, `_total` on
 counters, `_info` gauges (value 1) for metadata.

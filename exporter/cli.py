@@ -82,6 +82,7 @@ def _dashboards_parser(subparsers) -> None:
     build.add_argument("--out", default="dashboards/generated", metavar="DIR", help="default dashboards/generated")
     push = actions.add_parser("push", help="upload the dashboards through Grafana's HTTP API")
     push.add_argument("--grafana-url", required=True, help="e.g. https://grafana.example.com")
+    _settings_argument(push)
     push.add_argument("--token-file", default="", metavar="FILE",
                       help="file holding a Grafana API (service account) token; else GPUSCOPE_GRAFANA_TOKEN")
     push.add_argument("--folder", default="gpuscope", help="folder uid and title (default gpuscope)")
@@ -166,6 +167,7 @@ def _dashboards(args: dict) -> int:
     try:
         import requests
 
+        from alerts.rules import load
         from alerts.settings import SettingsError
         from dashboards.build import build
         from dashboards.push import PushError, push, read_token
@@ -173,12 +175,14 @@ def _dashboards(args: dict) -> int:
         print(f"gpuscope dashboards: error: {EXTRA} ({exc})", file=sys.stderr)
         return 1
 
-    if args["action"] == "build":
+    if args["action"] in ("build", "push"):
         try:
-            print("\n".join(build(args["out"], args["config"])))
+            settings = load(args["config"])
         except SettingsError as exc:
             print(f"gpuscope dashboards: error: {exc}", file=sys.stderr)
             return USAGE_ERROR
+    if args["action"] == "build":
+        print("\n".join(build(args["out"], settings)))
         return 0
     if args["action"] == "render":
         from dashboards.render import render_all
@@ -192,7 +196,7 @@ def _dashboards(args: dict) -> int:
             return 1
         return 0
     try:
-        print("\n".join(push(args["grafana_url"], read_token(args["token_file"]), args["folder"])))
+        print("\n".join(push(args["grafana_url"], read_token(args["token_file"]), args["folder"], settings)))
     except PushError as exc:
         print(f"gpuscope dashboards push: error: {exc}", file=sys.stderr)
         return 1

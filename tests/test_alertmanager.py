@@ -52,6 +52,7 @@ def post(am: str, *alerts: dict) -> None:
     requests.post(f"http://{am}/api/v2/alerts", json=payload, timeout=5).raise_for_status()
 
 
+@pytest.mark.e2e
 def test_real_alertmanager_routes_and_inhibits():
     with webhook_receiver() as (url, hook), alertmanager(for_test(url)) as am:
         post(am,

@@ -5,7 +5,7 @@ generated rules with their durations divided by 60 (`shorten_durations`: 5m beco
 only, the expressions are the generated ones), and Alertmanager with the reference routes and
 inhibitions delivering to a webhook. For each scenario: exactly the expected alerts fire in
 Prometheus with the right node and GPU/device/target, the non-inhibited ones reach the webhook,
-and everything resolves once the fault is cleared. The table is also in the README.
+and everything resolves once the fault is cleared. The table is also in docs/alerts.md.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import pytest
 import requests
 
 from alerts.render import write_shortened_rules
-from alerts.settings import Settings
 from exporter.sim.cluster import Cluster, load_scenario
 from exporter.sim.stack import alertmanager, prometheus, webhook_receiver
 from tests.test_alertmanager import for_test
@@ -70,14 +69,13 @@ def firing(prom) -> tuple[set[tuple[str, str, str]], list[dict]]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("alerts-e2e")
-    settings = Settings()
     rules = write_shortened_rules(str(root / "rules.yml"), 60)
     cluster = Cluster(str(root), nodes=4, exporter_args=("--collector.gpu.gpm-interval=1s",))
     with cluster, webhook_receiver() as (url, hook), alertmanager(for_test(url)) as am:
-        jobs = [{"job_name": settings.exporter_job,
+        jobs = [{"job_name": "gpuscope",  # the default selector's job
                  "file_sd_configs": [{"files": [cluster.write_targets()], "refresh_interval": "1s"}]}]
         with prometheus(jobs, rule_files=[rules], alertmanager=am) as prom:
-            prom.wait_for(f'count(up{{job="{settings.exporter_job}"}} == 1) == 4')
+            prom.wait_for('count(up{job="gpuscope"} == 1) == 4')
             time.sleep(12)  # rate windows and GPM samples fill
             yield cluster, prom, hook
 

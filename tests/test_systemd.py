@@ -45,6 +45,7 @@ def test_unit_exposure_is_at_most_2():
     assert float(match[1]) <= 2.0
 
 
+@pytest.mark.e2e
 def test_install_script_places_unit_and_flags_and_uninstalls(tmp_path):
     calls = tmp_path / "systemctl.log"
     fake = tmp_path / "systemctl"
