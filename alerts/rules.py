@@ -68,6 +68,16 @@ JOB_ACTIVE_MEDIAN = "job_id:gpuscope_gpu_sm_active_ratio:median_busy"
 NODE_IN_JOB_CLOCK_MEDIAN = "instance_job_id:gpuscope_gpu_sm_clock_hertz:median_busy"
 JOB_NODE_CLOCK_MEDIAN = "job_id:gpuscope_gpu_sm_clock_hertz:median_node"
 JOB_NODES = "job_id:gpuscope_nodes:count"
+# The rank a job waits for (issue 15): each job's GPUs, busy GPUs and the recent high of its median
+# SM activity; each communicator's median collective time and bus bandwidth and their recent low/high.
+JOB_GPUS = "job_id:gpuscope_gpus:count"
+JOB_BUSY_GPUS = "job_id:gpuscope_gpus_busy:count"
+JOB_ACTIVE_BASELINE = "job_id:gpuscope_gpu_sm_active_ratio:median_busy_baseline"
+NCCL_EXEC_MEDIAN = "job_id_comm_collective:gpuscope_nccl_collective_exec_time_seconds:median"
+NCCL_EXEC_BASELINE = "job_id_comm_collective:gpuscope_nccl_collective_exec_time_seconds:median_baseline"
+NCCL_BW_MEDIAN = "job_id_comm_collective:gpuscope_nccl_bus_bandwidth_bytes_per_second:median"
+NCCL_BW_BASELINE = "job_id_comm_collective:gpuscope_nccl_bus_bandwidth_bytes_per_second:median_baseline"
+COMM = "job_id, comm, collective"
 # GPUs whose clocks a hardware or thermal reason holds down: usually none, so the thermal alerts and
 # the fleet's throttled-GPU table read a handful of series instead of every GPU's reasons.
 THROTTLED = "instance_gpu_reason:gpuscope_gpu_clock_event_active:throttling"
@@ -101,6 +111,34 @@ def fleet_quantiles(metric: str) -> str:
     """The 5th, 50th and 95th percentile of `metric` per cluster, one series each, told apart by `quantile`."""
     return " or ".join(f'label_replace(quantile by (cluster) ({q}, {metric}), "quantile", "{q}", "", "")'
                        for q in QUANTILES)
+
+
+def nccl_ranks(metric: str, s: Settings) -> str:
+    """A collective's per-rank series (message-size buckets aggregated) in communicators large enough
+    to have peers."""
+    small = "|".join(str(n) for n in range(1, s.straggler_min_gpus))
+    return f'{metric}{{message_size="all", nranks!~"{small}"}}'
+
+
+def job_wait_records(s: Settings) -> list[Group]:
+    """What the waited-for-rank alerts compare: a job's GPUs and busy GPUs, its median SM activity's
+    recent high; each communicator's median collective time and bandwidth, their recent low and high.
+    One series per job or communicator, so the look back over hours stays cheap."""
+    window = s.job_baseline_window
+    exec_time, bandwidth = nccl_ranks(c.NCCL_EXEC_TIME.name, s), nccl_ranks(c.NCCL_BUS_BANDWIDTH.name, s)
+    return [
+        Group("gpuscope-job-waits", (
+            Record(JOB_GPUS, f"count by (job_id) ({c.GPU_JOB_INFO.name})"),
+            Record(JOB_BUSY_GPUS, f"count by (job_id) ({JOB_SM_ACTIVE})"),
+            Record(JOB_ACTIVE_BASELINE, f"max_over_time({JOB_ACTIVE_MEDIAN}[{window}])"),
+        )),
+        Group("gpuscope-nccl-baselines", (
+            Record(NCCL_EXEC_MEDIAN, f"quantile by ({COMM}) (0.5, {exec_time})"),
+            Record(NCCL_EXEC_BASELINE, f"min_over_time({NCCL_EXEC_MEDIAN}[{window}])"),
+            Record(NCCL_BW_MEDIAN, f"quantile by ({COMM}) (0.5, {bandwidth})"),
+            Record(NCCL_BW_BASELINE, f"max_over_time({NCCL_BW_MEDIAN}[{window}])"),
+        )),
+    ]
 
 
 def recording_rules(s: Settings) -> list[Group]:
@@ -194,7 +232,7 @@ def straggler_alerts(s: Settings) -> list[Group]:
                   f"({below_peers(c.GPU_SM_CLOCK.name, SM_CLOCK_MEDIAN)}"
                   f" or {below_peers(c.GPU_SM_ACTIVE.name, SM_ACTIVE_MEDIAN)})"
                   f" and on (instance, gpu, uuid) {BUSY}"
-                  f" and on (instance) {BUSY_GPUS} >= 2",
+                  f" and on (instance) {BUSY_GPUS} >= {s.straggler_min_gpus}",
                   s.straggler_for, "warning", "A busy GPU is persistently slower than its peers on the node",
                   "GPU {{ $labels.gpu }} on {{ $labels.instance }} runs at {{ $value | humanizePercentage }} of its "
                   "busy peers' median (SM clock or SM activity) while it is busy itself; synchronous "
@@ -211,8 +249,9 @@ def straggler_alerts(s: Settings) -> list[Group]:
         )),
         Group("gpuscope-job-stragglers", (
             Alert("GpuStraggler",
-                  f"{JOB_SM_CLOCK} / on (job_id) group_left {JOB_CLOCK_MEDIAN} < {ratio}"
-                  f" or {JOB_SM_ACTIVE} / on (job_id) group_left {JOB_ACTIVE_MEDIAN} < {ratio}",
+                  f"({JOB_SM_CLOCK} / on (job_id) group_left {JOB_CLOCK_MEDIAN} < {ratio}"
+                  f" or {JOB_SM_ACTIVE} / on (job_id) group_left {JOB_ACTIVE_MEDIAN} < {ratio})"
+                  f" and on (job_id) {JOB_GPUS} >= {s.straggler_min_gpus}",
                   s.straggler_for, "warning", "A busy GPU is persistently slower than the other GPUs of its job",
                   "GPU {{ $labels.gpu }} on {{ $labels.instance }} runs at {{ $value | humanizePercentage }} of the "
                   "median GPU of job {{ $labels.job_id }} (SM clock or SM activity).", (("scope", "job"),)),
@@ -224,6 +263,43 @@ def straggler_alerts(s: Settings) -> list[Group]:
                   "of job {{ $labels.job_id }}.", (("scope", "job"),)),
         )),
     ]
+
+
+def job_wait_alerts(s: Settings) -> list[Group]:
+    """The rank a synchronous job waits for, from the hardware and from NCCL, and a communicator's
+    bandwidth collapse. Each needs the whole job busy (a checkpoint or an evaluation idles GPUs)
+    and a change against the job's own recent level (healthy pipeline imbalance is there from the
+    start); a job whose ranks all wait is CollectiveStall, not this."""
+    whole_job_busy = f"on (job_id) ({JOB_BUSY_GPUS} == {JOB_GPUS} and {JOB_GPUS} >= {s.straggler_min_gpus})"
+    exec_time, bandwidth = nccl_ranks(c.NCCL_EXEC_TIME.name, s), nccl_ranks(c.NCCL_BUS_BANDWIDTH.name, s)
+    rank = "cluster, instance, gpu, uuid, job_id"
+    return [Group("gpuscope-job-waits-alerts", (
+        Alert("GpuStraggler",
+              f"{JOB_SM_ACTIVE} / on (job_id) group_left {JOB_ACTIVE_MEDIAN} > {s.busiest_ratio}"
+              f" and on (job_id) {JOB_ACTIVE_MEDIAN} < {s.job_slowdown_ratio} * {JOB_ACTIVE_BASELINE}"
+              f" and {whole_job_busy}",
+              s.straggler_for, "critical", "The job waits for this GPU: it is the busiest while its peers idle",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} runs {{ $value | humanize }} times the median SM "
+              "activity of job {{ $labels.job_id }}, whose other GPUs slowed down waiting for it (full clocks: "
+              "look at HBM, ECC, row remapping, PCIe and the host, not thermals).",
+              (("scope", "job"), ("evidence", "busiest_gpu"))),
+        Alert("GpuStraggler",
+              f"min by ({rank}) ({exec_time} / on ({COMM}) group_left {NCCL_EXEC_MEDIAN} < {s.nccl_fast_rank_ratio}"
+              f" and on ({COMM}) {NCCL_EXEC_MEDIAN} > {s.nccl_rise_ratio} * {NCCL_EXEC_BASELINE})"
+              f" and {whole_job_busy}",
+              s.straggler_for, "critical", "NCCL says the job waits for this GPU: its collectives are the shortest",
+              "The collectives of GPU {{ $labels.gpu }} on {{ $labels.instance }} take {{ $value | humanizePercentage "
+              "}} of their communicator's median in job {{ $labels.job_id }}: the other ranks wait in NCCL for it.",
+              (("scope", "job"), ("evidence", "nccl_early_rank"))),
+        Alert("NcclBandwidthDegraded",
+              f"min by (cluster, instance, {COMM}) ({bandwidth})"
+              f" <= on ({COMM}) group_left 1.1 * min by ({COMM}) ({bandwidth})"
+              f" and on ({COMM}) {NCCL_BW_MEDIAN} < {s.nccl_bandwidth_drop_ratio} * {NCCL_BW_BASELINE}",
+              s.straggler_for, "warning", "A communicator's bus bandwidth collapsed; this node has its slowest ranks",
+              "{{ $labels.collective }} on communicator {{ $labels.comm }} of job {{ $labels.job_id }} moves less "
+              "than half its recent bus bandwidth; the slowest ranks are on {{ $labels.instance }} "
+              "({{ $value | humanize }}B/s): check its EFA devices and NVLinks."),
+    ))]
 
 
 def thermal_alerts(s: Settings) -> list[Group]:
@@ -428,7 +504,8 @@ def agent_alerts(s: Settings) -> Group:
 
 
 def _canonical_groups(settings: Settings) -> list[Group]:
-    return [*recording_rules(settings), *straggler_alerts(settings), *thermal_alerts(settings),
+    return [*recording_rules(settings), *job_wait_records(settings), *straggler_alerts(settings),
+            *job_wait_alerts(settings), *thermal_alerts(settings),
             *communication_alerts(settings), *gpu_health_alerts(settings), *storage_alerts(settings),
             agent_alerts(settings)]
 

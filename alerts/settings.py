@@ -47,6 +47,24 @@ class Settings:
     straggler_ratio: float = 0.85
     # "Persistently": several minutes (nvidia-resiliency-ext scores over a window; MegaScale likewise).
     straggler_for: str = "5m"
+    # The rank a synchronous job waits for (issue 15). Waiting GPUs keep 100 % utilization but fewer SMs
+    # are busy (88 % -> 61 % measured); the rank they wait for keeps its pace, so it stands this far
+    # above the job's median SM activity...
+    busiest_ratio: float = 1.25
+    # ...while the job's median fell below this fraction of its own recent level (healthy pipeline
+    # imbalance, first and last stages always busier, leaves the median where it was).
+    job_slowdown_ratio: float = 0.85
+    # How far back "its own recent level" looks; after this long a persistent straggler is the new normal.
+    job_baseline_window: str = "6h"
+    # Jobs this small have no peers to compare with (a 2-GPU job's median is its own straggler).
+    straggler_min_gpus: int = 3
+    # NCCL Inspector: the rank everyone waits for has the shortest collective time; flag a rank below
+    # this fraction of its communicator's median while that median rose above its recent low by...
+    nccl_fast_rank_ratio: float = 0.5
+    nccl_rise_ratio: float = 1.5
+    # A communicator's bus bandwidth below this fraction of its recent high (NcclBandwidthDegraded); the
+    # nodes holding ranks within 10 % of the slowest are named.
+    nccl_bandwidth_drop_ratio: float = 0.5
     # HW thermal / HW slowdown / power brake are paged on (NVSentinel, NVIDIA guidance); one minute
     # rides over a single sampling blip.
     hw_slowdown_for: str = "1m"

@@ -395,3 +395,47 @@ GPU_DRAM_ACTIVE = _gpu_gauge("dram_active_ratio", "Fraction of time device memor
 GPU_FP64_ACTIVE = _gpu_gauge("fp64_active_ratio", "Fraction of time the FP64 pipe was active.", (), "GPM FP64_UTIL")
 GPU_FP32_ACTIVE = _gpu_gauge("fp32_active_ratio", "Fraction of time the FP32 pipe was active.", (), "GPM FP32_UTIL")
 GPU_FP16_ACTIVE = _gpu_gauge("fp16_active_ratio", "Fraction of time the FP16 pipe was active.", (), "GPM FP16_UTIL")
+
+# --- NCCL Inspector (NCCL's own per-rank collective telemetry) ---------------------------------------
+# `gpu` and `uuid` are the NVML GPU of the file (its name carries the CUDA UUID; Inspector's own `gpu`
+# label is a CUDA ordinal, not the NVML index); `job_id` is the file's slurm_job_id, else the GPU's job;
+# `message_size` is "all" for the aggregate of the buckets, a bucket ("4-5GB") with --collector.nccl.message-sizes.
+_NCCL = ("gpu", "uuid", "job_id", "comm", "nranks")
+_NCCL_SOURCE = "<inspector-dir>/nccl_inspector_metrics_<uuid>.prom"
+NCCL_BUS_BANDWIDTH = gauge(
+    "nccl", "gpuscope_nccl_bus_bandwidth_bytes_per_second",
+    "Bus bandwidth of a collective on this rank over Inspector's last interval: the geometric mean over its "
+    "message-size buckets (per bucket with --collector.nccl.message-sizes).",
+    (*_NCCL, "collective", "message_size"), f"nccl_bus_bandwidth_gbs in {_NCCL_SOURCE}")
+NCCL_EXEC_TIME = gauge(
+    "nccl", "gpuscope_nccl_collective_exec_time_seconds",
+    "Mean GPU kernel time of a collective on this rank over Inspector's last interval, averaged over its "
+    "message-size buckets; the rank the others wait for has the shortest.",
+    (*_NCCL, "collective", "message_size"), f"nccl_collective_exec_time_microseconds in {_NCCL_SOURCE}")
+NCCL_P2P_BUS_BANDWIDTH = gauge(
+    "nccl", "gpuscope_nccl_p2p_bus_bandwidth_bytes_per_second",
+    "Bus bandwidth of point-to-point operations (Send, Recv) on this rank over Inspector's last interval.",
+    (*_NCCL, "operation", "message_size"), f"nccl_p2p_bus_bandwidth_gbs in {_NCCL_SOURCE}")
+NCCL_P2P_EXEC_TIME = gauge(
+    "nccl", "gpuscope_nccl_p2p_exec_time_seconds",
+    "Mean GPU kernel time of point-to-point operations on this rank over Inspector's last interval.",
+    (*_NCCL, "operation", "message_size"), f"nccl_p2p_exec_time_microseconds in {_NCCL_SOURCE}")
+NCCL_OPERATIONS = counter(
+    "nccl", "gpuscope_nccl_operations_total",
+    "Collective or p2p operations NCCL enqueued on this GPU (Inspector's opt-in device stats).",
+    ("gpu", "uuid", "job_id", "kind"), f"nccl_collectives_total, nccl_p2p_total in {_NCCL_SOURCE}")
+NCCL_OPERATIONS_DROPPED = counter(
+    "nccl", "gpuscope_nccl_operations_dropped_total",
+    "Operations Inspector dropped before dumping them (ring buffer overwritten).",
+    ("gpu", "uuid", "job_id", "kind"), f"nccl_collectives_dropped_total, nccl_p2p_dropped_total in {_NCCL_SOURCE}")
+NCCL_SNAPSHOT_AGE = gauge(
+    "nccl", "gpuscope_nccl_snapshot_age_seconds",
+    "Age of the Inspector file snapshot served for this GPU (files older than 3 intervals are dropped).",
+    ("gpu", "uuid"), _NCCL_SOURCE)
+NCCL_MALFORMED_LINES = counter(
+    "nccl", "gpuscope_nccl_malformed_lines_total", "Lines of Inspector files that were not understood and skipped.",
+    (), _NCCL_SOURCE)
+NCCL_DROPPED = counter(
+    "nccl", "gpuscope_nccl_dropped_total",
+    "Inspector files (what=files) or series (what=series) left out by --collector.nccl.max-files or "
+    "--collector.nccl.max-series, counted at each collection.", ("what",), _NCCL_SOURCE)

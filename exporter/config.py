@@ -17,6 +17,7 @@ import yaml
 
 from exporter.collectors import FACTORIES, Roots
 from exporter.collectors.gpu import GpuOptions
+from exporter.collectors.nccl import NcclOptions
 from exporter.logs import LEVELS
 from exporter.sim.profiles import PROFILES
 
@@ -47,6 +48,14 @@ def parse_bool(value: Any) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"invalid boolean {value!r} (use true or false)")
+
+
+def parse_count(value: Any) -> int:
+    """A positive whole number."""
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"invalid count {value!r} (a whole number of 1 or more)")
+    return int(text)
 
 
 def parse_listen_address(value: Any) -> tuple[str, int]:
@@ -129,6 +138,18 @@ OPTIONS: tuple[Option, ...] = (
            "Kubernetes pod attribution; empty: off"),
     Option("collector.gpu.pod-resource-names", "nvidia.com/gpu", parse_names,
            "comma-separated device plugin resource names that are GPUs"),
+    Option("collector.nccl.inspector-dir", "", str,
+           "NCCL Inspector's Prometheus dump directory (NCCL_INSPECTOR_DUMP_DIR); the nccl collector runs only "
+           "when this names one"),
+    Option("collector.nccl.interval", "30s", parse_duration,
+           "Inspector's dump interval (NCCL_INSPECTOR_DUMP_THREAD_INTERVAL_MICROSECONDS); a file not rewritten "
+           "for 3 intervals belongs to an ended job and its series go"),
+    Option("collector.nccl.max-files", "32", parse_count, "most Inspector files read per scrape; the rest are "
+           "counted in gpuscope_nccl_dropped_total{what=\"files\"}"),
+    Option("collector.nccl.max-series", "400", parse_count, "most NCCL series per scrape; the rest are counted in "
+           "gpuscope_nccl_dropped_total{what=\"series\"}"),
+    Option("collector.nccl.message-sizes", False, parse_bool,
+           "also export each message-size bucket (message_size label), not only their aggregate", is_flag=True),
     Option("simulate", "", parse_profile,
            "serve a simulated node of this profile instead of the host's hardware: " + ", ".join(PROFILES)),
     Option("simulate.dir", "", str,
@@ -184,8 +205,14 @@ def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) ->
                                    procfs=values["path.procfs"],
                                    pod_resources_socket=values["collector.gpu.pod-resources-socket"],
                                    pod_resource_names=values["collector.gpu.pod-resource-names"]),
-                    efa_device_detail=values["collector.rdma.efa-device-detail"]),
-        collectors=tuple(name for name in FACTORIES if values[f"collector.{name}"]),
+                    efa_device_detail=values["collector.rdma.efa-device-detail"],
+                    nccl=NcclOptions(directory=values["collector.nccl.inspector-dir"],
+                                     interval=values["collector.nccl.interval"],
+                                     max_files=values["collector.nccl.max-files"],
+                                     max_series=values["collector.nccl.max-series"],
+                                     message_sizes=values["collector.nccl.message-sizes"])),
+        collectors=tuple(name for name in FACTORIES if values[f"collector.{name}"]
+                         and (name != "nccl" or values["collector.nccl.inspector-dir"])),
         timeout=values["collector.timeout"],
         log_level=values["log.level"],
         log_format=values["log.format"],

@@ -155,7 +155,8 @@ def test_simulate_runs_a_cluster_plays_the_scenario_and_stops_everything(tmp_pat
     ("steps:\n  - {at: 1s, node: 0, fault: {kind: meltdown}}\n", "steps[0].fault: unknown fault kind 'meltdown'"),
     ("steps:\n  - {at: 1s, node: 0, fault: {kind: straggler}}\n", "steps[0].fault: fault straggler needs 'gpu'"),
     ("steps:\n  - {at: soon, node: 0, fault: {kind: efa_stall}}\n", "steps[0].at: invalid duration 'soon'"),
-    ("steps:\n  - {at: 1s, node: 9, fault: {kind: efa_stall}}\n", "steps[0]: 'node' must be 'job' or an index"),
+    ("steps:\n  - {at: 1s, node: 9, fault: {kind: efa_stall}}\n", "steps[0]: 'node' must be one of job, job:4242 or an "
+     "index from 0 to 3"),
     ("steps:\n  - {at: 1s, node: 0, fault: {kind: collective_stall}}\n", "use node: job"),
 ])
 def test_simulate_rejects_a_bad_scenario_naming_the_field(tmp_path, text, message):

@@ -15,6 +15,7 @@ from exporter.catalog import Family
 from exporter.collectors.gpu import GpuCollector, GpuOptions
 from exporter.collectors.host import HostCollector
 from exporter.collectors.lustre import LustreCollector
+from exporter.collectors.nccl import NcclCollector, NcclOptions
 from exporter.collectors.rdma import RdmaCollector
 
 
@@ -31,6 +32,7 @@ class Roots:
     nvml: Any = None
     gpu: GpuOptions = field(default_factory=GpuOptions)
     efa_device_detail: bool = False
+    nccl: NcclOptions = field(default_factory=NcclOptions)
 
 
 class Collector(Protocol):
@@ -52,6 +54,7 @@ FACTORIES: dict[str, Callable[[Roots], Collector]] = {
     "rdma": lambda roots: RdmaCollector(roots.sysfs, roots.efa_device_detail),
     "lustre": lambda roots: LustreCollector(roots.sysfs, roots.procfs),
     "host": lambda roots: HostCollector(roots.sysfs, roots.procfs),
+    "nccl": lambda roots: NcclCollector(roots.nccl),
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -60,8 +63,15 @@ DESCRIPTIONS: dict[str, str] = {
     "rdma": "RDMA/EFA device and port counters from sysfs class/infiniband",
     "lustre": "Lustre client I/O and per-target import health (procfs, sysfs, debugfs)",
     "host": "CPU busy time per NUMA node, available memory, pressure stall information",
+    "nccl": "NCCL Inspector's per-rank collective bandwidth and time, joined to the NVML GPU and its job "
+            "(on when --collector.nccl.inspector-dir names a directory)",
 }
 
 
 def build(names: Iterable[str], roots: Roots) -> list[Collector]:
-    return [FACTORIES[name](roots) for name in names]
+    """The collectors named, wired together: NCCL files name GPUs by UUID, and the GPU collector
+    knows each UUID's NVML index and job."""
+    built = {name: FACTORIES[name](roots) for name in names}
+    if "nccl" in built and "gpu" in built:
+        built["nccl"].identify_with(built["gpu"].identities)
+    return list(built.values())

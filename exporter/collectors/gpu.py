@@ -151,6 +151,13 @@ class GpuCollector:
             nvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
         }
 
+    def identities(self) -> dict[str, tuple[tuple[str, str], tuple[str, ...]]]:
+        """{uuid in lower case: ((gpu, uuid) labels, the GPU's jobs)}: how other sources that name a GPU
+        by UUID (NCCL Inspector files) find its NVML index and job. Empty until NVML is initialised."""
+        gpus = self._gpus or []
+        jobs = self._jobs.jobs() if self._jobs else {}
+        return {gpu.uuid.lower(): (gpu.labels, tuple(jobs.get(gpu.index, ()))) for gpu in gpus}
+
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def _ensure_initialized(self) -> list[_Gpu]:

@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from exporter.sim.faults import JOB_KINDS, Scenario, ScenarioError, Step, check_fault, parse_scenario
+from exporter.sim.faults import JOB_KINDS, Scenario, ScenarioError, Step, check_fault, parse_duration, parse_scenario
+from exporter.sim.node import INSPECTOR_EVERY
 from exporter.sim.nvml import load_profile
 from exporter.sim.scenarios import SCENARIOS
 
@@ -71,12 +72,13 @@ class Cluster:
 
     def __init__(self, root: str, nodes: int = 4, profile: str = "p5.48xlarge", job_nodes: Sequence[int] = (),
                  interval: str = "1s", exporter_args: Sequence[str] = (), base_port: int = 0,
-                 job_id: str = "4242") -> None:
+                 job_id: str = "4242", jobs: Sequence[tuple[str, Sequence[int]]] = ()) -> None:
+        """One job (`job_id` on `job_nodes`, default every node) or several (`jobs`: id and nodes)."""
         self.root = root
-        self.job_id = job_id
+        self.jobs = tuple((str(i), tuple(n)) for i, n in jobs) or ((job_id, tuple(job_nodes) or tuple(range(nodes))),)
+        self.job_id, self.job_nodes = self.jobs[0]
         self.profile_name = profile
         self.profile = load_profile(profile)
-        self.job_nodes = tuple(job_nodes) or tuple(range(nodes))
         self._interval = interval
         self._exporter_args = tuple(exporter_args)
         self.nodes = [SimNode(i, f"node-{i}", os.path.join(root, f"node-{i}"),
@@ -88,12 +90,14 @@ class Cluster:
         for node in self.nodes:
             os.makedirs(node.directory, exist_ok=True)
             self._write_faults(node)
-            self._write_job_mapping(node)
+            self._write_job(node)
             log = open(os.path.join(node.directory, "exporter.log"), "ab")  # noqa: SIM115 (kept by the child)
             node.process = subprocess.Popen(
                 [sys.executable, "-m", "exporter", f"--simulate={self.profile_name}",
                  f"--simulate.dir={node.directory}", f"--simulate.interval={self._interval}",
                  f"--collector.gpu.job-mapping-dir={node.directory}/job-mapping",
+                 f"--collector.nccl.inspector-dir={node.directory}/nccl",
+                 f"--collector.nccl.interval={INSPECTOR_EVERY * parse_duration(self._interval, 'interval'):g}s",
                  f"--web.listen-address={node.address}", *self._exporter_args],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
             log.close()
@@ -148,7 +152,7 @@ class Cluster:
     def inject(self, node: int | str, fault: dict[str, Any]) -> None:
         """Adds a fault to a node, or to every node of the job with node="job"."""
         check_fault(fault, "fault", self.profile["gpu"]["count"])
-        if fault["kind"] in JOB_KINDS and node != "job":
+        if fault["kind"] in JOB_KINDS and not str(node).startswith("job"):
             raise ScenarioError(f"fault {fault['kind']} affects a whole job: inject it with node='job'")
         for target in self._targets(node):
             target.faults.append(dict(fault))
@@ -182,18 +186,27 @@ class Cluster:
                 on_step(step)
             time.sleep(0.1)
 
-    def _write_job_mapping(self, node: SimNode) -> None:
-        """The shared Slurm job, as deploy/slurm/prolog.sh records it on every node of the job."""
+    def _write_job(self, node: SimNode) -> None:
+        """The node's Slurm job as deploy/slurm/prolog.sh records it (one file per GPU), and job.yaml,
+        from which the simulated node writes the job's NCCL Inspector files."""
         mapping = os.path.join(node.directory, "job-mapping")
         os.makedirs(mapping, exist_ok=True)
-        if node.index in self.job_nodes:
-            for gpu in range(self.profile["gpu"]["count"]):
-                with open(os.path.join(mapping, str(gpu)), "w", encoding="ascii") as handle:
-                    handle.write(f"{self.job_id}\n")
+        for job_id, nodes in self.jobs:
+            if node.index in nodes:
+                for gpu in range(self.profile["gpu"]["count"]):
+                    with open(os.path.join(mapping, str(gpu)), "w", encoding="ascii") as handle:
+                        handle.write(f"{job_id}\n")
+                with open(os.path.join(node.directory, "job.yaml"), "w", encoding="utf-8") as handle:
+                    yaml.safe_dump({"id": job_id, "node": node.index, "nodes": len(nodes)}, handle)
 
     def _targets(self, node: int | str) -> list[SimNode]:
         if node == "job":
             return [self.nodes[i] for i in self.job_nodes]
+        if str(node).startswith("job:"):
+            nodes = dict(self.jobs).get(str(node)[4:])
+            if nodes is None:
+                raise ScenarioError(f"no job {str(node)[4:]} in this cluster (jobs: {', '.join(dict(self.jobs))})")
+            return [self.nodes[i] for i in nodes]
         return [self.nodes[int(node)]]
 
     def _write_faults(self, node: SimNode) -> None:

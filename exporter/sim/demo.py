@@ -55,8 +55,8 @@ def _rules_file(work: str) -> str:
 
 def _run(work: str, profile: str, scenario, linger: float) -> None:
     routing = yaml.safe_load(resources.files("alerts").joinpath("alertmanager.yml").read_text())
-    cluster = Cluster(os.path.join(work, "nodes"), scenario.nodes, profile, scenario.job_nodes,
-                      exporter_args=("--collector.gpu.gpm-interval=5s",), job_id=scenario.job_id)
+    cluster = Cluster(os.path.join(work, "nodes"), scenario.nodes, profile, jobs=scenario.jobs,
+                      exporter_args=("--collector.gpu.gpm-interval=5s",))
     print(f"starting {scenario.nodes} simulated {profile} nodes, Prometheus and Alertmanager ...", flush=True)
     with cluster, webhook_receiver() as (url, hook), alertmanager(routed_to_webhook(routing, url)) as am:
         jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [cluster.write_targets()]}]}]

@@ -5,13 +5,18 @@ and in a node's `faults.yaml`. `node_effects()` turns the faults active on one n
 the simulation changes: a `Fault` per GPU for the simulated NVML, and the node's EFA and Lustre
 behaviour. The effects follow the signatures in REFERENCE.md §4 (an NCCL hang: utilization pinned,
 power near idle, no tensor activity, network flat; a thermal throttle: the HW thermal bit,
-temperature at the slowdown limit, violation time rising).
+temperature at the slowdown limit, violation time rising) and the measurements of issue 15 (one
+rank the job waits for: the others keep 100 % utilization and full clocks but SM activity falls
+88 % -> 61 % and power drops, while that rank stays busiest and finishes its collectives first).
+
+Job faults are written to every node of the job; those aimed at one rank or node name it with
+`node` (and `gpu`), and each node works out its own part from its index.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from exporter.sim.nvml import Fault
@@ -19,7 +24,12 @@ from exporter.sim.nvml import Fault
 GPU_KINDS = ("straggler", "thermal_throttle", "power_brake", "nvlink_errors", "gpu_lost", "ecc_uncorrectable",
              "row_remap_failure", "xid")
 NODE_KINDS = ("efa_stall", "efa_retransmit_storm", "lustre_eviction")
-JOB_KINDS = ("collective_stall",)
+JOB_KINDS = ("collective_stall", "compute_straggler", "nccl_late_arrival", "nccl_bandwidth_drop", "checkpoint",
+             "pipeline_imbalance")
+RANK_KINDS = ("compute_straggler", "nccl_late_arrival")  # aimed at one GPU: `node` and `gpu`
+LINK_KINDS = ("nccl_bandwidth_drop",)  # aimed at one node's network: `node`
+# How much longer the ranks that wait spend in each collective, and how much shorter the rank waited for.
+WAITING_EXEC, WAITED_FOR_EXEC = 1.7, 0.45
 KINDS = GPU_KINDS + NODE_KINDS + JOB_KINDS
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -42,8 +52,22 @@ class LustreEffect:
 
 
 @dataclass
+class NcclEffect:
+    """How the node's ranks' collectives change: exec time and bus bandwidth multipliers per GPU
+    (bandwidth of cross-node communicators only), and whether collectives stopped (a checkpoint)."""
+
+    exec_scale: dict[int, float] = field(default_factory=dict)
+    network_bandwidth_scale: float = 1.0
+    paused: bool = False
+
+    def scale_exec(self, gpu: int, factor: float) -> None:
+        self.exec_scale[gpu] = self.exec_scale.get(gpu, 1.0) * factor
+
+
+@dataclass
 class NodeEffects:
     gpus: dict[int, Fault] = field(default_factory=dict)
+    nccl: NcclEffect = field(default_factory=NcclEffect)
     xids: list[tuple[int, int]] = field(default_factory=list)  # (gpu, xid) raised when the fault starts
     efa: EfaEffect = field(default_factory=EfaEffect)
     lustre: LustreEffect = field(default_factory=LustreEffect)
@@ -62,16 +86,22 @@ def check_fault(fault: Any, where: str, gpus: int) -> dict[str, Any]:
             raise ScenarioError(f"{where}: fault {kind} needs 'gpu', an index from 0 to {gpus - 1}")
     if kind == "xid" and not isinstance(fault.get("xid"), int):
         raise ScenarioError(f"{where}: fault xid needs 'xid', the XID number")
+    if kind in RANK_KINDS + LINK_KINDS and not isinstance(fault.get("node"), int):
+        raise ScenarioError(f"{where}: fault {kind} needs 'node', the index of the node it hits")
+    if kind in RANK_KINDS and not (isinstance(fault.get("gpu"), int) and 0 <= fault["gpu"] < gpus):
+        raise ScenarioError(f"{where}: fault {kind} needs 'gpu', an index from 0 to {gpus - 1}")
     return fault
 
 
-def node_effects(faults: list[dict[str, Any]], profile: dict[str, Any]) -> NodeEffects:
-    """What the faults active on a node change, given the node's profile."""
+def node_effects(faults: list[dict[str, Any]], profile: dict[str, Any], node: int | None = None) -> NodeEffects:
+    """What the faults active on a node change, given the node's profile and its index."""
     effects = NodeEffects()
     gpu, busy = profile["gpu"], profile["busy"]
     for fault in faults:
         kind = fault["kind"]
-        if kind == "xid":
+        if kind in JOB_KINDS and kind != "collective_stall":
+            _job_effect(effects, fault, profile, node)
+        elif kind == "xid":
             effects.xids.append((fault["gpu"], fault["xid"]))
         elif kind == "gpu_lost":
             effects.gpus[fault["gpu"]] = Fault(lost=True)  # the simulated NVML raises XID 79 itself
@@ -92,6 +122,41 @@ def node_effects(faults: list[dict[str, Any]], profile: dict[str, Any]) -> NodeE
             effects.lustre.stalled_targets.add(fault.get("target", "OST0001"))
             effects.lustre.state = fault.get("state", "DISCONN")
     return effects
+
+
+def _job_effect(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any], node: int | None) -> None:
+    """This node's part of a job-wide fault; effects on one GPU compose (a straggler in an imbalanced job)."""
+    kind, gpus = fault["kind"], range(profile["gpu"]["count"])
+    busy_power, limit = profile["busy"]["power_watts"], profile["gpu"]["power_limit_watts"]
+    target = fault.get("gpu") if fault.get("node") == node else None
+    if kind in RANK_KINDS:
+        for index in gpus:
+            waited_for = index == target
+            effects.nccl.scale_exec(index, WAITED_FOR_EXEC if waited_for else WAITING_EXEC)
+            if kind == "compute_straggler":  # the waiting GPUs spin in NCCL kernels: fewer SMs busy, less power
+                _compose(effects, index, 1.03 if waited_for else 0.66, None if waited_for else 0.72 * busy_power)
+    elif kind == "nccl_bandwidth_drop":  # a ring runs at its slowest link: everyone slows, that node most
+        effects.nccl.network_bandwidth_scale *= 0.3 if fault["node"] == node else 0.45
+    elif kind == "checkpoint":  # the job writes its state: GPUs idle, no collectives
+        effects.nccl.paused = True
+        for index in gpus:
+            _compose(effects, index, 0.02, 0.15 * limit, utilization=3)
+    elif kind == "pipeline_imbalance":  # first and last pipeline stages always busier: healthy
+        last = profile["gpu"]["count"] - 1
+        for index in gpus:
+            if index in (0, last):
+                effects.nccl.scale_exec(index, 0.55)
+            else:
+                _compose(effects, index, 0.78, None)
+
+
+def _compose(effects: NodeEffects, index: int, activity: float, power: float | None,
+             utilization: float | None = None) -> None:
+    current = effects.gpus.get(index, Fault())
+    scale = (current.activity_scale if current.activity_scale is not None else 1.0) * activity
+    effects.gpus[index] = replace(current, activity_scale=scale,
+                                  power_watts=power if power is not None else current.power_watts,
+                                  utilization=utilization if utilization is not None else current.utilization)
 
 
 def _gpu_fault(kind: str, gpu: dict[str, Any], busy: dict[str, Any]) -> Fault:
@@ -117,7 +182,7 @@ def _gpu_fault(kind: str, gpu: dict[str, Any], busy: dict[str, Any]) -> Fault:
 @dataclass(frozen=True)
 class Step:
     at: float
-    node: int | str  # a node index, or "job" for every node of the job
+    node: int | str  # a node index, "job" for every node of the first job, "job:<id>" for that job's
     fault: dict[str, Any] | None  # None clears
     clear: str = ""  # with fault None: the kind to clear, or "all"
 
@@ -127,9 +192,8 @@ class Scenario:
     name: str
     description: str
     nodes: int
-    job_nodes: tuple[int, ...]
+    jobs: tuple[tuple[str, tuple[int, ...]], ...]  # (job id, its nodes), the first one is "job"
     steps: tuple[Step, ...]
-    job_id: str = "4242"
 
 
 def parse_duration(value: Any, where: str) -> float:
@@ -144,27 +208,42 @@ def parse_scenario(data: Any, source: str, gpus: int, nodes: int | None = None) 
     if not isinstance(data, dict):
         raise ScenarioError(f"{source}: a scenario is a mapping with 'name' and 'steps'")
     count = int(nodes or data.get("nodes", 4))
-    job_spec = data.get("job") if isinstance(data.get("job"), dict) else {}
-    job = job_spec.get("nodes", "all")
-    job_nodes = tuple(range(count)) if job == "all" else tuple(int(n) for n in job)
+    jobs = _jobs(data, source, count)
+    targets = ("job", *(f"job:{job_id}" for job_id, _ in jobs))
     steps = []
     for number, raw in enumerate(data.get("steps") or []):
         where = f"{source}: steps[{number}]"
         if not isinstance(raw, dict):
             raise ScenarioError(f"{where}: a step is a mapping with 'at', 'node' and 'fault' or 'clear'")
         node = raw.get("node", 0)
-        if node != "job" and (not isinstance(node, int) or not 0 <= node < count):
-            raise ScenarioError(f"{where}: 'node' must be 'job' or an index from 0 to {count - 1}")
+        if node not in targets and (not isinstance(node, int) or not 0 <= node < count):
+            raise ScenarioError(f"{where}: 'node' must be one of {', '.join(targets)} or an index from 0 to "
+                                f"{count - 1}")
         at = parse_duration(raw.get("at", "0s"), f"{where}.at")
         if "clear" in raw:
             steps.append(Step(at, node, None, str(raw["clear"])))
             continue
         fault = check_fault(raw.get("fault"), f"{where}.fault", gpus)
-        if fault["kind"] in JOB_KINDS and node != "job":
-            raise ScenarioError(f"{where}: {fault['kind']} affects a whole job: use node: job")
+        if fault["kind"] in JOB_KINDS and node not in targets:
+            raise ScenarioError(f"{where}: {fault['kind']} affects a whole job: use node: job (or job:<id>)")
         steps.append(Step(at, node, dict(fault)))
         if "duration" in raw:
             steps.append(Step(at + parse_duration(raw["duration"], f"{where}.duration"), node, None,
                               fault["kind"]))
-    return Scenario(str(data.get("name", source)), str(data.get("description", "")), count, job_nodes,
-                    tuple(sorted(steps, key=lambda s: s.at)), str(job_spec.get("id", "4242")))
+    return Scenario(str(data.get("name", source)), str(data.get("description", "")), count, jobs,
+                    tuple(sorted(steps, key=lambda s: s.at)))
+
+
+def _jobs(data: dict[str, Any], source: str, count: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """`jobs: [{id, nodes}]`, or the one `job: {id, nodes}` (default: job 4242 on every node)."""
+    specs = data.get("jobs") if "jobs" in data else [data.get("job") if isinstance(data.get("job"), dict) else {}]
+    if not isinstance(specs, list) or not specs:
+        raise ScenarioError(f"{source}: 'jobs' must be a list of {{id, nodes}}")
+    jobs = []
+    for number, spec in enumerate(specs):
+        nodes = spec.get("nodes", "all") if isinstance(spec, dict) else None
+        if nodes != "all" and not (isinstance(nodes, list) and all(isinstance(n, int) and 0 <= n < count
+                                                                   for n in nodes)):
+            raise ScenarioError(f"{source}: jobs[{number}].nodes must be 'all' or node indices from 0 to {count - 1}")
+        jobs.append((str(spec.get("id", 4242 + number * 101)), tuple(range(count)) if nodes == "all" else tuple(nodes)))
+    return tuple(jobs)

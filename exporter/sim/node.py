@@ -17,8 +17,9 @@ from typing import Any
 import yaml
 
 from exporter.sim.faults import NodeEffects, ScenarioError, check_fault, node_effects
+from exporter.sim.inspector import rank_buckets, write_rank_files
 from exporter.sim.lustre_tree import LustreClient, LustreTarget, write_lustre_tree
-from exporter.sim.nvml import Fault, SimulatedNvml
+from exporter.sim.nvml import Fault, SimulatedNvml, gpu_uuid
 from exporter.sim.rdma_tree import (
     P5_EFA_BUSES,
     P5_GPU_BUSES,
@@ -52,6 +53,8 @@ EFA_RATES = {"tx_bytes": 1.5e9, "rx_bytes": 1.5e9, "tx_pkts": 1.5e9 / 8192, "rx_
              "send_bytes": 2e5, "send_wrs": 50, "recv_bytes": 2e5, "recv_wrs": 50, "keep_alive_rcvd": 1}
 LUSTRE_READ_RATE = 400e6  # steady data loading, bytes/s
 CHECKPOINT_EVERY, CHECKPOINT_SECONDS, CHECKPOINT_RATE = 600.0, 30.0, 2e9  # write bursts
+# NCCL Inspector dumps every this many updates (it enforces 30 s or more on a real node).
+INSPECTOR_EVERY = 3
 
 
 def efa_devices(count: int) -> list[RdmaDevice]:
@@ -64,7 +67,8 @@ class SimulatedNode:
 
     Faults arrive through `<root>/faults.yaml`, a list of fault mappings (see faults.py) that the
     cluster controller rewrites; GPU faults go to the simulated NVML, the rest change EFA and
-    Lustre behaviour here.
+    Lustre behaviour here. A node in a job finds it in `<root>/job.yaml` (its id, this node's index,
+    the job's node count) and writes NCCL Inspector's files for its GPUs into `<root>/nccl`.
     """
 
     def __init__(self, root: str, profile: dict[str, Any], nvml: SimulatedNvml | None = None,
@@ -72,6 +76,11 @@ class SimulatedNode:
         """`layout` is the EFA counter layout: split (kernel >= 5.15) or combined (older kernels)."""
         self.sysfs = os.path.join(root, "sys")
         self.faults_file = os.path.join(root, "faults.yaml")
+        self.job_file = os.path.join(root, "job.yaml")
+        self.inspector_dir = os.path.join(root, "nccl")
+        self._job: dict[str, Any] = {}
+        self._job_seen: tuple[float, int] | None = None
+        self._updates = 0
         self._staging = os.path.join(root, ".staging")
         self._profile = profile
         self._nvml = nvml
@@ -103,7 +112,8 @@ class SimulatedNode:
                 targets=[LustreTarget(name, state="IDLE", rpcs_in_flight=0) for name in ("MDT0000", "OST0000")]))
 
     def advance(self) -> None:
-        """Applies any new faults, then moves every counter on by the time since the last call."""
+        """Applies any new job and faults, then moves every counter on by the time since the last call."""
+        self._load_job()
         self._load_faults()
         now = self._clock()
         dt, self._last = max(0.0, now - self._last), now
@@ -118,6 +128,39 @@ class SimulatedNode:
             write_counters(self.sysfs, device, self._layout, self._staging, unchanged=before)
         self._advance_lustre(dt)
         write_lustre_tree(self.sysfs, self.lustre, time.time(), self._staging)
+        self._dump_inspector()
+
+    def _load_job(self) -> None:
+        """Reads job.yaml when it changed; the faults are worked out again for this node's index."""
+        try:
+            stat = os.stat(self.job_file)
+        except FileNotFoundError:
+            stat = None
+        seen = (stat.st_mtime, stat.st_size) if stat else None
+        if seen == self._job_seen:
+            return
+        self._job_seen, self._faults_seen = seen, None
+        try:
+            with open(self.job_file, encoding="utf-8") as handle:
+                job = yaml.safe_load(handle) or {}
+            self._job = {"id": str(job["id"]), "node": int(job["node"]), "nodes": int(job["nodes"])}
+        except FileNotFoundError:
+            self._job = {}
+        except (OSError, yaml.YAMLError, TypeError, KeyError, ValueError) as exc:
+            log.warning("ignoring simulated job file", extra={"file": self.job_file, "error": str(exc)})
+            self._job = {}
+
+    def _dump_inspector(self) -> None:
+        """Every INSPECTOR_EVERY updates, NCCL Inspector's dump for the node's GPUs, unless the job
+        runs no collectives (a checkpoint) or there is no job."""
+        self._updates += 1
+        nccl = self._effects.nccl
+        if not self._job or nccl.paused or self._updates % INSPECTOR_EVERY:
+            return
+        node, nodes, gpus = self._job["node"], self._job["nodes"], self._profile["gpu"]["count"]
+        ranks = [(gpu_uuid(gpu), gpu, rank_buckets(node, nodes, gpus, gpu, nccl.exec_scale.get(gpu, 1.0),
+                                                   nccl.network_bandwidth_scale)) for gpu in range(gpus)]
+        write_rank_files(self.inspector_dir, ranks, self._job["id"], f"node-{node}")
 
     def _advance_lustre(self, dt: float) -> None:
         stalled = self._effects.lustre.stalled_targets
@@ -158,7 +201,7 @@ class SimulatedNode:
             except (OSError, yaml.YAMLError, TypeError, ScenarioError) as exc:
                 log.warning("ignoring simulated faults file", extra={"file": self.faults_file, "error": str(exc)})
                 return
-        self._apply(node_effects(faults, self._profile))
+        self._apply(node_effects(faults, self._profile, self._job.get("node")))
 
     def _apply(self, effects: NodeEffects) -> None:
         self._effects = effects

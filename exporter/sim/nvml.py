@@ -67,6 +67,11 @@ _POLICY_FIELDS = {"power": 74, "thermal": 75, "sync_boost": 76, "board_limit": 7
 _NVLINK_ERROR_FIELDS = {"crc_flit": 38, "crc_data": 45, "replay": 52, "recovery": 59}
 
 
+def gpu_uuid(index: int) -> str:
+    """The simulated GPU's NVML UUID (the same on every simulated node, as indices are)."""
+    return f"GPU-{index:08x}-5ca1-4e0d-9a7b-{0x1d0f00000000 + index * 0x1111:012x}"
+
+
 class _GpuState:
     """One GPU's cumulative counters, integrated from their rates whenever time moves."""
 
@@ -74,7 +79,7 @@ class _GpuState:
         gpu, busy = profile["gpu"], profile["busy"]
         self.index = index
         self.handle = ctypes.pointer(pynvml.struct_c_nvmlDevice_t())
-        self.uuid = f"GPU-{index:08x}-5ca1-4e0d-9a7b-{0x1d0f00000000 + index * 0x1111:012x}"
+        self.uuid = gpu_uuid(index)
         self.bus_id = f"00000000:{0x53 + index * 0x11:02X}:00.0"
         self.fault = Fault()
         self.last = now
@@ -450,7 +455,7 @@ class SimulatedNvml:
         """What the GPU is doing now, as GPM would average it between two samples."""
         fault = state.fault
         scale = fault.activity_scale if fault.activity_scale is not None else 1.0
-        return {key: self._busy(key) * scale for key in _GPM_RATIOS.values()}
+        return {key: min(1.0, self._busy(key) * scale) for key in _GPM_RATIOS.values()}
 
     def nvmlGpmMetricsGet(self, request: Any) -> Any:
         self.calls["nvmlGpmMetricsGet"] += 1

@@ -34,8 +34,7 @@ def run_simulation(args: dict[str, Any]) -> int:
         print(f"gpuscope simulate: error: {exc}", file=sys.stderr)
         return 2
     root = os.path.abspath(args["out"])
-    cluster = Cluster(root, scenario.nodes, args["profile"], scenario.job_nodes, base_port=args["base_port"],
-                      job_id=scenario.job_id)
+    cluster = Cluster(root, scenario.nodes, args["profile"], base_port=args["base_port"], jobs=scenario.jobs)
     try:
         cluster.start()
         print(f"{scenario.nodes} simulated {args['profile']} nodes, scenario {scenario.name}: {scenario.description}")

@@ -1,0 +1,221 @@
+"""NCCL's own per-rank collective timing, from NCCL Inspector's Prometheus-mode files.
+
+Inspector (NVIDIA/nccl `plugins/profiler/inspector/`, `NCCL_INSPECTOR_PROM_DUMP=1`) writes one file
+per GPU into its dump directory, `nccl_inspector_metrics_<uuid>.prom`, the CUDA UUID being NVML's
+UUID without `GPU-`. Every interval (30 s or more) it rewrites the file in place: it truncates it,
+then appends two lines per bucket with `fwrite` and `fflush`. So a reader can meet an empty or a
+half-written file; a file is taken only when it ends with a newline and has not changed for a
+second, else that file's last complete snapshot is served. A file not rewritten for three intervals
+belongs to a job that ended (Inspector leaves the last one behind) and its series go.
+
+Lines carry no HELP or TYPE and their labels come in a fixed order: version, slurm_job_id, node,
+gpu (a CUDA ordinal inside the job's process, not the NVML index), comm_name (written unescaped, so
+it may hold a quote), n_nodes, nranks, then collective or p2p_operation, message_size and (for
+collectives) algo_proto. The parser anchors on that order instead of trusting the quoting.
+
+By default each collective is one series per rank and communicator (message-size buckets
+aggregated: bus bandwidth as a geometric mean, as Inspector itself averages it, exec time as an
+arithmetic mean; every rank of a communicator runs the same collectives, so ranks stay comparable),
+marked `message_size="all"`; `--collector.nccl.message-sizes` adds one series per bucket.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from exporter import catalog
+from exporter.catalog import Family, Scrape
+from exporter.files import list_dir, read_bytes
+
+FILE_NAME = re.compile(r"^nccl_inspector_metrics_([0-9a-fA-F-]{36})\.prom$")
+LINE = re.compile(
+    r'^(?P<name>nccl_[a-z0-9_]+)\{version="[^"]*",slurm_job_id="(?P<job>[^"]*)",node="[^"]*",gpu="[^"]*"'
+    r'(?:,comm_name="(?P<comm>.*)",n_nodes="\d+",nranks="(?P<nranks>\d+)",'
+    r'(?:collective="(?P<collective>[^"]*)"|p2p_operation="(?P<p2p>[^"]*)"),message_size="(?P<size>[^"]*)"'
+    r'(?:,algo_proto="[^"]*")?)?\} (?P<value>\S+)$')
+# Inspector's names -> (gpuscope metric, factor to base units); bandwidths and times per bucket.
+BUCKET_METRICS = {
+    "nccl_bus_bandwidth_gbs": (catalog.NCCL_BUS_BANDWIDTH, 1e9),
+    "nccl_collective_exec_time_microseconds": (catalog.NCCL_EXEC_TIME, 1e-6),
+    "nccl_p2p_bus_bandwidth_gbs": (catalog.NCCL_P2P_BUS_BANDWIDTH, 1e9),
+    "nccl_p2p_exec_time_microseconds": (catalog.NCCL_P2P_EXEC_TIME, 1e-6),
+}
+DEVICE_METRICS = {
+    "nccl_collectives_total": (catalog.NCCL_OPERATIONS, "collective"),
+    "nccl_p2p_total": (catalog.NCCL_OPERATIONS, "p2p"),
+    "nccl_collectives_dropped_total": (catalog.NCCL_OPERATIONS_DROPPED, "collective"),
+    "nccl_p2p_dropped_total": (catalog.NCCL_OPERATIONS_DROPPED, "p2p"),
+}
+BANDWIDTHS = {catalog.NCCL_BUS_BANDWIDTH.name, catalog.NCCL_P2P_BUS_BANDWIDTH.name}
+STALE_INTERVALS = 3
+SETTLE_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Line:
+    """One understood line: Inspector's metric name, its job, and for buckets the communicator."""
+
+    name: str
+    job: str
+    value: float
+    comm: str = ""
+    nranks: str = ""
+    operation: str = ""
+    size: str = ""
+
+
+def parse(text: str) -> tuple[list[Line], int]:
+    """The lines of an Inspector file that are understood, and how many were not."""
+    lines, malformed = [], 0
+    for raw in text.splitlines():
+        if not raw.strip():
+            continue
+        match = LINE.match(raw)
+        known = match and (match["name"] in BUCKET_METRICS if match["comm"] is not None
+                           else match["name"] in DEVICE_METRICS)
+        value = _number(match["value"]) if known else None
+        if value is None:
+            malformed += 1
+            continue
+        lines.append(Line(match["name"], match["job"], value, match["comm"] or "", match["nranks"] or "",
+                          match["collective"] or match["p2p"] or "", match["size"] or ""))
+    return lines, malformed
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def complete(data: bytes) -> bool:
+    """A whole dump: something written and the last line finished (Inspector truncates, then appends)."""
+    return bool(data) and data.endswith(b"\n")
+
+
+@dataclass(frozen=True)
+class NcclOptions:
+    directory: str = ""  # Inspector's NCCL_INSPECTOR_DUMP_DIR; empty: the collector is off
+    interval: float = 30.0  # Inspector's dump interval (NCCL_INSPECTOR_DUMP_THREAD_INTERVAL_MICROSECONDS)
+    max_files: int = 32
+    max_series: int = 400
+    message_sizes: bool = False
+
+
+@dataclass
+class _Snapshot:
+    mtime: float
+    lines: list[Line]
+
+
+# uuid ("GPU-…", lower case) -> ((gpu, uuid) labels of the GPU collector, the GPU's jobs from attribution)
+Identities = Callable[[], dict[str, tuple[tuple[str, str], tuple[str, ...]]]]
+
+
+class NcclCollector:
+    """Serves the last complete snapshot of every fresh Inspector file under gpuscope's names."""
+
+    name = "nccl"
+
+    def __init__(self, options: NcclOptions, clock: Callable[[], float] = time.time) -> None:
+        self._options = options
+        self._clock = clock
+        self._snapshots: dict[str, _Snapshot] = {}
+        self._malformed = 0
+        self._dropped = {"files": 0, "series": 0}
+        self._identities: Identities = dict
+
+    def identify_with(self, identities: Identities) -> None:
+        """Where the NVML index and the job of a GPU come from (the GPU collector, when it runs)."""
+        self._identities = identities
+
+    def collect(self) -> Iterable[Family]:
+        now = self._clock()
+        fresh = self._read_files(now)
+        scrape = Scrape()
+        identities = self._identities()
+        budget = self._options.max_series
+        for uuid, snapshot in sorted(fresh.items()):
+            (gpu, uuid_label), jobs = identities.get(uuid.lower(), (("", uuid), ()))
+            scrape.add(catalog.NCCL_SNAPSHOT_AGE, max(0.0, now - snapshot.mtime), gpu, uuid_label)
+            budget = self._add_lines(scrape, snapshot.lines, gpu, uuid_label, jobs, budget)
+        scrape.add(catalog.NCCL_MALFORMED_LINES, self._malformed)
+        for what, count in self._dropped.items():
+            scrape.add(catalog.NCCL_DROPPED, count, what)
+        return scrape.families.values()
+
+    def _read_files(self, now: float) -> dict[str, _Snapshot]:
+        """{uuid: snapshot} of the files rewritten within three intervals, at most max_files of them."""
+        directory = self._options.directory
+        names = sorted(name for name in list_dir(directory) if FILE_NAME.match(name))
+        self._dropped["files"] += max(0, len(names) - self._options.max_files)
+        fresh: dict[str, _Snapshot] = {}
+        for name in names[:self._options.max_files]:
+            uuid = "GPU-" + FILE_NAME.match(name)[1].lower()
+            snapshot = self._refresh(os.path.join(directory, name), uuid, now)
+            if snapshot:
+                fresh[uuid] = snapshot
+        for gone in set(self._snapshots) - set(fresh):
+            del self._snapshots[gone]
+        return fresh
+
+    def _refresh(self, path: str, uuid: str, now: float) -> _Snapshot | None:
+        """The file's snapshot: re-read when it changed and settled, kept when it is being rewritten."""
+        try:
+            mtime = os.stat(path).st_mtime
+        except OSError:
+            return None
+        if now - mtime > STALE_INTERVALS * self._options.interval:
+            return None
+        previous = self._snapshots.get(uuid)
+        if previous and previous.mtime == mtime:
+            return previous
+        if now - mtime >= SETTLE_SECONDS:
+            try:
+                data = read_bytes(path)
+            except OSError:
+                data = b""
+            if complete(data):
+                lines, malformed = parse(data.decode("utf-8", "replace"))
+                self._malformed += malformed
+                self._snapshots[uuid] = previous = _Snapshot(mtime, lines)
+        return previous
+
+    def _add_lines(self, scrape: Scrape, lines: list[Line], gpu: str, uuid: str, jobs: tuple[str, ...],
+                   budget: int) -> int:
+        """Adds one file's series within the remaining series budget; returns what is left of it."""
+        buckets: dict[tuple, list[float]] = defaultdict(list)
+        for line in lines:
+            job = line.job if line.job not in ("", "unknown") else (jobs[0] if jobs else "")
+            if line.name in DEVICE_METRICS:
+                metric, kind = DEVICE_METRICS[line.name]
+                buckets[metric, (gpu, uuid, job, kind)].append(line.value)
+                continue
+            metric, factor = BUCKET_METRICS[line.name]
+            labels = (gpu, uuid, job, line.comm, line.nranks, line.operation)
+            buckets[metric, (*labels, "all")].append(line.value * factor)
+            if self._options.message_sizes:
+                buckets[metric, (*labels, line.size)].append(line.value * factor)
+        for (metric, labels), values in buckets.items():
+            if budget <= 0:
+                self._dropped["series"] += 1
+                continue
+            scrape.add(metric, _mean(metric, values), *labels)
+            budget -= 1
+        return budget
+
+
+def _mean(metric: catalog.Metric, values: list[float]) -> float:
+    """Bandwidths average geometrically over buckets (as Inspector does within one), the rest arithmetically."""
+    if metric.name not in BANDWIDTHS:
+        return sum(values) / len(values)
+    positive = [v for v in values if v > 0]
+    return math.exp(sum(math.log(v) for v in positive) / len(positive)) if positive else 0.0
