@@ -73,6 +73,8 @@ JOB_NODES = "job_id:gpuscope_nodes:count"
 JOB_GPUS = "job_id:gpuscope_gpus:count"
 JOB_BUSY_GPUS = "job_id:gpuscope_gpus_busy:count"
 JOB_ACTIVE_BASELINE = "job_id:gpuscope_gpu_sm_active_ratio:median_busy_baseline"
+JOB_BUSIEST = "job_id:gpuscope_gpu_sm_active_ratio:max_busy"
+JOB_NEAR_BUSIEST = "job_id:gpuscope_gpus_near_busiest:count"
 NCCL_EXEC_MEDIAN = "job_id_comm_collective:gpuscope_nccl_collective_exec_time_seconds:median"
 NCCL_EXEC_BASELINE = "job_id_comm_collective:gpuscope_nccl_collective_exec_time_seconds:median_baseline"
 NCCL_BW_MEDIAN = "job_id_comm_collective:gpuscope_nccl_bus_bandwidth_bytes_per_second:median"
@@ -120,6 +122,11 @@ def nccl_ranks(metric: str, s: Settings) -> str:
     return f'{metric}{{message_size="all", nranks!~"{small}"}}'
 
 
+def near_busiest(s: Settings) -> str:
+    """The busy GPUs of each job within busiest_ratio of the job's busiest."""
+    return f"{JOB_SM_ACTIVE} >= on (job_id) group_left {JOB_BUSIEST} / {s.busiest_ratio}"
+
+
 def job_wait_records(s: Settings) -> list[Group]:
     """What the waited-for-rank alerts compare: a job's GPUs and busy GPUs, its median SM activity's
     recent high; each communicator's median collective time and bandwidth, their recent low and high.
@@ -131,6 +138,12 @@ def job_wait_records(s: Settings) -> list[Group]:
             Record(JOB_GPUS, f"count by (job_id) ({c.GPU_JOB_INFO.name})"),
             Record(JOB_BUSY_GPUS, f"count by (job_id) ({JOB_SM_ACTIVE})"),
             Record(JOB_ACTIVE_BASELINE, f"max_over_time({JOB_ACTIVE_MEDIAN}[{window}])"),
+        )),
+        # How many GPUs of a job are within busiest_ratio of its busiest: 1 when one GPU stands alone
+        # (the rank waited for), several in a pipeline whose first and last stages are always busier.
+        Group("gpuscope-job-busiest", (
+            Record(JOB_BUSIEST, f"max by (job_id) ({JOB_SM_ACTIVE})"),
+            Record(JOB_NEAR_BUSIEST, f"count by (job_id) ({near_busiest(s)})"),
         )),
         Group("gpuscope-nccl-baselines", (
             Record(NCCL_EXEC_MEDIAN, f"quantile by ({COMM}) (0.5, {exec_time})"),
@@ -268,14 +281,16 @@ def straggler_alerts(s: Settings) -> list[Group]:
 def job_wait_alerts(s: Settings) -> list[Group]:
     """The rank a synchronous job waits for, from the hardware and from NCCL, and a communicator's
     bandwidth collapse. Each needs the whole job busy (a checkpoint or an evaluation idles GPUs)
-    and a change against the job's own recent level (healthy pipeline imbalance is there from the
-    start); a job whose ranks all wait is CollectiveStall, not this."""
+    and a change against the job's own recent level; a job whose ranks all wait is CollectiveStall,
+    not this. The hardware evidence also needs the GPU to stand alone at the top: the busier first
+    and last stages of a pipeline stay above the median through any slowdown, but they are many."""
     whole_job_busy = f"on (job_id) ({JOB_BUSY_GPUS} == {JOB_GPUS} and {JOB_GPUS} >= {s.straggler_min_gpus})"
     exec_time, bandwidth = nccl_ranks(c.NCCL_EXEC_TIME.name, s), nccl_ranks(c.NCCL_BUS_BANDWIDTH.name, s)
     rank = "cluster, instance, gpu, uuid, job_id"
     return [Group("gpuscope-job-waits-alerts", (
         Alert("GpuStraggler",
-              f"{JOB_SM_ACTIVE} / on (job_id) group_left {JOB_ACTIVE_MEDIAN} > {s.busiest_ratio}"
+              f"({near_busiest(s)}) / on (job_id) group_left {JOB_ACTIVE_MEDIAN} > {s.busiest_ratio}"
+              f" and on (job_id) {JOB_NEAR_BUSIEST} == 1"
               f" and on (job_id) {JOB_ACTIVE_MEDIAN} < {s.job_slowdown_ratio} * {JOB_ACTIVE_BASELINE}"
               f" and {whole_job_busy}",
               s.straggler_for, "critical", "The job waits for this GPU: it is the busiest while its peers idle",

@@ -37,18 +37,23 @@ def node_roots(settings: ExporterSettings) -> Iterator[Roots]:
     if not settings.simulate:
         yield settings.roots
         return
-    from exporter.sim.node import SimulatedNode  # the daemon loads the simulator only when asked to
+    from exporter.sim.node import INSPECTOR_EVERY, SimulatedNode  # the simulator only when asked for
     from exporter.sim.nvml import SimulatedNvml, load_profile
 
     profile = load_profile(settings.simulate)
     with tempfile.TemporaryDirectory(prefix="gpuscope-sim-") as work:
         nvml = SimulatedNvml(profile)
+        if not settings.simulate_dir:  # a node of its own runs a one-node training job
+            SimulatedNode.write_job(work, "4242", node=0, nodes=1)
         node = SimulatedNode(settings.simulate_dir or work, profile, nvml, layout=settings.simulate_efa_layout)
         node.start(settings.simulate_interval)
         log.info("serving a simulated node", extra={"profile": settings.simulate, "sysfs": node.sysfs,
                                                     "faults": node.faults_file})
         try:
-            yield dataclasses.replace(settings.roots, sysfs=node.sysfs, nvml=nvml)
+            # NCCL Inspector's files of the simulated job, at the simulator's dump cadence
+            nccl = dataclasses.replace(settings.roots.nccl, interval=INSPECTOR_EVERY * settings.simulate_interval,
+                                       directory=settings.roots.nccl.directory or node.inspector_dir)
+            yield dataclasses.replace(settings.roots, sysfs=node.sysfs, nvml=nvml, nccl=nccl)
         finally:
             node.stop()
 

@@ -140,7 +140,7 @@ OPTIONS: tuple[Option, ...] = (
            "comma-separated device plugin resource names that are GPUs"),
     Option("collector.nccl.inspector-dir", "", str,
            "NCCL Inspector's Prometheus dump directory (NCCL_INSPECTOR_DUMP_DIR); the nccl collector runs only "
-           "when this names one"),
+           "when this names one (with --simulate: the simulated node's)"),
     Option("collector.nccl.interval", "30s", parse_duration,
            "Inspector's dump interval (NCCL_INSPECTOR_DUMP_THREAD_INTERVAL_MICROSECONDS); a file not rewritten "
            "for 3 intervals belongs to an ended job and its series go"),
@@ -212,7 +212,7 @@ def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) ->
                                      max_series=values["collector.nccl.max-series"],
                                      message_sizes=values["collector.nccl.message-sizes"])),
         collectors=tuple(name for name in FACTORIES if values[f"collector.{name}"]
-                         and (name != "nccl" or values["collector.nccl.inspector-dir"])),
+                         and (name != "nccl" or values["collector.nccl.inspector-dir"] or values["simulate"])),
         timeout=values["collector.timeout"],
         log_level=values["log.level"],
         log_format=values["log.format"],

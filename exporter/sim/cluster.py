@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from exporter.sim.faults import JOB_KINDS, Scenario, ScenarioError, Step, check_fault, parse_duration, parse_scenario
-from exporter.sim.node import INSPECTOR_EVERY
+from exporter.sim.faults import JOB_KINDS, Scenario, ScenarioError, Step, check_fault, parse_scenario
+from exporter.sim.node import SimulatedNode
 from exporter.sim.nvml import load_profile
 from exporter.sim.scenarios import SCENARIOS
 
@@ -96,8 +96,6 @@ class Cluster:
                 [sys.executable, "-m", "exporter", f"--simulate={self.profile_name}",
                  f"--simulate.dir={node.directory}", f"--simulate.interval={self._interval}",
                  f"--collector.gpu.job-mapping-dir={node.directory}/job-mapping",
-                 f"--collector.nccl.inspector-dir={node.directory}/nccl",
-                 f"--collector.nccl.interval={INSPECTOR_EVERY * parse_duration(self._interval, 'interval'):g}s",
                  f"--web.listen-address={node.address}", *self._exporter_args],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
             log.close()
@@ -196,8 +194,7 @@ class Cluster:
                 for gpu in range(self.profile["gpu"]["count"]):
                     with open(os.path.join(mapping, str(gpu)), "w", encoding="ascii") as handle:
                         handle.write(f"{job_id}\n")
-                with open(os.path.join(node.directory, "job.yaml"), "w", encoding="utf-8") as handle:
-                    yaml.safe_dump({"id": job_id, "node": node.index, "nodes": len(nodes)}, handle)
+                SimulatedNode.write_job(node.directory, job_id, node.index, len(nodes))
 
     def _targets(self, node: int | str) -> list[SimNode]:
         if node == "job":

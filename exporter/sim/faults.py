@@ -133,8 +133,11 @@ def _job_effect(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, 
         for index in gpus:
             waited_for = index == target
             effects.nccl.scale_exec(index, WAITED_FOR_EXEC if waited_for else WAITING_EXEC)
-            if kind == "compute_straggler":  # the waiting GPUs spin in NCCL kernels: fewer SMs busy, less power
-                _compose(effects, index, 1.03 if waited_for else 0.66, None if waited_for else 0.72 * busy_power)
+            if kind == "compute_straggler" and waited_for:  # never waits: busy at its full level, whatever its stage
+                effects.gpus[index] = replace(effects.gpus.get(index, Fault()), activity_scale=1.03,
+                                              power_watts=busy_power)
+            elif kind == "compute_straggler":  # the waiting GPUs spin in NCCL kernels: fewer SMs busy, less power
+                _compose(effects, index, 0.66, 0.72 * busy_power)
     elif kind == "nccl_bandwidth_drop":  # a ring runs at its slowest link: everyone slows, that node most
         effects.nccl.network_bandwidth_scale *= 0.3 if fault["node"] == node else 0.45
     elif kind == "checkpoint":  # the job writes its state: GPUs idle, no collectives

@@ -106,10 +106,19 @@ class SimulatedNode:
         self._target_counts = {t.name: [0.0, 1.0] for t in self.lustre.targets}  # timeouts, connection attempts
         self._elapsed = 0.0
         write_lustre_tree(self.sysfs, self.lustre)
+        self._load_job()
+        self._write_inspector_files()
         for fs in profile.get("idle_lustre", ()):  # a second mount nobody uses: its imports go IDLE
             write_lustre_tree(self.sysfs, LustreClient(
                 fs=fs, read_bytes=52_428_800, reads=400, write_bytes=1_048_576, writes=12,
                 targets=[LustreTarget(name, state="IDLE", rpcs_in_flight=0) for name in ("MDT0000", "OST0000")]))
+
+    @staticmethod
+    def write_job(root: str, job_id: str, node: int, nodes: int) -> None:
+        """Puts the node in a job: `node` is its index in the cluster, `nodes` the job's node count."""
+        os.makedirs(root, exist_ok=True)
+        with open(os.path.join(root, "job.yaml"), "w", encoding="utf-8") as handle:
+            yaml.safe_dump({"id": job_id, "node": node, "nodes": nodes}, handle)
 
     def advance(self) -> None:
         """Applies any new job and faults, then moves every counter on by the time since the last call."""
@@ -154,8 +163,12 @@ class SimulatedNode:
         """Every INSPECTOR_EVERY updates, NCCL Inspector's dump for the node's GPUs, unless the job
         runs no collectives (a checkpoint) or there is no job."""
         self._updates += 1
+        if self._updates % INSPECTOR_EVERY == 0:
+            self._write_inspector_files()
+
+    def _write_inspector_files(self) -> None:
         nccl = self._effects.nccl
-        if not self._job or nccl.paused or self._updates % INSPECTOR_EVERY:
+        if not self._job or nccl.paused:
             return
         node, nodes, gpus = self._job["node"], self._job["nodes"], self._profile["gpu"]["count"]
         ranks = [(gpu_uuid(gpu), gpu, rank_buckets(node, nodes, gpus, gpu, nccl.exec_scale.get(gpu, 1.0),
