@@ -49,11 +49,18 @@ TABLE: dict[str, tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]] = 
                            ("GpuRecoveryActionRequired", "node-0", "7")},
                           {("GpuRowRemapFailure", "node-0", "7"), ("GpuUncorrectableEccErrors", "node-0", "7"),
                            ("GpuRecoveryActionRequired", "node-0", "7")}),
+    "compute_straggler": ({("GpuStraggler", "node-1", "5")}, {("GpuStraggler", "node-1", "5")}),
+    "nccl_late_arrival": ({("GpuStraggler", "node-2", "3")}, {("GpuStraggler", "node-2", "3")}),
+    "nccl_bandwidth_drop": ({("NcclBandwidthDegraded", "node-3", "")}, {("NcclBandwidthDegraded", "node-3", "")}),
     "lustre_eviction": ({("LustreTargetDisconnected", "node-2", "OST0001"), ("LustreIoStalled", "node-2", "OST0001"),
                          ("LustreClientEvicted", "node-2", "OST0001")},
                         {("LustreTargetDisconnected", "node-2", "OST0001"), ("LustreIoStalled", "node-2", "OST0001"),
                          ("LustreClientEvicted", "node-2", "OST0001")}),
 }
+
+# The rank a job waits for is named from the hardware (busiest GPU) and from NCCL (its collectives
+# shortest), or from NCCL alone when the rank is late without being busy.
+EVIDENCE = {"compute_straggler": {"busiest_gpu", "nccl_early_rank"}, "nccl_late_arrival": {"nccl_early_rank"}}
 
 
 def key(labels: dict[str, str]) -> tuple[str, str, str]:
@@ -104,11 +111,13 @@ def test_scenario_fires_exactly_the_expected_alerts(stack, name):
         # Everything that fires from the injection until 6 s after the last expected alert fired:
         # one-shot alerts (an ECC error, an XID) fire only for their window, so collect them all.
         seen: set[tuple[str, str, str]] = set()
+        evidence: set[str] = set()
         most = 0
         deadline, settle = time.monotonic() + 60, None
         while settle is None or time.monotonic() < settle:
             got, alerts = firing(prom)
             seen |= got
+            evidence |= {a["labels"]["evidence"] for a in alerts if "evidence" in a["labels"]}
             most = max(most, len(alerts))
             if settle is None and seen >= expected:
                 settle = time.monotonic() + 6
@@ -117,6 +126,8 @@ def test_scenario_fires_exactly_the_expected_alerts(stack, name):
         assert seen == expected, f"{name}: expected {expected}, got {seen}"
         if name == "efa_retransmit_storm":
             assert most == 2  # one alert per node and kind, not one per EFA device
+        if name in EVIDENCE:  # which evidence named the waited-for rank
+            assert evidence == EVIDENCE[name], f"{name}: evidence {evidence}"
         wait_until(lambda: {key(a["labels"]) for note in hook.received()[before:] for a in note["alerts"]
                             if a["status"] == "firing"} >= notified, 30, f"{name}: notifications missing")
         sent = {key(a["labels"]) for note in hook.received()[before:] for a in note["alerts"]

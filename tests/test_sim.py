@@ -197,7 +197,8 @@ def test_a_broken_faults_file_is_ignored_and_logged(node, caplog):
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_built_in_scenarios_load(name):
     scenario = load_scenario(name, 8)
-    assert scenario.nodes == 4
+    assert scenario.nodes == (8 if name == "job_waits" else 4)  # the 48-GPU job and a second job
+    assert all(max(nodes) < scenario.nodes for _, nodes in scenario.jobs)
     for step in scenario.steps:
         if step.fault:
             node_effects([step.fault], PROFILE)  # every fault of every scenario is simulatable
@@ -206,3 +207,83 @@ def test_built_in_scenarios_load(name):
 def test_unknown_scenario_names_the_built_in_ones():
     with pytest.raises(ScenarioError, match="built-in scenarios: healthy, straggler"):
         load_scenario("/no/such/scenario.yml", 8)
+
+
+# --- the simulated job: NCCL Inspector files and the job-wide faults of issue 15 -----------------------
+
+def inspector_lines(root, gpu: int) -> list:
+    from exporter.collectors.nccl import parse
+    from exporter.sim.inspector import file_name
+    from exporter.sim.nvml import gpu_uuid
+
+    lines, malformed = parse((root / "nccl" / file_name(gpu_uuid(gpu))).read_text())
+    assert malformed == 0
+    return lines
+
+
+def bucket(lines: list, metric: str, comm: str, collective: str, size: str = "1-2GB") -> float:
+    return next(line.value for line in lines if (line.name, line.comm, line.operation, line.size)
+                == (metric, comm, collective, size))
+
+
+@pytest.fixture
+def job_node(tmp_path):
+    """Node 1 of a 4-node job."""
+    SimulatedNode.write_job(str(tmp_path), "4242", node=1, nodes=4)
+    made = Node(tmp_path)
+    made.step(0)
+    yield made
+    close(made.collectors)
+
+
+def test_a_job_node_writes_inspector_files_for_every_gpu(job_node, tmp_path):
+    assert len(list((tmp_path / "nccl").iterdir())) == 8
+    lines = inspector_lines(tmp_path, 5)
+    assert len(lines) == 4 * 2 * 2 * 2  # communicators x collectives x message sizes x (bandwidth, time)
+    assert {(line.comm, line.nranks) for line in lines} == {
+        ("World", "32"), ("DP Group 0", "32"), ("TP Group 1", "8"), ("PP Group 5", "4")}
+    assert {line.job for line in lines} == {"4242"}
+    assert bucket(lines, "nccl_collective_exec_time_microseconds", "World", "AllReduce") == 12000.0
+
+
+def test_compute_straggler_the_rank_never_waits_the_others_do():
+    straggler = {"kind": "compute_straggler", "node": 1, "gpu": 5}
+    here, elsewhere = node_effects([straggler], PROFILE, node=1), node_effects([straggler], PROFILE, node=2)
+    assert (here.gpus[5].activity_scale, here.gpus[5].power_watts) == (1.03, 640)
+    assert (here.gpus[4].activity_scale, here.gpus[4].power_watts) == (0.66, pytest.approx(0.72 * 640))
+    assert here.gpus[4].sm_clock_mhz is None and here.gpus[4].utilization is None  # full clocks, 100 %
+    assert (here.nccl.exec_scale[5], here.nccl.exec_scale[4]) == (0.45, 1.7)
+    assert {f.activity_scale for f in elsewhere.gpus.values()} == {0.66}
+    assert set(elsewhere.nccl.exec_scale.values()) == {1.7}
+
+
+def test_a_straggler_in_an_imbalanced_job_is_busiest_whatever_its_stage():
+    faults = [{"kind": "pipeline_imbalance"}, {"kind": "compute_straggler", "node": 1, "gpu": 5}]
+    effects = node_effects(faults, PROFILE, node=1)
+    assert effects.gpus[5].activity_scale == 1.03
+    assert effects.gpus[0].activity_scale == pytest.approx(0.66)  # a first stage, waiting too
+    assert effects.gpus[3].activity_scale == pytest.approx(0.78 * 0.66)
+    assert effects.nccl.exec_scale[0] == pytest.approx(0.55 * 1.7)
+
+
+def test_nccl_faults_change_the_inspector_files(job_node, tmp_path):
+    job_node.faults({"kind": "nccl_bandwidth_drop", "node": 1}, {"kind": "nccl_late_arrival", "node": 1, "gpu": 2})
+    for _ in range(3):
+        job_node.step(1)
+    waited_for, waiting = inspector_lines(tmp_path, 2), inspector_lines(tmp_path, 3)
+    assert bucket(waiting, "nccl_bus_bandwidth_gbs", "World", "AllReduce") == pytest.approx(45 * 0.3 / 1.7, rel=1e-5)
+    assert bucket(waiting, "nccl_bus_bandwidth_gbs", "TP Group 1", "AllGather") == pytest.approx(360 / 1.7, rel=1e-5)
+    assert bucket(waited_for, "nccl_collective_exec_time_microseconds", "World", "AllReduce") == \
+        pytest.approx(12000 * 0.45 / 0.3, rel=1e-5)
+    assert bucket(waiting, "nccl_collective_exec_time_microseconds", "World", "AllReduce") == \
+        pytest.approx(12000 * 1.7 / 0.3, rel=1e-5)
+
+
+def test_a_checkpoint_idles_the_gpus_and_stops_the_dumps(job_node, tmp_path):
+    path = next((tmp_path / "nccl").iterdir())
+    written = path.stat().st_mtime_ns
+    job_node.faults({"kind": "checkpoint"})
+    for _ in range(6):
+        parsed = job_node.step(1)
+    assert path.stat().st_mtime_ns == written
+    assert gpu_value(parsed, job_node, "gpuscope_gpu_utilization_ratio", 4) == 0.03

@@ -77,9 +77,12 @@ def _run(work: str, profile: str, scenario, linger: float) -> None:
 
 
 def _describe(step: Step, elapsed: float) -> str:
-    where = "every node of the job" if step.node == "job" else f"node-{step.node}"
-    what = f"inject {step.fault['kind']}" + (f" on GPU {step.fault['gpu']}" if "gpu" in step.fault else "") \
-        if step.fault else f"clear {step.clear}"
+    where = f"node-{step.node}" if isinstance(step.node, int) else \
+        ("every node of the job" if step.node == "job" else f"every node of job {step.node[4:]}")
+    target = step.fault or {}
+    on = " ".join(part for part in (f"node-{target['node']}" if "node" in target else "",
+                                    f"GPU {target['gpu']}" if "gpu" in target else "") if part)
+    what = f"inject {target['kind']}" + (f" on {on}" if on else "") if step.fault else f"clear {step.clear}"
     return f"[{elapsed:5.0f}s] {where}: {what}"
 
 
