@@ -27,6 +27,7 @@ JOB = (f'max by (instance, gpu, uuid) ({c.GPU_JOB_INFO.name}{{{CLUSTER}, job_id=
 JOB_NODES = f'{CLUSTER}, instance=~"$job_nodes"'
 XIDS = f"{c.GPU_XID_ERRORS.name}{{{CLUSTER}}}"
 EFA_TX = c.EFA_PORT_COUNTERS["tx_bytes"].name
+NCCL_EXEC = c.NCCL_EXEC_TIME.name
 # Per-node panels read the exporter's EFA node totals (one series per node, not 32).
 NODE_EFA = {name: metric.name for name, metric in c.EFA_NODE_COUNTERS.items()}
 FS_READ, FS_WRITE = (rules.FS_RATES[metric.name] for metric in (c.LUSTRE_READ_BYTES, c.LUSTRE_WRITE_BYTES))
@@ -106,6 +107,19 @@ def job():
         Panel("timeseries", "Lustre reads per node",
               (q(f"sum by (instance) (rate({c.LUSTRE_READ_BYTES.name}{{{JOB_NODES}}}[{RATE}]))", "{{instance}}"),),
               unit="Bps", width=12),
+        Panel("timeseries", "NCCL bus bandwidth per communicator and collective (median rank)",
+              (q(f'{rules.NCCL_BW_MEDIAN}{{{CLUSTER}, job_id="$job_id"}}', "{{comm}} {{collective}}"),),
+              unit="Bps", width=12),
+        Panel("timeseries", "Busiest GPUs against the job's median SM activity",
+              (q(f'topk(5, {rules.JOB_SM_ACTIVE}{{{CLUSTER}, job_id="$job_id"}} / on (job_id) group_left '
+                 f'{rules.JOB_ACTIVE_MEDIAN})', "{{instance}} GPU {{gpu}}"),),
+              unit="percentunit", width=12,
+              description="The rank a synchronous job waits for stays busiest while the others wait; a pipeline's "
+                          "first and last stages are always above the median."),
+        Panel("table", "Ranks by collective time against their communicator's median (the rank waited for on top)",
+              (q(f'sort(min by (instance, gpu, uuid) ({NCCL_EXEC}{{{CLUSTER}, job_id="$job_id", message_size="all"}}'
+                 f" / on (job_id, comm, collective) group_left {rules.NCCL_EXEC_MEDIAN}))"),),
+              unit="percentunit", width=24, height=10),
     ], LINKS)
 
 

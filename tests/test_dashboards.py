@@ -126,7 +126,14 @@ def test_job_view_shows_exactly_the_jobs_gpus(live, job, gpus):
     for panel in SPEC_PANELS["gpuscope-job"]:
         for query in panel.queries:
             result = prom.query(substitute(query.expr, values))
-            if "gpu" in query.legend or panel.kind == "table":
+            if ("gpuscope_nccl" in query.expr or "_job_id:" in query.expr) and job is not SLURM_JOB:
+                assert result == [], panel.title  # NCCL and the per-job records are keyed by the Slurm job id
+            elif "{{comm}}" in query.legend:  # one series per communicator of the job
+                assert result and {r["metric"]["job_id"] for r in result} == {"4242"}, panel.title
+            elif query.expr.startswith("topk(5,"):
+                got = {(r["metric"]["instance"], r["metric"]["gpu"]) for r in result}
+                assert len(got) == 5 and got <= gpus, panel.title
+            elif "gpu" in query.legend or panel.kind == "table":
                 assert {(r["metric"]["instance"], r["metric"]["gpu"]) for r in result} == gpus, panel.title
             else:
                 assert {r["metric"]["instance"] for r in result} == {node for node, _ in gpus}, panel.title
