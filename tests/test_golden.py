@@ -109,3 +109,23 @@ def test_simulated_p5_whole_scrape(tmp_path):
     result = promtool_check(text)
     assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), \
         result.stdout + result.stderr
+
+
+def test_nccl_inspector_whole_scrape(tmp_path):
+    """A p5's eight Inspector files of a 4-node job, as the plugin writes them, read at a fixed
+    instant; rank 5 is the one the job waits for (shortest collectives)."""
+    from exporter.collectors.nccl import NcclCollector, NcclOptions
+    from exporter.sim.inspector import rank_buckets, write_rank_files
+    from exporter.sim.nvml import gpu_uuid
+
+    ranks = [(gpu_uuid(g), g, rank_buckets(1, 4, 8, g, 0.45 if g == 5 else 1.7, 1.0)) for g in range(8)]
+    write_rank_files(str(tmp_path), ranks, "4242", "node-1")
+    for name in os.listdir(tmp_path):
+        os.utime(tmp_path / name, (1_800_000_000, 1_800_000_000))
+    nccl = NcclCollector(NcclOptions(directory=str(tmp_path)), clock=lambda: 1_800_000_010.0)
+    nccl.identify_with(lambda: {gpu_uuid(g).lower(): ((str(g), gpu_uuid(g)), ("4242",)) for g in range(8)})
+    text = scrape([nccl])
+    check_golden("nccl_inspector", text)
+    result = promtool_check(text)
+    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), \
+        result.stdout + result.stderr
