@@ -481,6 +481,34 @@ def gpu_health_alerts(s: Settings) -> list[Group]:
     ))]
 
 
+def inventory_alerts(s: Settings) -> list[Group]:
+    """What the node should have against what it shows, from the first scrape: no history needed, so
+    a node that booted short of a GPU pages too. A type without expectations (not in the shipped
+    inventory, or DMI unreadable) never pages here; a collector that fails is GpuscopeCollectorFailing."""
+    def fewer(seen: str, component: str, collector: str) -> str:
+        running = f'{c.COLLECTOR_SUCCESS.name}{{collector="{collector}"}} == 1'
+        return (f"(count by (instance) ({seen}) or on (instance) 0 * ({running}))"
+                f' < on (instance) {c.NODE_EXPECTED.name}{{component="{component}"}}'
+                f" and on (instance) {running}")
+
+    state = c.RDMA_PORT_STATE.name
+    return [Group("gpuscope-inventory", (
+        Alert("GpuMissing", fewer(c.GPU_UP.name, "gpus", "gpu"), s.gpu_lost_for, "critical",
+              "A node has fewer GPUs than its instance type",
+              "{{ $labels.instance }} shows {{ $value }} GPUs to NVML, fewer than its instance type has: a GPU "
+              "fell off the bus or did not come up at boot."),
+        Alert("EfaDeviceMissing", fewer(f'{c.RDMA_DEVICE_INFO.name}{{efa="true"}}', "efa_devices", "rdma"),
+              s.gpu_lost_for, "critical", "A node has fewer EFA devices than its instance type",
+              "{{ $labels.instance }} shows {{ $value }} EFA devices, fewer than its instance type has: "
+              "collectives over the missing ones fail or slow the job."),
+        # Unused ports of a multi-port card are down from boot; a port that was ACTIVE is the one to page on.
+        Alert("RdmaPortDown", f"{state} != 4 and on (instance, device, port) max_over_time({state}[6h]) == 4",
+              s.rdma_port_down_for, "warning", "An RDMA port that was active is down",
+              "Port {{ $labels.port }} of {{ $labels.device }} on {{ $labels.instance }} is in state "
+              "{{ $value }} (4 is ACTIVE); its physical state is in gpuscope_rdma_port_physical_state."),
+    ))]
+
+
 def storage_alerts(s: Settings) -> list[Group]:
     read, write = c.LUSTRE_READ_BYTES.name, c.LUSTRE_WRITE_BYTES.name
     return [Group("gpuscope-storage", (
@@ -521,7 +549,8 @@ def agent_alerts(s: Settings) -> Group:
 def _canonical_groups(settings: Settings) -> list[Group]:
     return [*recording_rules(settings), *job_wait_records(settings), *straggler_alerts(settings),
             *job_wait_alerts(settings), *thermal_alerts(settings),
-            *communication_alerts(settings), *gpu_health_alerts(settings), *storage_alerts(settings),
+            *communication_alerts(settings), *gpu_health_alerts(settings), *inventory_alerts(settings),
+            *storage_alerts(settings),
             agent_alerts(settings)]
 
 

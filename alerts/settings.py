@@ -97,6 +97,7 @@ class Settings:
     xid_application: tuple[int, ...] = (13, 31, 43, 45, 63)
     xid_window: str = "10m"
     gpu_lost_for: str = "1m"
+    rdma_port_down_for: str = "2m"
     remap_pending_for: str = "5m"
     lustre_disconnected_for: str = "2m"
     lustre_stall_for: str = "5m"

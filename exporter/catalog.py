@@ -93,6 +93,14 @@ COLLECTOR_DURATION = gauge("exporter", "gpuscope_collector_duration_seconds",
                            "Wall time the collector took in this scrape (the timeout when it overran).",
                            ("collector",))
 
+# --- node identity ----------------------------------------------------------------------------------
+NODE_INFO = gauge("identity", "gpuscope_node_info",
+                  "The node's instance type (DMI or --node.instance-type), DMI vendor and instance id (value 1).",
+                  ("instance_type", "vendor", "instance_id"), "class/dmi/id/{product_name,sys_vendor,board_asset_tag}")
+NODE_EXPECTED = gauge("identity", "gpuscope_node_expected_components",
+                      "What the instance type should have: gpus, efa_devices, nvlinks_per_gpu, nvswitches (absent "
+                      "for a type the shipped inventory does not know).", ("component",), "exporter/inventory.py")
+
 # --- RDMA / EFA ----------------------------------------------------------------------------------
 _DEV = ("device",)
 _PORT = ("device", "port")
@@ -107,6 +115,15 @@ RDMA_DEVICE_INFO = gauge(
     "class/infiniband/<dev>/{device,fw_ver,ports/1/link_layer}, module/<driver>/version, the PCI hierarchy")
 RDMA_PORT_RATE = gauge("rdma", "gpuscope_rdma_port_rate_bytes_per_second",
                        "Advertised port rate in bytes per second.", _PORT, "ports/<n>/rate")
+# EFA ports report ACTIVE and LinkUp whatever happens (the driver hard-codes them), so these are
+# exported for the other RDMA devices only (Mellanox NICs, InfiniBand).
+RDMA_PORT_STATE = gauge("rdma", "gpuscope_rdma_port_state",
+                        "Logical port state of a non-EFA port: 1 DOWN, 2 INIT, 3 ARMED, 4 ACTIVE, 5 ACTIVE_DEFER.",
+                        _PORT, "ports/<n>/state")
+RDMA_PORT_PHYSICAL_STATE = gauge(
+    "rdma", "gpuscope_rdma_port_physical_state",
+    "Physical state of a non-EFA port: 1 Sleep, 2 Polling, 3 Disabled, 4 PortConfigurationTraining, 5 LinkUp, "
+    "6 LinkErrorRecovery, 7 PhyTest.", _PORT, "ports/<n>/phys_state")
 RDMA_DEVICE_READ_SUCCESS = gauge(
     "rdma", "gpuscope_rdma_device_read_success",
     "1 if every counter file of the device was read and parsed in this scrape; 0 if one failed or "

@@ -138,6 +138,8 @@ OPTIONS: tuple[Option, ...] = (
            "Kubernetes pod attribution; empty: off"),
     Option("collector.gpu.pod-resource-names", "nvidia.com/gpu", parse_names,
            "comma-separated device plugin resource names that are GPUs"),
+    Option("node.instance-type", "", str,
+           "the node's instance type (e.g. p5.48xlarge) when DMI does not tell it; empty: from DMI"),
     Option("collector.nccl.inspector-dir", "", str,
            "NCCL Inspector's Prometheus dump directory (NCCL_INSPECTOR_DUMP_DIR); the nccl collector runs only "
            "when this names one (with --simulate: the simulated node's)"),
@@ -206,6 +208,7 @@ def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) ->
                                    pod_resources_socket=values["collector.gpu.pod-resources-socket"],
                                    pod_resource_names=values["collector.gpu.pod-resource-names"]),
                     efa_device_detail=values["collector.rdma.efa-device-detail"],
+                    instance_type=values["node.instance-type"],
                     nccl=NcclOptions(directory=values["collector.nccl.inspector-dir"],
                                      interval=values["collector.nccl.interval"],
                                      max_files=values["collector.nccl.max-files"],

@@ -187,3 +187,21 @@ def test_no_infiniband_class_means_no_series_and_success(tmp_path):
     parsed = samples(scrape([RdmaCollector(str(tmp_path))]))
     assert value(parsed, "gpuscope_collector_success", collector="rdma") == 1
     assert not [name for name, _ in parsed if name.startswith("gpuscope_rdma") or name.startswith("gpuscope_efa")]
+
+
+def test_port_states_of_other_rdma_devices_not_of_efa(tmp_path, fixtures):
+    """EFA hard-codes ACTIVE/LinkUp, so only other devices' ports carry their state."""
+    from exporter.sim.rdma_tree import mlx5_devices, p5_efa_devices
+
+    write_rdma_tree(str(tmp_path), p5_efa_devices()[:2])
+    write_rdma_tree(str(tmp_path), mlx5_devices(2), driver="mlx5_core", vendor="0x15b3")
+    port = tmp_path / "class" / "infiniband" / "mlx5_1" / "ports" / "1"
+    (port / "state").write_text("1: DOWN\n")
+    (port / "phys_state").write_text("3: Disabled\n")
+    parsed = samples(scrape([RdmaCollector(str(tmp_path))]))
+    states = {(labels["device"], value(parsed, catalog.RDMA_PORT_STATE.name, **labels),
+               value(parsed, catalog.RDMA_PORT_PHYSICAL_STATE.name, **labels))
+              for labels in series(parsed, catalog.RDMA_PORT_STATE.name)}
+    assert states == {("mlx5_0", 4, 5), ("mlx5_1", 1, 3)}
+    real = samples(scrape([RdmaCollector(str(fixtures / "prometheus-node_exporter" / "sys"))]))
+    assert value(real, catalog.RDMA_PORT_STATE.name, device="mlx4_0", port="2") == 4

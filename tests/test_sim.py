@@ -287,3 +287,13 @@ def test_a_checkpoint_idles_the_gpus_and_stops_the_dumps(job_node, tmp_path):
         parsed = job_node.step(1)
     assert path.stat().st_mtime_ns == written
     assert gpu_value(parsed, job_node, "gpuscope_gpu_utilization_ratio", 4) == 0.03
+
+
+def test_a_missing_efa_device_leaves_and_comes_back(node):
+    def efa_devices(parsed) -> int:
+        return sum(1 for labels in series(parsed, "gpuscope_rdma_device_info") if labels["efa"] == "true")
+
+    node.faults({"kind": "efa_device_missing"})
+    assert efa_devices(node.step(1)) == 31
+    node.faults()
+    assert efa_devices(node.step(1)) == 32

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from exporter.catalog import Family
 from exporter.collectors.gpu import GpuCollector, GpuOptions
 from exporter.collectors.host import HostCollector
+from exporter.collectors.identity import IdentityCollector
 from exporter.collectors.lustre import LustreCollector
 from exporter.collectors.nccl import NcclCollector, NcclOptions
 from exporter.collectors.rdma import RdmaCollector
@@ -32,6 +33,7 @@ class Roots:
     nvml: Any = None
     gpu: GpuOptions = field(default_factory=GpuOptions)
     efa_device_detail: bool = False
+    instance_type: str = ""  # overrides DMI's
     nccl: NcclOptions = field(default_factory=NcclOptions)
 
 
@@ -55,6 +57,7 @@ FACTORIES: dict[str, Callable[[Roots], Collector]] = {
     "lustre": lambda roots: LustreCollector(roots.sysfs, roots.procfs),
     "host": lambda roots: HostCollector(roots.sysfs, roots.procfs),
     "nccl": lambda roots: NcclCollector(roots.nccl),
+    "identity": lambda roots: IdentityCollector(roots.sysfs, roots.instance_type),
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -65,6 +68,8 @@ DESCRIPTIONS: dict[str, str] = {
     "host": "CPU busy time per NUMA node, available memory, pressure stall information",
     "nccl": "NCCL Inspector's per-rank collective bandwidth and time, joined to the NVML GPU and its job "
             "(on when --collector.nccl.inspector-dir names a directory)",
+    "identity": "the instance type from DMI (no network call) and what that type should have: GPUs, EFA "
+                "devices, NVLinks per GPU, NVSwitches",
 }
 
 

@@ -32,6 +32,8 @@ EFA_DRIVER = "efa"
 # Not a counter: the kernel's stats cache period in milliseconds.
 _SKIP = frozenset({"lifespan"})
 _RATE = re.compile(r"^\s*([0-9.]+)\s*Gb/sec")
+_STATE = re.compile(r"^\s*(\d+)\s*:")  # "4: ACTIVE", "5: LinkUp"
+_PORT_STATES = ((catalog.RDMA_PORT_STATE, "state"), (catalog.RDMA_PORT_PHYSICAL_STATE, "phys_state"))
 
 
 Target = tuple[Metric, tuple[str, ...]]  # a metric and the label values of one series
@@ -50,6 +52,7 @@ class _CounterDir:
 class _Plan:
     key: tuple[int, int]
     info: tuple[str, ...]
+    is_efa: bool
     ports: tuple[tuple[str, str], ...]  # (port, port dir)
     counter_dirs: tuple[_CounterDir, ...]
 
@@ -97,6 +100,11 @@ class RdmaCollector:
             rate = _RATE.match(read_optional(f"{port_dir}/rate"))
             if rate:
                 scrape.add(catalog.RDMA_PORT_RATE, float(rate.group(1)) * 1e9 / 8, device, port)
+            if not plan.is_efa:  # EFA hard-codes ACTIVE/LinkUp: nothing to learn there
+                for metric, name in _PORT_STATES:
+                    state = _STATE.match(read_optional(f"{port_dir}/{name}"))
+                    if state:
+                        scrape.add(metric, int(state.group(1)), device, port)
         ok = True
         sums: dict[Target, int] = {}
         for counter_dir in plan.counter_dirs:
@@ -150,7 +158,7 @@ class RdmaCollector:
                                          lambda name, p=port: ((catalog.RDMA_PORT_COUNTER, (device, p, name)),)))
             dirs.append(_counter_dir(f"{port_dir}/hw_counters",
                                      lambda name, p=port: _port_targets(device, p, name, is_efa)))
-        return _Plan(key, info, tuple(ports), tuple(d for d in dirs if d.names))
+        return _Plan(key, info, is_efa, tuple(ports), tuple(d for d in dirs if d.names))
 
 
 def _counter_dir(path: str, targets_of: Callable[[str], tuple[Target, ...]]) -> _CounterDir:

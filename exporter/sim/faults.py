@@ -23,7 +23,7 @@ from exporter.sim.nvml import Fault
 
 GPU_KINDS = ("straggler", "thermal_throttle", "power_brake", "nvlink_errors", "gpu_lost", "ecc_uncorrectable",
              "row_remap_failure", "xid")
-NODE_KINDS = ("efa_stall", "efa_retransmit_storm", "lustre_eviction")
+NODE_KINDS = ("efa_stall", "efa_retransmit_storm", "lustre_eviction", "efa_device_missing")
 JOB_KINDS = ("collective_stall", "compute_straggler", "nccl_late_arrival", "nccl_bandwidth_drop", "checkpoint",
              "pipeline_imbalance")
 RANK_KINDS = ("compute_straggler", "nccl_late_arrival")  # aimed at one GPU: `node` and `gpu`
@@ -43,6 +43,7 @@ class ScenarioError(ValueError):
 class EfaEffect:
     traffic_scale: float = 1.0
     error_rates: dict[str, float] = field(default_factory=dict)  # counter name -> per second per device
+    missing_devices: int = 0  # the node's last devices gone from class/infiniband (a card that did not come up)
 
 
 @dataclass
@@ -118,6 +119,8 @@ def node_effects(faults: list[dict[str, Any]], profile: dict[str, Any], node: in
             effects.efa.error_rates.update(retrans_pkts=2000.0, retrans_bytes=2000.0 * 8192,
                                            retrans_timeout_events=2.0, unresponsive_remote_events=1.0,
                                            impaired_remote_conn_events=1.0)
+        elif kind == "efa_device_missing":
+            effects.efa.missing_devices += int(fault.get("count", 1))
         elif kind == "lustre_eviction":
             effects.lustre.stalled_targets.add(fault.get("target", "OST0001"))
             effects.lustre.state = fault.get("state", "DISCONN")

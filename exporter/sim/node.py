@@ -11,12 +11,14 @@ import os
 import shutil
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import yaml
 
 from exporter.sim.faults import NodeEffects, ScenarioError, check_fault, node_effects
+from exporter.sim.files import relative_symlink
 from exporter.sim.inspector import rank_buckets, write_rank_files
 from exporter.sim.lustre_tree import LustreClient, LustreTarget, write_lustre_tree
 from exporter.sim.nvml import Fault, SimulatedNvml, gpu_uuid
@@ -97,6 +99,10 @@ class SimulatedNode:
         self.devices = efa_devices(int(profile.get("efa_devices", 32)))
         self._efa = [{**d.port_counters, **d.device_counters} for d in self.devices]
         write_rdma_tree(self.sysfs, self.devices, layout=layout)
+        # each device's PCI function, so a device hidden by a fault can come back
+        self._pci_of = {d.name: os.path.realpath(os.path.join(self.sysfs, "class", "infiniband", d.name, "device"))
+                        for d in self.devices}
+        write_dmi(self.sysfs, profile.get("instance", ""), root)
         gpus = profile["gpu"]["count"]
         write_gpu_functions(self.sysfs, [(P5_GPU_BUSES[i], i // (gpus // 2 or 1), P5_EFA_BUSES[4 * i] - 1)
                                          for i in range(min(gpus, len(P5_GPU_BUSES)))])
@@ -128,7 +134,10 @@ class SimulatedNode:
         dt, self._last = max(0.0, now - self._last), now
         self._elapsed += dt
         efa = self._effects.efa
-        for device, counters in zip(self.devices, self._efa, strict=True):
+        shown = len(self.devices) - efa.missing_devices  # the last ones go missing
+        for number, (device, counters) in enumerate(zip(self.devices, self._efa, strict=True)):
+            if not self._show_device(device, number < shown):
+                continue
             before = {**device.port_counters, **device.device_counters}
             for name in counters:
                 counters[name] += (EFA_RATES.get(name, 0.0) * efa.traffic_scale + efa.error_rates.get(name, 0.0)) * dt
@@ -174,6 +183,15 @@ class SimulatedNode:
         ranks = [(gpu_uuid(gpu), gpu, rank_buckets(node, nodes, gpus, gpu, nccl.exec_scale.get(gpu, 1.0),
                                                    nccl.network_bandwidth_scale)) for gpu in range(gpus)]
         write_rank_files(self.inspector_dir, ranks, self._job["id"], f"node-{node}")
+
+    def _show_device(self, device: RdmaDevice, shown: bool) -> bool:
+        """Adds or removes the device's class/infiniband entry, as a card that came up or did not."""
+        entry = os.path.join(self.sysfs, "class", "infiniband", device.name)
+        if shown and not os.path.lexists(entry):
+            relative_symlink(os.path.join(self._pci_of[device.name], "infiniband", device.name), entry)
+        elif not shown and os.path.lexists(entry):
+            os.unlink(entry)
+        return shown
 
     def _advance_lustre(self, dt: float) -> None:
         stalled = self._effects.lustre.stalled_targets
@@ -239,6 +257,16 @@ class SimulatedNode:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def write_dmi(sysfs: str, instance_type: str, root: str) -> None:
+    """DMI as an EC2 Nitro instance shows it: vendor, instance type, instance id (stable per node directory)."""
+    dmi = os.path.join(sysfs, "class", "dmi", "id")
+    os.makedirs(dmi, exist_ok=True)
+    for name, text in (("sys_vendor", "Amazon EC2"), ("product_name", instance_type),
+                       ("board_asset_tag", f"i-{zlib.crc32(os.path.abspath(root).encode()):017x}")):
+        with open(os.path.join(dmi, name), "w", encoding="ascii") as handle:
+            handle.write(text + "\n")
 
 
 def _checkpoint_bytes(elapsed: float) -> float:
