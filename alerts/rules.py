@@ -436,9 +436,29 @@ def communication_alerts(s: Settings) -> list[Group]:
 
 
 def _new_xids(xids: tuple[int, ...], window: str) -> str:
-    """XIDs seen in the window, including a series' first event (its series did not exist before)."""
-    series = f'{c.GPU_XID_ERRORS.name}{{xid=~"{_xids(xids)}"}}'
-    return f"increase({series}[{window}]) > 0 or ({series} unless {series} offset {window})"
+    """XIDs in the window: from the kernel log where the kmsg collector runs on the node (events since
+    boot, XIDs NVML misses), from NVML's events elsewhere; never both, so no event counts twice."""
+    selected = f'{{xid=~"{_xids(xids)}"}}'
+    nvml = f"{c.GPU_XID_ERRORS.name}{selected}"
+    kernel = f"{c.KERNEL_LAST_XID.name}{selected}"
+    kmsg_running = f'{c.COLLECTOR_SUCCESS.name}{{collector="kmsg"}} == 1'
+    return (f"({_recent_event(kernel, window)})"
+            f" or (increase({nvml}[{window}]) > 0 or ({nvml} unless {nvml} offset {window}))"
+            f" unless on (instance) ({kmsg_running})")
+
+
+def _recent_event(last_timestamp: str, window: str) -> str:
+    """An event whose time (a last-event timestamp series) changed or first appeared within the window
+    and that happened within it by the kernel's clock: an exporter that starts, or restarts, reads
+    the log since boot and must not page for events logged hours before."""
+    return (f"(changes({last_timestamp}[{window}]) > 0 or ({last_timestamp} unless {last_timestamp} offset {window}))"
+            f" and time() - {last_timestamp} < {duration_seconds(window):g}")
+
+
+def duration_seconds(duration: str) -> float:
+    """"10m" -> 600."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return float(duration[:-1]) * units[duration[-1]]
 
 
 def gpu_health_alerts(s: Settings) -> list[Group]:
@@ -454,6 +474,17 @@ def gpu_health_alerts(s: Settings) -> list[Group]:
               "A GPU reported an XID that is usually the application's fault",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} reported XID {{ $labels.xid }} (illegal memory "
               "access, exception or similar): tell the job owner."),
+    )), Group("gpuscope-nvswitch", (
+        Alert("NvswitchFatalError",
+              _recent_event(f'{c.NVSWITCH_LAST_SXID.name}{{severity="fatal"}}', s.xid_window), "0m", "critical",
+              "An NVSwitch reported a fatal error",
+              "NVSwitch {{ $labels.switch }} ({{ $labels.pci_address }}) on {{ $labels.instance }} logged fatal SXID "
+              "{{ $labels.sxid }}: NVLink traffic through it is broken until the node is reset."),
+        Alert("NvswitchErrors",
+              f'increase({c.NVSWITCH_SXID_ERRORS.name}{{severity="non_fatal"}}[{s.xid_window}]) > 0', "0m",
+              "warning", "An NVSwitch logs non-fatal errors",
+              "NVSwitch {{ $labels.switch }} on {{ $labels.instance }} logged non-fatal SXID {{ $labels.sxid }} "
+              f"{{{{ $value | humanize }}}} times in {s.xid_window}."),
     )), Group("gpuscope-gpu-health", (
         Alert("GpuLost", f"{c.GPU_UP.name} == 0", s.gpu_lost_for, "critical", "A GPU stopped answering NVML",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} is lost (fallen off the bus, XID 79, or hung).",

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from exporter import __version__, collectors, server
 from exporter.collectors import Roots
+from exporter.collectors.kmsg import KmsgOptions
 from exporter.config import ExporterSettings
 from exporter.registry import ScrapeRegistry
 from exporter.sdnotify import notify
@@ -53,7 +54,8 @@ def node_roots(settings: ExporterSettings) -> Iterator[Roots]:
             # NCCL Inspector's files of the simulated job, at the simulator's dump cadence
             nccl = dataclasses.replace(settings.roots.nccl, interval=INSPECTOR_EVERY * settings.simulate_interval,
                                        directory=settings.roots.nccl.directory or node.inspector_dir)
-            yield dataclasses.replace(settings.roots, sysfs=node.sysfs, nvml=nvml, nccl=nccl)
+            kmsg = KmsgOptions(path=node.kmsg_file, boot_procfs=node.procfs)  # the node's own kernel log
+            yield dataclasses.replace(settings.roots, sysfs=node.sysfs, nvml=nvml, nccl=nccl, kmsg=kmsg)
         finally:
             node.stop()
 

@@ -456,3 +456,24 @@ NCCL_DROPPED = counter(
     "nccl", "gpuscope_nccl_dropped_total",
     "Inspector files (what=files) or series (what=series) left out by --collector.nccl.max-files or "
     "--collector.nccl.max-series, counted at each collection.", ("what",), _NCCL_SOURCE)
+
+# --- the kernel log (XIDs since boot, NVSwitch SXIDs) ----------------------------------------------
+_KXID = ("gpu", "uuid", "pci_address", "xid")
+_SXID = ("switch", "pci_address", "sxid", "severity")
+KERNEL_XID_ERRORS = counter(
+    "kmsg", "gpuscope_gpu_kernel_xid_errors_total",
+    "XIDs in the kernel log since boot, by GPU (NVML index and UUID from its PCI address; empty when NVML does not "
+    "know it) and XID; the multi-line 'fallen off the bus' message counts as XID 79.", _KXID,
+    "/dev/kmsg: NVRM: Xid (PCI:<address>): <xid>, ...")
+KERNEL_LAST_XID = gauge("kmsg", "gpuscope_gpu_kernel_last_xid_timestamp_seconds",
+                        "Unix time of the last such XID, from the kernel's own timestamp.", _KXID, "/dev/kmsg")
+NVSWITCH_SXID_ERRORS = counter(
+    "kmsg", "gpuscope_nvswitch_sxid_errors_total",
+    "NVSwitch SXIDs in the kernel log since boot, by switch, SXID and severity (fatal, non_fatal).", _SXID,
+    "/dev/kmsg: nvidia-nvswitch<n>: SXid (PCI:<address>): <sxid>, Fatal|Non-fatal, ...")
+NVSWITCH_LAST_SXID = gauge("kmsg", "gpuscope_nvswitch_last_sxid_timestamp_seconds",
+                           "Unix time of the last such SXID, from the kernel's own timestamp.", _SXID, "/dev/kmsg")
+KMSG_RECORDS = counter("kmsg", "gpuscope_kmsg_records_total", "Kernel log records read since the exporter started.",
+                       (), "/dev/kmsg")
+KMSG_OVERRUNS = counter("kmsg", "gpuscope_kmsg_overruns_total",
+                        "Times the kernel overwrote records before they were read (EPIPE).", (), "/dev/kmsg")

@@ -17,6 +17,7 @@ import yaml
 
 from exporter.collectors import FACTORIES, Roots
 from exporter.collectors.gpu import GpuOptions
+from exporter.collectors.kmsg import KmsgOptions
 from exporter.collectors.nccl import NcclOptions
 from exporter.logs import LEVELS
 from exporter.sim.profiles import PROFILES
@@ -138,6 +139,8 @@ OPTIONS: tuple[Option, ...] = (
            "Kubernetes pod attribution; empty: off"),
     Option("collector.gpu.pod-resource-names", "nvidia.com/gpu", parse_names,
            "comma-separated device plugin resource names that are GPUs"),
+    Option("collector.kmsg.path", "/dev/kmsg", str,
+           "the kernel log device (the kmsg collector reads it from boot; needs CAP_SYSLOG)"),
     Option("node.instance-type", "", str,
            "the node's instance type (e.g. p5.48xlarge) when DMI does not tell it; empty: from DMI"),
     Option("collector.nccl.inspector-dir", "", str,
@@ -209,6 +212,7 @@ def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) ->
                                    pod_resource_names=values["collector.gpu.pod-resource-names"]),
                     efa_device_detail=values["collector.rdma.efa-device-detail"],
                     instance_type=values["node.instance-type"],
+                    kmsg=KmsgOptions(path=values["collector.kmsg.path"]),
                     nccl=NcclOptions(directory=values["collector.nccl.inspector-dir"],
                                      interval=values["collector.nccl.interval"],
                                      max_files=values["collector.nccl.max-files"],

@@ -15,6 +15,7 @@ from exporter.catalog import Family
 from exporter.collectors.gpu import GpuCollector, GpuOptions
 from exporter.collectors.host import HostCollector
 from exporter.collectors.identity import IdentityCollector
+from exporter.collectors.kmsg import KmsgCollector, KmsgOptions
 from exporter.collectors.lustre import LustreCollector
 from exporter.collectors.nccl import NcclCollector, NcclOptions
 from exporter.collectors.rdma import RdmaCollector
@@ -34,6 +35,7 @@ class Roots:
     gpu: GpuOptions = field(default_factory=GpuOptions)
     efa_device_detail: bool = False
     instance_type: str = ""  # overrides DMI's
+    kmsg: KmsgOptions = field(default_factory=KmsgOptions)
     nccl: NcclOptions = field(default_factory=NcclOptions)
 
 
@@ -58,6 +60,7 @@ FACTORIES: dict[str, Callable[[Roots], Collector]] = {
     "host": lambda roots: HostCollector(roots.sysfs, roots.procfs),
     "nccl": lambda roots: NcclCollector(roots.nccl),
     "identity": lambda roots: IdentityCollector(roots.sysfs, roots.instance_type),
+    "kmsg": lambda roots: KmsgCollector(roots.kmsg.path, roots.kmsg.boot_procfs or roots.procfs),
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -70,13 +73,17 @@ DESCRIPTIONS: dict[str, str] = {
             "(on when --collector.nccl.inspector-dir names a directory)",
     "identity": "the instance type from DMI (no network call) and what that type should have: GPUs, EFA "
                 "devices, NVLinks per GPU, NVSwitches",
+    "kmsg": "the kernel log since boot: NVIDIA XIDs per GPU (with 'fallen off the bus' as XID 79) and NVSwitch "
+            "SXIDs (needs CAP_SYSLOG)",
 }
 
 
 def build(names: Iterable[str], roots: Roots) -> list[Collector]:
-    """The collectors named, wired together: NCCL files name GPUs by UUID, and the GPU collector
-    knows each UUID's NVML index and job."""
+    """The collectors named, wired together: NCCL files name GPUs by UUID and the kernel log by PCI
+    address, and the GPU collector knows each one's NVML index (and job)."""
     built = {name: FACTORIES[name](roots) for name in names}
     if "nccl" in built and "gpu" in built:
         built["nccl"].identify_with(built["gpu"].identities)
+    if "kmsg" in built and "gpu" in built:
+        built["kmsg"].identify_with(built["gpu"].gpus_by_pci)
     return list(built.values())

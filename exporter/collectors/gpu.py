@@ -158,6 +158,10 @@ class GpuCollector:
         jobs = self._jobs.jobs() if self._jobs else {}
         return {gpu.uuid.lower(): (gpu.labels, tuple(jobs.get(gpu.index, ()))) for gpu in gpus}
 
+    def gpus_by_pci(self) -> dict[str, tuple[str, str]]:
+        """{PCI address as the kernel's XID lines write it ("0000:9b:00", no function): (gpu, uuid) labels}."""
+        return {pci_address(gpu.pci_bus_id).rsplit(".", 1)[0]: gpu.labels for gpu in self._gpus or []}
+
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def _ensure_initialized(self) -> list[_Gpu]:

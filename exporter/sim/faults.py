@@ -22,8 +22,8 @@ from typing import Any
 from exporter.sim.nvml import Fault
 
 GPU_KINDS = ("straggler", "thermal_throttle", "power_brake", "nvlink_errors", "gpu_lost", "ecc_uncorrectable",
-             "row_remap_failure", "xid")
-NODE_KINDS = ("efa_stall", "efa_retransmit_storm", "lustre_eviction", "efa_device_missing")
+             "row_remap_failure", "xid", "kernel_xid")
+NODE_KINDS = ("efa_stall", "efa_retransmit_storm", "lustre_eviction", "efa_device_missing", "sxid")
 JOB_KINDS = ("collective_stall", "compute_straggler", "nccl_late_arrival", "nccl_bandwidth_drop", "checkpoint",
              "pipeline_imbalance")
 RANK_KINDS = ("compute_straggler", "nccl_late_arrival")  # aimed at one GPU: `node` and `gpu`
@@ -70,6 +70,8 @@ class NodeEffects:
     gpus: dict[int, Fault] = field(default_factory=dict)
     nccl: NcclEffect = field(default_factory=NcclEffect)
     xids: list[tuple[int, int]] = field(default_factory=list)  # (gpu, xid) raised when the fault starts
+    kernel_xids: list[tuple[int, int]] = field(default_factory=list)  # (gpu, xid) in the kernel log only
+    sxids: list[tuple[int, int, bool]] = field(default_factory=list)  # (switch, sxid, fatal) in the kernel log
     efa: EfaEffect = field(default_factory=EfaEffect)
     lustre: LustreEffect = field(default_factory=LustreEffect)
 
@@ -85,8 +87,10 @@ def check_fault(fault: Any, where: str, gpus: int) -> dict[str, Any]:
         gpu = fault.get("gpu")
         if not isinstance(gpu, int) or not 0 <= gpu < gpus:
             raise ScenarioError(f"{where}: fault {kind} needs 'gpu', an index from 0 to {gpus - 1}")
-    if kind == "xid" and not isinstance(fault.get("xid"), int):
-        raise ScenarioError(f"{where}: fault xid needs 'xid', the XID number")
+    if kind in ("xid", "kernel_xid") and not isinstance(fault.get("xid"), int):
+        raise ScenarioError(f"{where}: fault {kind} needs 'xid', the XID number")
+    if kind == "sxid" and not (isinstance(fault.get("switch"), int) and isinstance(fault.get("sxid"), int)):
+        raise ScenarioError(f"{where}: fault sxid needs 'switch' (an NVSwitch index) and 'sxid', the SXID number")
     if kind in RANK_KINDS + LINK_KINDS and not isinstance(fault.get("node"), int):
         raise ScenarioError(f"{where}: fault {kind} needs 'node', the index of the node it hits")
     if kind in RANK_KINDS and not (isinstance(fault.get("gpu"), int) and 0 <= fault["gpu"] < gpus):
@@ -104,6 +108,10 @@ def node_effects(faults: list[dict[str, Any]], profile: dict[str, Any], node: in
             _job_effect(effects, fault, profile, node)
         elif kind == "xid":
             effects.xids.append((fault["gpu"], fault["xid"]))
+        elif kind == "kernel_xid":  # logged by the driver, never reported by NVML events (79, 119, 120)
+            effects.kernel_xids.append((fault["gpu"], fault["xid"]))
+        elif kind == "sxid":
+            effects.sxids.append((fault["switch"], fault["sxid"], bool(fault.get("fatal", False))))
         elif kind == "gpu_lost":
             effects.gpus[fault["gpu"]] = Fault(lost=True)  # the simulated NVML raises XID 79 itself
         elif kind in GPU_KINDS:

@@ -20,8 +20,9 @@ import yaml
 from exporter.sim.faults import NodeEffects, ScenarioError, check_fault, node_effects
 from exporter.sim.files import relative_symlink
 from exporter.sim.inspector import rank_buckets, write_rank_files
+from exporter.sim.kernel_log import KernelLog
 from exporter.sim.lustre_tree import LustreClient, LustreTarget, write_lustre_tree
-from exporter.sim.nvml import Fault, SimulatedNvml, gpu_uuid
+from exporter.sim.nvml import Fault, SimulatedNvml, gpu_bus, gpu_uuid
 from exporter.sim.rdma_tree import (
     P5_EFA_BUSES,
     P5_GPU_BUSES,
@@ -93,6 +94,9 @@ class SimulatedNode:
         self._faults_seen: tuple[float, int] | None = None
         self._effects = NodeEffects()
         self._raised: set[tuple[int, int]] = set()
+        self._logged: set[tuple] = set()
+        self.kernel_log = KernelLog(root)
+        self.kmsg_file, self.procfs = self.kernel_log.path, self.kernel_log.procfs
         if os.path.exists(self.sysfs):
             shutil.rmtree(self.sysfs)
         os.makedirs(self._staging, exist_ok=True)
@@ -236,6 +240,7 @@ class SimulatedNode:
 
     def _apply(self, effects: NodeEffects) -> None:
         self._effects = effects
+        self._log_kernel_events(effects)
         if self._nvml is None:
             return
         for index in range(self._profile["gpu"]["count"]):
@@ -244,6 +249,19 @@ class SimulatedNode:
             if (gpu, xid) not in self._raised:
                 self._nvml.raise_xid(gpu, xid)
         self._raised = set(effects.xids)
+
+    def _log_kernel_events(self, effects: NodeEffects) -> None:
+        """Kernel-log records for the faults that started since the last change."""
+        # The driver logs every XID, also those NVML reports (a lost GPU's 79 too); kernel_xid faults only here.
+        lost = [(gpu, 79) for gpu, fault in effects.gpus.items() if fault.lost]
+        events = {("xid", gpu, xid) for gpu, xid in [*effects.kernel_xids, *effects.xids, *lost]}
+        events |= {("sxid", *s) for s in effects.sxids}
+        for event in sorted(events - self._logged):
+            if event[0] == "xid":
+                self.kernel_log.xid(f"0000:{gpu_bus(event[1]):02x}:00", event[2])
+            else:
+                self.kernel_log.sxid(*event[1:])
+        self._logged = events
 
     def start(self, interval: float = 2.0) -> None:
         def run() -> None:

@@ -67,6 +67,11 @@ _POLICY_FIELDS = {"power": 74, "thermal": 75, "sync_boost": 76, "board_limit": 7
 _NVLINK_ERROR_FIELDS = {"crc_flit": 38, "crc_data": 45, "replay": 52, "recovery": 59}
 
 
+def gpu_bus(index: int) -> int:
+    """The simulated GPU's PCI bus number."""
+    return 0x53 + index * 0x11
+
+
 def gpu_uuid(index: int) -> str:
     """The simulated GPU's NVML UUID (the same on every simulated node, as indices are)."""
     return f"GPU-{index:08x}-5ca1-4e0d-9a7b-{0x1d0f00000000 + index * 0x1111:012x}"
@@ -80,7 +85,7 @@ class _GpuState:
         self.index = index
         self.handle = ctypes.pointer(pynvml.struct_c_nvmlDevice_t())
         self.uuid = gpu_uuid(index)
-        self.bus_id = f"00000000:{0x53 + index * 0x11:02X}:00.0"
+        self.bus_id = f"00000000:{gpu_bus(index):02X}:00.0"
         self.fault = Fault()
         self.last = now
         links = gpu["nvlinks"]
