@@ -24,15 +24,17 @@ def validate(path: str, version: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def assert_locked_down(daemonset: dict, uid: int = 65534) -> None:
-    """Non-root unless asked, no capabilities, read-only everything, probes on the health endpoints."""
+def assert_locked_down(daemonset: dict, uid: int = 65534, added: tuple[str, ...] = ()) -> None:
+    """Non-root unless asked, no capabilities but those asked for, read-only everything, probes on the
+    health endpoints."""
     pod = daemonset["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is (uid != 0) and pod["securityContext"]["runAsUser"] == uid
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
     (container,) = pod["containers"]
+    capabilities = {"drop": ["ALL"], **({"add": list(added)} if added else {})}
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                            "capabilities": {"drop": ["ALL"]}}
+                                            "capabilities": capabilities}
     assert all(mount["readOnly"] for mount in container["volumeMounts"])
     assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
     assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
@@ -132,7 +134,7 @@ def test_chart_lints_strictly():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-ROOT_AND_PRIORITY = {"podResources": {"enabled": True}, "lustre": {"debugfs": True},
+ROOT_AND_PRIORITY = {"podResources": {"enabled": True}, "lustre": {"debugfs": True}, "kernelLog": {"enabled": True},
                      "priorityClassName": "system-node-critical",
                      # Helm merges maps with the defaults: null drops the default key
                      "nodeSelector": {"node.kubernetes.io/instance-type": "p5.48xlarge",
@@ -169,12 +171,14 @@ def test_chart_defaults_match_the_kustomize_base(tmp_path, rendered):
     assert "priorityClassName" not in pod
     assert [v["name"] for v in pod["volumes"]] == ["sys", "proc"]  # no socket, no debugfs: runs as nobody
     assert not [a for a in container["args"] if "pod-resources" in a]
+    assert "--no-collector.kmsg" in container["args"]  # nobody may not read the kernel log
+    assert "--no-collector.kmsg" in base["containers"][0]["args"]
 
 
 def test_chart_root_options_mount_debugfs_and_the_socket_read_only(tmp_path):
     _, documents = template(tmp_path, ROOT_AND_PRIORITY)
     daemonset = next(d for d in documents if d["kind"] == "DaemonSet")
-    assert_locked_down(daemonset, uid=0)
+    assert_locked_down(daemonset, uid=0, added=("SYSLOG",))  # uid 0 with CAP_SYSLOG alone
     pod = daemonset["spec"]["template"]["spec"]
     assert pod["priorityClassName"] == "system-node-critical"
     assert pod["nodeSelector"] == {"node.kubernetes.io/instance-type": "p5.48xlarge"} and "tolerations" not in pod
@@ -183,6 +187,8 @@ def test_chart_root_options_mount_debugfs_and_the_socket_read_only(tmp_path):
     assert mounts["debugfs"] == "/host/sys/kernel/debug"  # where --path.sysfs=/host/sys looks for it
     assert mounts["pod-resources"] == "/var/lib/kubelet/pod-resources"
     assert {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}["debugfs"] == "/sys/kernel/debug"
+    assert mounts["kmsg"] == "/dev/kmsg"
+    assert {v["name"]: v["hostPath"] for v in pod["volumes"]}["kmsg"] == {"path": "/dev/kmsg", "type": "CharDevice"}
     assert container["args"] == ["exporter", "--web.listen-address=:9400", "--path.sysfs=/host/sys",
                                  "--path.procfs=/host/proc",
                                  "--collector.gpu.pod-resources-socket=/var/lib/kubelet/pod-resources/kubelet.sock",

@@ -12,7 +12,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end }}
 
-{{/* The pod-resources socket and debugfs are root-only: either one runs the container as uid 0. */}}
+{{/* The pod-resources socket and debugfs are root-only, and Kubernetes gives a non-root process no
+    capability (no ambient capabilities): any of them runs the container as uid 0. */}}
 {{- define "gpuscope.uid" -}}
-{{- if or .Values.podResources.enabled .Values.lustre.debugfs -}}0{{- else -}}65534{{- end -}}
+{{- if or .Values.podResources.enabled .Values.lustre.debugfs .Values.kernelLog.enabled -}}0{{- else -}}65534{{- end -}}
 {{- end }}
