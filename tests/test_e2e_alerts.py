@@ -53,6 +53,8 @@ TABLE: dict[str, tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]] = 
     "nccl_late_arrival": ({("GpuStraggler", "node-2", "3")}, {("GpuStraggler", "node-2", "3")}),
     "nccl_bandwidth_drop": ({("NcclBandwidthDegraded", "node-3", "")}, {("NcclBandwidthDegraded", "node-3", "")}),
     "efa_device_missing": ({("EfaDeviceMissing", "node-2", "")}, {("EfaDeviceMissing", "node-2", "")}),
+    "kernel_xid": ({("GpuXidCritical", "node-3", "6")}, {("GpuXidCritical", "node-3", "6")}),
+    "sxid_fatal": ({("NvswitchFatalError", "node-1", "")}, {("NvswitchFatalError", "node-1", "")}),
     "lustre_eviction": ({("LustreTargetDisconnected", "node-2", "OST0001"), ("LustreIoStalled", "node-2", "OST0001"),
                          ("LustreClientEvicted", "node-2", "OST0001")},
                         {("LustreTargetDisconnected", "node-2", "OST0001"), ("LustreIoStalled", "node-2", "OST0001"),

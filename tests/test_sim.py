@@ -297,3 +297,25 @@ def test_a_missing_efa_device_leaves_and_comes_back(node):
     assert efa_devices(node.step(1)) == 31
     node.faults()
     assert efa_devices(node.step(1)) == 32
+
+
+def test_kernel_log_faults_append_records_nvml_never_sees(node, tmp_path):
+    from exporter.collectors.kmsg import KernelEvents, parse_record
+    from exporter.sim.kernel_log import BOOT_AGE
+
+    def kernel_events() -> KernelEvents:
+        found = KernelEvents()
+        for line in (tmp_path / "kmsg").read_text().splitlines():
+            found.add(parse_record(line), node.node.kernel_log.boot_time)
+        return found
+
+    healthy = kernel_events()
+    assert {xid for _, xid in healthy.xids} == {13, 94}  # hours old, from the noise
+    assert max(last for _, last in healthy.xids.values()) < node.node.kernel_log.boot_time + BOOT_AGE - 3600
+    node.faults({"kind": "kernel_xid", "gpu": 6, "xid": 119}, {"kind": "sxid", "switch": 2, "sxid": 24007,
+                                                               "fatal": True})
+    parsed = node.step(1)
+    found = kernel_events()
+    assert found.xids[("0000:b9:00", 119)][0] == 1
+    assert found.sxids[("2", "0000:07:00.0", 24007, "fatal")][0] == 1
+    assert not series(parsed, "gpuscope_gpu_xid_errors_total")  # NVML's events never had it
