@@ -532,6 +532,12 @@ def inventory_alerts(s: Settings) -> list[Group]:
               s.gpu_lost_for, "critical", "A node has fewer EFA devices than its instance type",
               "{{ $labels.instance }} shows {{ $value }} EFA devices, fewer than its instance type has: "
               "collectives over the missing ones fail or slow the job."),
+        Alert("NvlinkInactive",
+              f"{c.GPU_NVLINK_ACTIVE.name} < on (instance) group_left"
+              f' {c.NODE_EXPECTED.name}{{component="nvlinks_per_gpu"}}',
+              s.gpu_lost_for, "critical", "A GPU has fewer active NVLinks than its instance type",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} has {{ $value }} NVLinks up, fewer than its instance "
+              "type's GPUs have: collectives over NVLink slow down or fail."),
         # Unused ports of a multi-port card are down from boot; a port that was ACTIVE is the one to page on.
         Alert("RdmaPortDown", f"{state} != 4 and on (instance, device, port) max_over_time({state}[6h]) == 4",
               s.rdma_port_down_for, "warning", "An RDMA port that was active is down",

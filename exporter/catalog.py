@@ -386,6 +386,8 @@ GPU_PCIE_WIDTH = _gpu_gauge("pcie_link_width", "Current PCIe link width (lanes).
 GPU_PCIE_WIDTH_MAX = _gpu_gauge("pcie_link_width_max", "Highest PCIe link width (lanes).", (),
                                 "nvmlDeviceGetMaxPcieLinkWidth")
 GPU_NVLINK_LINKS = _gpu_gauge("nvlink_links", "NVLink links of the GPU.", (), "field 91 NVLINK_LINK_COUNT")
+GPU_NVLINK_ACTIVE = _gpu_gauge("nvlink_active_links", "NVLinks of the GPU that are up, counted every 30 s in the "
+                               "background.", (), "nvmlDeviceGetNvLinkState per link")
 GPU_NVLINK_TX = _gpu_counter("nvlink_transmit_bytes", "Bytes sent over all NVLinks.", (),
                              "field 138 NVLINK_THROUGHPUT_DATA_TX, summed over links")
 GPU_NVLINK_RX = _gpu_counter("nvlink_receive_bytes", "Bytes received over all NVLinks.", (),

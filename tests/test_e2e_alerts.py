@@ -55,6 +55,7 @@ TABLE: dict[str, tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]] = 
     "efa_device_missing": ({("EfaDeviceMissing", "node-2", "")}, {("EfaDeviceMissing", "node-2", "")}),
     "kernel_xid": ({("GpuXidCritical", "node-3", "6")}, {("GpuXidCritical", "node-3", "6")}),
     "sxid_fatal": ({("NvswitchFatalError", "node-1", "")}, {("NvswitchFatalError", "node-1", "")}),
+    "nvlink_down": ({("NvlinkInactive", "node-0", "2")}, {("NvlinkInactive", "node-0", "2")}),
     "lustre_eviction": ({("LustreTargetDisconnected", "node-2", "OST0001"), ("LustreIoStalled", "node-2", "OST0001"),
                          ("LustreClientEvicted", "node-2", "OST0001")},
                         {("LustreTargetDisconnected", "node-2", "OST0001"), ("LustreIoStalled", "node-2", "OST0001"),

@@ -29,7 +29,8 @@ class Node:
         self.nvml = SimulatedNvml(PROFILE, clock=clock)
         self.node = SimulatedNode(str(root), PROFILE, self.nvml, clock=clock)
         self.collectors = build(("gpu", "rdma", "lustre"), Roots(self.node.sysfs, str(root / "none"), nvml=self.nvml,
-                                                                  gpu=GpuOptions(gpm_interval=3600)))
+                                                                  gpu=GpuOptions(gpm_interval=3600,
+                                                                                 link_interval=0.05)))
         self.registry = ScrapeRegistry(self.collectors, 5.0)
 
     def faults(self, *faults: dict) -> None:
@@ -319,3 +320,13 @@ def test_kernel_log_faults_append_records_nvml_never_sees(node, tmp_path):
     assert found.xids[("0000:b9:00", 119)][0] == 1
     assert found.sxids[("2", "0000:07:00.0", 24007, "fatal")][0] == 1
     assert not series(parsed, "gpuscope_gpu_xid_errors_total")  # NVML's events never had it
+
+
+def test_an_nvlink_down_is_counted_in_the_background(node):
+    node.faults({"kind": "nvlink_down", "gpu": 3, "links": 2})
+    node.step(1)
+    deadline = time.monotonic() + 5
+    while gpu_value(parsed := node.step(0), node, "gpuscope_gpu_nvlink_active_links", 3) != 16:
+        assert time.monotonic() < deadline, "the link count did not change"
+        time.sleep(0.05)
+    assert gpu_value(parsed, node, "gpuscope_gpu_nvlink_active_links", 2) == 18

@@ -25,7 +25,7 @@ from typing import Any
 
 from exporter import catalog
 from exporter.catalog import Family, Metric, Scrape
-from exporter.collectors.gpu_background import GpmSampler, JobWatcher, XidWatcher
+from exporter.collectors.gpu_background import GpmSampler, JobWatcher, LinkWatcher, XidWatcher
 from exporter.collectors.jobs import MappingDirectory
 from exporter.collectors.pods import PodResourcesWatcher
 from exporter.files import InFlight
@@ -87,6 +87,7 @@ class GpuOptions:
     job_mapping_dir: str = ""  # dcgm-exporter's HPC job mapping; empty: find jobs from GPU processes
     procfs: str = "/proc"
     job_interval: float = 15.0
+    link_interval: float = 30.0  # active NVLinks are counted this often, in the background
     pod_resources_socket: str = ""  # the kubelet's pod-resources socket; empty: no pod attribution
     pod_resource_names: tuple[str, ...] = ("nvidia.com/gpu",)
     pod_interval: float = 30.0
@@ -137,6 +138,7 @@ class GpuCollector:
         self._in_flight = InFlight()
         self._xids: XidWatcher | None = None
         self._gpm: GpmSampler | None = None
+        self._links: LinkWatcher | None = None
         self._jobs: MappingDirectory | JobWatcher | None = (
             MappingDirectory(options.job_mapping_dir) if options.job_mapping_dir else None)
         self._pods = (PodResourcesWatcher(options.pod_resources_socket, options.pod_resource_names,
@@ -183,6 +185,8 @@ class GpuCollector:
             self._backoff, self._last_error, self._gpus = 1.0, "", gpus
             self._xids = XidWatcher(self._nvml, {gpu.index: gpu.handle for gpu in gpus})
             self._gpm = GpmSampler(self._nvml, {gpu.index: gpu.handle for gpu in gpus}, self._options.gpm_interval)
+            self._links = LinkWatcher(self._nvml, {gpu.index: (gpu.handle, gpu.links) for gpu in gpus if gpu.links},
+                                      self._options.link_interval)
             if not self._options.job_mapping_dir:
                 self._jobs = JobWatcher(self._nvml, {gpu.index: gpu.handle for gpu in gpus}, self._options.procfs,
                                         self._options.job_interval)
@@ -207,10 +211,10 @@ class GpuCollector:
 
     def _stop_nvml_workers(self) -> None:
         """Stops the threads that hold NVML handles; initialisation starts them again."""
-        for worker in (self._xids, self._gpm, self._jobs):
-            if isinstance(worker, (XidWatcher, GpmSampler, JobWatcher)):
+        for worker in (self._xids, self._gpm, self._jobs, self._links):
+            if isinstance(worker, (XidWatcher, GpmSampler, JobWatcher, LinkWatcher)):
                 worker.stop()
-        self._xids = self._gpm = None
+        self._xids = self._gpm = self._links = None
         if isinstance(self._jobs, JobWatcher):
             self._jobs = None
 
@@ -445,6 +449,10 @@ class GpuCollector:
                 if index in by_index:
                     for job in jobs:
                         scrape.add(catalog.GPU_JOB_INFO, 1, *by_index[index].labels, job)
+        if self._links:
+            for index, active in sorted(self._links.active().items()):
+                if not by_index[index].lost:
+                    scrape.add(catalog.GPU_NVLINK_ACTIVE, active, *by_index[index].labels)
         if self._gpm:
             for index, values in sorted(self._gpm.snapshot().items()):
                 if by_index[index].lost:

@@ -142,6 +142,41 @@ class JobWatcher:
         self._stop.set()
 
 
+class LinkWatcher:
+    """Counts each GPU's active NVLinks every `interval` seconds: one NVML call per link (18 on an
+    H100) is too many for every scrape, and a link that went down stays down."""
+
+    def __init__(self, nvml: Any, links: dict[int, tuple[Any, int]], interval: float) -> None:
+        self._nvml = nvml
+        self._links = links  # GPU index -> (handle, links it has)
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._active: dict[int, int] = {}
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="gpu-nvlinks", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            active = {}
+            for index, (handle, links) in self._links.items():
+                try:
+                    active[index] = sum(self._nvml.nvmlDeviceGetNvLinkState(handle, link)
+                                        == self._nvml.NVML_FEATURE_ENABLED for link in range(links))
+                except self._nvml.NVMLError:
+                    continue  # a lost GPU, or a driver without the call: no count for it
+            with self._lock:
+                self._active = active
+            if self._stop.wait(self._interval):
+                return
+
+    def active(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._active)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def _address(handle: Any) -> int | None:
     """The address an NVML device handle (a ctypes pointer) points at."""
     return ctypes.cast(handle, ctypes.c_void_p).value

@@ -22,7 +22,7 @@ from typing import Any
 from exporter.sim.nvml import Fault
 
 GPU_KINDS = ("straggler", "thermal_throttle", "power_brake", "nvlink_errors", "gpu_lost", "ecc_uncorrectable",
-             "row_remap_failure", "xid", "kernel_xid")
+             "row_remap_failure", "xid", "kernel_xid", "nvlink_down")
 NODE_KINDS = ("efa_stall", "efa_retransmit_storm", "lustre_eviction", "efa_device_missing", "sxid")
 JOB_KINDS = ("collective_stall", "compute_straggler", "nccl_late_arrival", "nccl_bandwidth_drop", "checkpoint",
              "pipeline_imbalance")
@@ -108,6 +108,8 @@ def node_effects(faults: list[dict[str, Any]], profile: dict[str, Any], node: in
             _job_effect(effects, fault, profile, node)
         elif kind == "xid":
             effects.xids.append((fault["gpu"], fault["xid"]))
+        elif kind == "nvlink_down":
+            effects.gpus[fault["gpu"]] = Fault(nvlinks_down=int(fault.get("links", 1)))
         elif kind == "kernel_xid":  # logged by the driver, never reported by NVML events (79, 119, 120)
             effects.kernel_xids.append((fault["gpu"], fault["xid"]))
         elif kind == "sxid":

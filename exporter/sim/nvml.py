@@ -58,6 +58,7 @@ class Fault:
     remap: dict[int, int] = field(default_factory=dict)  # field id (142-145) -> value
     recovery_action: int | None = None
     lost: bool = False
+    nvlinks_down: int = 0  # the GPU's last links report down
     errors: dict[str, int] = field(default_factory=dict)  # NVML function -> return code it fails with
     hang: frozenset[str] = frozenset()  # NVML functions that block until the fault is replaced
 
@@ -276,6 +277,13 @@ class SimulatedNvml:
         self._device("nvmlDeviceGetMaxClockInfo", handle)
         gpu = self.profile["gpu"]
         return int(gpu["sm_clock_max_mhz"] if clock == pynvml.NVML_CLOCK_SM else gpu["memory_clock_max_mhz"])
+
+    def nvmlDeviceGetNvLinkState(self, handle: Any, link: int) -> int:
+        state = self._device("nvmlDeviceGetNvLinkState", handle)
+        if link >= self.profile["gpu"]["nvlinks"]:
+            raise self._error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        up = self.profile["gpu"]["nvlinks"] - state.fault.nvlinks_down  # the last links go down
+        return pynvml.NVML_FEATURE_ENABLED if link < up else pynvml.NVML_FEATURE_DISABLED
 
     def nvmlDeviceGetMaxPcieLinkGeneration(self, handle: Any) -> int:
         self._device("nvmlDeviceGetMaxPcieLinkGeneration", handle)
