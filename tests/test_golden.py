@@ -100,8 +100,9 @@ def test_simulated_p5_whole_scrape(tmp_path):
     try:
         registry = ScrapeRegistry(built, 5.0)
         deadline = time.monotonic() + 5
-        while (text := registry.render()).count("gpuscope_gpu_tensor_active_ratio{") < 8:
-            assert time.monotonic() < deadline, "GPM values for 8 GPUs did not come within 5 s"
+        while ((text := registry.render()).count("gpuscope_gpu_tensor_active_ratio{") < 8
+               or text.count("gpuscope_gpu_nvlink_active_links{") < 8):
+            assert time.monotonic() < deadline, "GPM values and link counts for 8 GPUs did not come within 5 s"
             time.sleep(0.02)
     finally:
         close(built)
