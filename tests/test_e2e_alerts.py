@@ -147,3 +147,29 @@ def test_scenario_fires_exactly_the_expected_alerts(stack, name):
             cluster.clear(node)
     wait_until(lambda: not firing(prom)[0], 90, f"{name}: alerts did not resolve: {firing(prom)[0]}")
     assert requests.get(f"{prom.base}/-/ready", timeout=5).status_code == 200
+
+
+def test_a_restart_pages_nothing_and_a_gpu_missing_at_boot_pages_once_restarted(stack):
+    """A healthy node's kernel log holds hours-old XIDs and driver noise: read again by a restarted
+    exporter it pages nothing. A GPU that does not come up when the node (here its exporter and
+    simulated NVML) starts pages GpuMissing from the first scrapes, with no history needed."""
+    cluster, prom, hook = stack
+    wait_until(lambda: not firing(prom)[0], 60, f"alerts firing before the restart: {firing(prom)[0]}")
+    cluster.restart(0)
+    deadline, seen = time.monotonic() + 15, set()
+    while time.monotonic() < deadline:
+        seen |= firing(prom)[0]
+        time.sleep(0.5)
+    assert seen == set(), seen
+    before = len(hook.received())
+    cluster.inject(1, {"kind": "gpu_missing_at_boot", "gpu": 6})
+    cluster.restart(1)
+    try:
+        wait_until(lambda: ("GpuMissing", "node-1", "") in firing(prom)[0], 60, "GpuMissing did not fire")
+        sent = {key(a["labels"]) for note in hook.received()[before:] for a in note["alerts"]}
+        wait_until(lambda: ("GpuMissing", "node-1", "") in {key(a["labels"]) for note in hook.received()[before:]
+                                                           for a in note["alerts"]}, 30, f"not notified: {sent}")
+    finally:
+        cluster.clear(1)
+        cluster.restart(1)
+    wait_until(lambda: not firing(prom)[0], 90, f"alerts did not resolve: {firing(prom)[0]}")

@@ -330,3 +330,16 @@ def test_an_nvlink_down_is_counted_in_the_background(node):
         assert time.monotonic() < deadline, "the link count did not change"
         time.sleep(0.05)
     assert gpu_value(parsed, node, "gpuscope_gpu_nvlink_active_links", 2) == 18
+
+
+def test_a_gpu_missing_at_boot_is_not_enumerated_until_the_next_start(tmp_path):
+    (tmp_path / "faults.yaml").write_text("- {kind: gpu_missing_at_boot, gpu: 6}\n")
+    made = Node(tmp_path)
+    try:
+        parsed = made.step(0)
+        assert len(series(parsed, "gpuscope_gpu_up")) == 7
+        assert uuid(made, 6) == "GPU-00000007-5ca1-4e0d-9a7b-1d0f00007777"  # NVML renumbers the rest
+        made.faults()
+        assert len(series(made.step(1), "gpuscope_gpu_up")) == 7  # a booted node stays as it booted
+    finally:
+        close(made.collectors)

@@ -91,18 +91,31 @@ class Cluster:
             os.makedirs(node.directory, exist_ok=True)
             self._write_faults(node)
             self._write_job(node)
-            log = open(os.path.join(node.directory, "exporter.log"), "ab")  # noqa: SIM115 (kept by the child)
-            node.process = subprocess.Popen(
-                [sys.executable, "-m", "exporter", f"--simulate={self.profile_name}",
-                 f"--simulate.dir={node.directory}", f"--simulate.interval={self._interval}",
-                 f"--collector.gpu.job-mapping-dir={node.directory}/job-mapping",
-                 f"--web.listen-address={node.address}", *self._exporter_args],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-            log.close()
+            self._launch(node)
         self.write_targets()
         deadline = time.monotonic() + timeout
         for node in self.nodes:
             self._wait_ready(node, deadline)
+
+    def restart(self, node: int, timeout: float = 30.0) -> None:
+        """Stops one node's exporter and starts it again on the same node directory: its kernel log,
+        its boot time and the faults present now (a GPU missing at boot) carry over."""
+        target = self.nodes[node]
+        if target.process and target.process.poll() is None:
+            target.process.terminate()
+            target.process.wait(timeout=10)
+        self._launch(target)
+        self._wait_ready(target, time.monotonic() + timeout)
+
+    def _launch(self, node: SimNode) -> None:
+        log = open(os.path.join(node.directory, "exporter.log"), "ab")  # noqa: SIM115 (kept by the child)
+        node.process = subprocess.Popen(
+            [sys.executable, "-m", "exporter", f"--simulate={self.profile_name}",
+             f"--simulate.dir={node.directory}", f"--simulate.interval={self._interval}",
+             f"--collector.gpu.job-mapping-dir={node.directory}/job-mapping",
+             f"--web.listen-address={node.address}", *self._exporter_args],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
 
     def _wait_ready(self, node: SimNode, deadline: float) -> None:
         while time.monotonic() < deadline:

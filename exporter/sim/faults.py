@@ -22,7 +22,7 @@ from typing import Any
 from exporter.sim.nvml import Fault
 
 GPU_KINDS = ("straggler", "thermal_throttle", "power_brake", "nvlink_errors", "gpu_lost", "ecc_uncorrectable",
-             "row_remap_failure", "xid", "kernel_xid", "nvlink_down")
+             "row_remap_failure", "xid", "kernel_xid", "nvlink_down", "gpu_missing_at_boot")
 NODE_KINDS = ("efa_stall", "efa_retransmit_storm", "lustre_eviction", "efa_device_missing", "sxid")
 JOB_KINDS = ("collective_stall", "compute_straggler", "nccl_late_arrival", "nccl_bandwidth_drop", "checkpoint",
              "pipeline_imbalance")
@@ -71,6 +71,7 @@ class NodeEffects:
     nccl: NcclEffect = field(default_factory=NcclEffect)
     xids: list[tuple[int, int]] = field(default_factory=list)  # (gpu, xid) raised when the fault starts
     kernel_xids: list[tuple[int, int]] = field(default_factory=list)  # (gpu, xid) in the kernel log only
+    missing_at_boot: set[int] = field(default_factory=set)  # GPUs that did not come up (effective at the next start)
     sxids: list[tuple[int, int, bool]] = field(default_factory=list)  # (switch, sxid, fatal) in the kernel log
     efa: EfaEffect = field(default_factory=EfaEffect)
     lustre: LustreEffect = field(default_factory=LustreEffect)
@@ -108,6 +109,8 @@ def node_effects(faults: list[dict[str, Any]], profile: dict[str, Any], node: in
             _job_effect(effects, fault, profile, node)
         elif kind == "xid":
             effects.xids.append((fault["gpu"], fault["xid"]))
+        elif kind == "gpu_missing_at_boot":
+            effects.missing_at_boot.add(fault["gpu"])
         elif kind == "nvlink_down":
             effects.gpus[fault["gpu"]] = Fault(nvlinks_down=int(fault.get("links", 1)))
         elif kind == "kernel_xid":  # logged by the driver, never reported by NVML events (79, 119, 120)

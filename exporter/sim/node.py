@@ -117,6 +117,7 @@ class SimulatedNode:
         self._elapsed = 0.0
         write_lustre_tree(self.sysfs, self.lustre)
         self._load_job()
+        self._load_faults()  # faults present at start are there at boot (a GPU that did not come up)
         self._write_inspector_files()
         for fs in profile.get("idle_lustre", ()):  # a second mount nobody uses: its imports go IDLE
             write_lustre_tree(self.sysfs, LustreClient(
@@ -243,6 +244,7 @@ class SimulatedNode:
         self._log_kernel_events(effects)
         if self._nvml is None:
             return
+        self._nvml.boot_without(effects.missing_at_boot)
         for index in range(self._profile["gpu"]["count"]):
             self._nvml.inject(index, effects.gpus.get(index, Fault()))
         for gpu, xid in effects.xids:

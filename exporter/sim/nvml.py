@@ -124,6 +124,7 @@ class SimulatedNvml:
         start = clock()
         self._start = start
         self._gpus = [_GpuState(i, self.profile, start) for i in range(self.profile["gpu"]["count"])]
+        self._absent: set[int] = set()
         self._by_address = {ctypes.addressof(g.handle.contents): g for g in self._gpus}
         self._event_sets: list[tuple[queue.SimpleQueue, set[int]]] = []
         self._gpm_samples: dict[int, tuple[int, float, dict[str, float]]] = {}
@@ -248,15 +249,25 @@ class SimulatedNvml:
 
     def nvmlDeviceGetCount(self) -> int:
         self._system("nvmlDeviceGetCount")
-        return len(self._gpus)
+        return len(self._visible())
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> Any:
         self._system("nvmlDeviceGetHandleByIndex")
-        if not 0 <= index < len(self._gpus):
+        visible = self._visible()
+        if not 0 <= index < len(visible):
             raise self._error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        if self._gpus[index].fault.lost:
+        if visible[index].fault.lost:
             raise self._error(pynvml.NVML_ERROR_GPU_IS_LOST)
-        return self._gpus[index].handle
+        return visible[index].handle
+
+    def boot_without(self, gpus: set[int]) -> None:
+        """GPUs that did not come up at boot: NVML enumerates the others (renumbered), until the next
+        initialisation after a reboot. Only before the first nvmlInit, as a boot is."""
+        if not self._initialized:
+            self._absent = set(gpus)
+
+    def _visible(self) -> list[_GpuState]:
+        return [gpu for gpu in self._gpus if gpu.index not in self._absent]
 
     # --- identity and limits ---------------------------------------------------------------------
 
