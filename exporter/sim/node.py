@@ -91,6 +91,7 @@ class SimulatedNode:
         self._clock = clock
         self._last = clock()
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._faults_seen: tuple[float, int] | None = None
         self._effects = NodeEffects()
         self._raised: set[tuple[int, int]] = set()
@@ -273,10 +274,14 @@ class SimulatedNode:
                 except OSError as exc:  # the tree was removed under us (shutdown)
                     log.warning("simulated node update failed", extra={"error": str(exc)})
 
-        threading.Thread(target=run, name="simulated-node", daemon=True).start()
+        self._thread = threading.Thread(target=run, name="simulated-node", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
+        """Stops the updates and waits for one in progress, so the tree can be removed after."""
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
 
 
 def write_dmi(sysfs: str, instance_type: str, root: str) -> None:
