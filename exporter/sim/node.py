@@ -156,11 +156,7 @@ class SimulatedNode:
 
     def _load_job(self) -> None:
         """Reads job.yaml when it changed; the faults are worked out again for this node's index."""
-        try:
-            stat = os.stat(self.job_file)
-        except FileNotFoundError:
-            stat = None
-        seen = (stat.st_mtime, stat.st_size) if stat else None
+        seen = _version(self.job_file)
         if seen == self._job_seen:
             return
         self._job_seen, self._faults_seen = seen, None
@@ -220,16 +216,12 @@ class SimulatedNode:
 
     def _load_faults(self) -> None:
         """Reads faults.yaml when it changed; a file that cannot be used is logged and ignored."""
-        try:
-            stat = os.stat(self.faults_file)
-        except FileNotFoundError:
-            stat = None
-        seen = (stat.st_mtime, stat.st_size) if stat else None
+        seen = _version(self.faults_file)
         if seen == self._faults_seen:
             return
         self._faults_seen = seen
         faults: list[dict[str, Any]] = []
-        if stat:
+        if seen:
             try:
                 with open(self.faults_file, encoding="utf-8") as handle:
                     loaded = yaml.safe_load(handle) or []
@@ -282,6 +274,15 @@ class SimulatedNode:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+
+
+def _version(path: str) -> tuple[float, int] | None:
+    """(mtime, size) of a control file the cluster rewrites, None while it does not exist."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime, stat.st_size
 
 
 def write_dmi(sysfs: str, instance_type: str, root: str) -> None:
