@@ -110,10 +110,31 @@ class NcclOptions:
     message_sizes: bool = False
 
 
+# One aggregated series of a file: its metric, the job the file names ("unknown" without Slurm), the
+# labels that follow `job_id` in the catalog's order, and its value.
+Series = tuple[catalog.Metric, str, tuple[str, ...], float]
+
+
 @dataclass
 class _Snapshot:
     mtime: float
-    lines: list[Line]
+    series: list[Series]
+
+
+def aggregate(lines: list[Line], message_sizes: bool) -> list[Series]:
+    """A file's series, its buckets aggregated once when the file is read, not at every scrape."""
+    buckets: dict[tuple[catalog.Metric, str, tuple[str, ...]], list[float]] = defaultdict(list)
+    for line in lines:
+        if line.name in DEVICE_METRICS:
+            metric, kind = DEVICE_METRICS[line.name]
+            buckets[metric, line.job, (kind,)].append(line.value)
+            continue
+        metric, factor = BUCKET_METRICS[line.name]
+        labels = (line.comm, line.nranks, line.operation)
+        buckets[metric, line.job, (*labels, "all")].append(line.value * factor)
+        if message_sizes:
+            buckets[metric, line.job, (*labels, line.size)].append(line.value * factor)
+    return [(metric, job, labels, _mean(metric, values)) for (metric, job, labels), values in buckets.items()]
 
 
 # uuid ("GPU-…", lower case) -> ((gpu, uuid) labels of the GPU collector, the GPU's jobs from attribution)
@@ -146,7 +167,7 @@ class NcclCollector:
         for uuid, snapshot in sorted(fresh.items()):
             (gpu, uuid_label), jobs = identities.get(uuid.lower(), (("", uuid), ()))
             scrape.add(catalog.NCCL_SNAPSHOT_AGE, max(0.0, now - snapshot.mtime), gpu, uuid_label)
-            budget = self._add_lines(scrape, snapshot.lines, gpu, uuid_label, jobs, budget)
+            budget = self._add_series(scrape, snapshot.series, gpu, uuid_label, jobs, budget)
         scrape.add(catalog.NCCL_MALFORMED_LINES, self._malformed)
         for what, count in self._dropped.items():
             scrape.add(catalog.NCCL_DROPPED, count, what)
@@ -186,29 +207,20 @@ class NcclCollector:
             if complete(data):
                 lines, malformed = parse(data.decode("utf-8", "replace"))
                 self._malformed += malformed
-                self._snapshots[uuid] = previous = _Snapshot(mtime, lines)
+                series = aggregate(lines, self._options.message_sizes)
+                self._snapshots[uuid] = previous = _Snapshot(mtime, series)
         return previous
 
-    def _add_lines(self, scrape: Scrape, lines: list[Line], gpu: str, uuid: str, jobs: tuple[str, ...],
-                   budget: int) -> int:
-        """Adds one file's series within the remaining series budget; returns what is left of it."""
-        buckets: dict[tuple, list[float]] = defaultdict(list)
-        for line in lines:
-            job = line.job if line.job not in ("", "unknown") else (jobs[0] if jobs else "")
-            if line.name in DEVICE_METRICS:
-                metric, kind = DEVICE_METRICS[line.name]
-                buckets[metric, (gpu, uuid, job, kind)].append(line.value)
-                continue
-            metric, factor = BUCKET_METRICS[line.name]
-            labels = (gpu, uuid, job, line.comm, line.nranks, line.operation)
-            buckets[metric, (*labels, "all")].append(line.value * factor)
-            if self._options.message_sizes:
-                buckets[metric, (*labels, line.size)].append(line.value * factor)
-        for (metric, labels), values in buckets.items():
+    def _add_series(self, scrape: Scrape, series: list[Series], gpu: str, uuid: str, jobs: tuple[str, ...],
+                    budget: int) -> int:
+        """Adds one file's series within the remaining series budget; returns what is left of it. The
+        job is the file's, else the GPU's from attribution (which can change between reads)."""
+        fallback = jobs[0] if jobs else ""
+        for metric, job, labels, value in series:
             if budget <= 0:
                 self._dropped["series"] += 1
                 continue
-            scrape.add(metric, _mean(metric, values), *labels)
+            scrape.add(metric, value, gpu, uuid, job if job not in ("", "unknown") else fallback, *labels)
             budget -= 1
         return budget
 
