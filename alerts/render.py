@@ -27,7 +27,7 @@ from grafanalib.core import (
 )
 
 from alerts.rules import Alert, Group, Record, groups, load
-from alerts.settings import Settings
+from alerts.settings import DURATION_UNITS, Settings
 
 HEADER = ("# Generated from alerts/rules.py by `gpuscope alerts build` (in the gpuscope repository: "
           "scripts/generate); do not edit by hand.\n")
@@ -88,7 +88,6 @@ def grafana_provisioning(rule_groups: list[Group], settings: Settings, datasourc
 
 
 _DURATION = re.compile(r"(?<![\w.])(\d+)(ms|s|m|h|d)\b")
-_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def shorten_durations(rules: dict[str, Any], factor: float, floor_seconds: int = 5) -> dict[str, Any]:
@@ -98,7 +97,7 @@ def shorten_durations(rules: dict[str, Any], factor: float, floor_seconds: int =
     For the end-to-end tests and `gpuscope demo --fast` only: it changes timing, not logic.
     """
     def scale(match: re.Match[str], floor: int) -> str:
-        seconds = int(match[1]) * _SECONDS[match[2]] / factor
+        seconds = int(match[1]) * DURATION_UNITS[match[2]] / factor
         return f"{max(floor, round(seconds))}s" if seconds else "0s"
 
     out = copy.deepcopy(rules)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from alerts.settings import Settings, load_settings
+from alerts.settings import Settings, duration_seconds, load_settings
 from exporter import catalog as c
 
 
@@ -453,12 +453,6 @@ def _recent_event(last_timestamp: str, window: str) -> str:
     the log since boot and must not page for events logged hours before."""
     return (f"(changes({last_timestamp}[{window}]) > 0 or ({last_timestamp} unless {last_timestamp} offset {window}))"
             f" and time() - {last_timestamp} < {duration_seconds(window):g}")
-
-
-def duration_seconds(duration: str) -> float:
-    """"10m" -> 600."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    return float(duration[:-1]) * units[duration[-1]]
 
 
 def gpu_health_alerts(s: Settings) -> list[Group]:

@@ -18,6 +18,8 @@ from alerts import promql
 from exporter.config import ConfigError, load_yaml
 
 SEVERITIES = ("critical", "warning", "info")
+# Prometheus duration units, as the settings' durations and the rules' range selectors use them.
+DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _LABEL_NAME = re.compile(r"^[a-zA-Z_]\w*$")
 
 
@@ -121,6 +123,12 @@ class Settings:
 
     def severity(self, alert: str, default: str) -> str:
         return dict(self.severities).get(alert, default)
+
+
+def duration_seconds(duration: str) -> float:
+    """"10m" -> 600.0: a single-unit Prometheus duration such as the settings' windows."""
+    unit = "ms" if duration.endswith("ms") else duration[-1]
+    return float(duration[:-len(unit)]) * DURATION_UNITS[unit]
 
 
 # Keys of the settings file that are not plain fields.
