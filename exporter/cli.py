@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from exporter import __version__
-from exporter.config import DEFAULT_PORT, OPTIONS, ConfigError, config_file_from, resolve
+from exporter.config import DEFAULT_PORT, OPTIONS, ConfigError, config_file_from, parse_count, resolve
 from exporter.sim.profiles import PROFILES
 from exporter.sim.scenarios import SCENARIOS
 
@@ -69,9 +69,11 @@ def _settings_argument(parser) -> None:
 
 
 def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"invalid positive integer {text!r}")
-    return int(text)
+    """A count flag, checked as the exporter's count options are."""
+    try:
+        return parse_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _dashboards_parser(subparsers) -> None:

@@ -53,7 +53,7 @@ def parse_bool(value: Any) -> bool:
 
 def parse_count(value: Any) -> int:
     """A positive whole number."""
-    text = str(value).strip()
+    text = str(value)
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"invalid count {value!r} (a whole number of 1 or more)")
     return int(text)
