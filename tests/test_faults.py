@@ -184,15 +184,20 @@ def samples_of(scrapes: ScrapeRegistry):
 
 def scrape_as_nobody(collectors) -> str:
     """A scrape by an unprivileged process (root reads everything, so permission tests drop to nobody)."""
+    return as_nobody(lambda: scrape(collectors))
+
+
+def as_nobody(work) -> str:
+    """What `work()` returns when an unprivileged process does it (directly when not root)."""
     if os.geteuid() != 0:
-        return scrape(collectors)
+        return work()
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: modules are already imported, so nothing under /root is needed
         try:
             os.setgid(65534)
             os.setuid(65534)
-            os.write(write_end, scrape(collectors).encode())
+            os.write(write_end, work().encode())
         finally:
             os._exit(0)
     os.close(write_end)
