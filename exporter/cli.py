@@ -13,7 +13,7 @@ from typing import NoReturn
 
 from exporter import __version__
 from exporter.config import DEFAULT_PORT, OPTIONS, ConfigError, config_file_from, parse_count, resolve
-from exporter.sim.profiles import PROFILES
+from exporter.sim.profiles import DEFAULT_PROFILE, PROFILES
 from exporter.sim.scenarios import SCENARIOS
 
 USAGE_ERROR = 2
@@ -56,7 +56,8 @@ def _simulate_parser(subparsers) -> None:
 def _cluster_arguments(parser, scenario: str, duration: str, duration_help: str) -> None:
     """The options `simulate` and `demo` share."""
     parser.add_argument("--nodes", type=_positive_int, help="how many nodes (default: the scenario's, else 4)")
-    parser.add_argument("--profile", default="p5.48xlarge", help="node profile: " + ", ".join(PROFILES))
+    parser.add_argument("--profile", help=f"node profile: {', '.join(PROFILES)} (default: the scenario's, else "
+                                          f"{DEFAULT_PROFILE})")
     parser.add_argument("--scenario", default=scenario, metavar="NAME|FILE",
                         help=f"a built-in scenario ({', '.join(SCENARIOS)}; default {scenario}) or a YAML file")
     parser.add_argument("--duration", default=duration, help=f"{duration_help} (default {duration})")

@@ -160,11 +160,14 @@ def test_simulate_runs_a_cluster_plays_the_scenario_and_stops_everything(tmp_pat
     ("steps:\n  - {at: 1s, node: 9, fault: {kind: efa_stall}}\n", "steps[0]: 'node' must be one of job, job:4242 or an "
      "index from 0 to 3"),
     ("steps:\n  - {at: 1s, node: 0, fault: {kind: collective_stall}}\n", "use node: job"),
+    ("steps:\n  - {at: 1s, node: 0, fault: {kind: rdma_port_down, device: -1}}\n", "steps[0].fault: fault "
+     "rdma_port_down takes 'device', the index of an InfiniBand HCA"),
+    ("profile: dgx-h100\nsteps: []\n", "runs on profile dgx-h100, not p4d.24xlarge (leave --profile out)"),
 ])
 def test_simulate_rejects_a_bad_scenario_naming_the_field(tmp_path, text, message):
     scenario = tmp_path / "bad.yml"
     scenario.write_text(text)
-    result = run_gpuscope("simulate", f"--scenario={scenario}", f"--out={tmp_path}/sim")
+    result = run_gpuscope("simulate", f"--scenario={scenario}", f"--out={tmp_path}/sim", "--profile=p4d.24xlarge")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and str(scenario) in result.stderr and message in result.stderr
     assert not (tmp_path / "sim").exists()

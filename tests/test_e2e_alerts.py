@@ -1,6 +1,7 @@
 """Every fault scenario on a simulated cluster, through the real rules, Prometheus and Alertmanager.
 
-Four simulated p5.48xlarge nodes (the peer medians need three or more), Prometheus evaluating the
+Four simulated p5.48xlarge nodes (the peer medians need three or more; DGX H100s on InfiniBand for
+the scenario that needs their ports), Prometheus evaluating the
 generated rules with their durations divided by 60 (`shorten_durations`: 5m becomes 5s; timing
 only, the expressions are the generated ones), and Alertmanager with the reference routes and
 inhibitions delivering to a webhook. For each scenario: exactly the expected alerts fire in
@@ -17,6 +18,7 @@ import requests
 
 from alerts.render import write_shortened_rules
 from exporter.sim.cluster import Cluster, load_scenario
+from exporter.sim.profiles import DEFAULT_PROFILE
 from exporter.sim.stack import alertmanager, prometheus, webhook_receiver
 from tests.test_alertmanager import for_test
 
@@ -56,6 +58,7 @@ TABLE: dict[str, tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]] = 
     "kernel_xid": ({("GpuXidCritical", "node-3", "6")}, {("GpuXidCritical", "node-3", "6")}),
     "sxid_fatal": ({("NvswitchFatalError", "node-1", "")}, {("NvswitchFatalError", "node-1", "")}),
     "nvlink_down": ({("NvlinkInactive", "node-0", "2")}, {("NvlinkInactive", "node-0", "2")}),
+    "rdma_port_down": ({("RdmaPortDown", "node-1", "mlx5_3")}, {("RdmaPortDown", "node-1", "mlx5_3")}),
     "lustre_eviction": ({("LustreTargetDisconnected", "node-2", "OST0001"), ("LustreIoStalled", "node-2", "OST0001"),
                          ("LustreClientEvicted", "node-2", "OST0001")},
                         {("LustreTargetDisconnected", "node-2", "OST0001"), ("LustreIoStalled", "node-2", "OST0001"),
@@ -68,7 +71,7 @@ EVIDENCE = {"compute_straggler": {"busiest_gpu", "nccl_early_rank"}, "nccl_late_
 
 
 def key(labels: dict[str, str]) -> tuple[str, str, str]:
-    where = labels.get("gpu") or labels.get("target", "")
+    where = labels.get("gpu") or labels.get("target") or labels.get("device", "")
     return labels["alertname"], labels["instance"], where
 
 
@@ -78,10 +81,12 @@ def firing(prom) -> tuple[set[tuple[str, str, str]], list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(request, tmp_path_factory):
+    """The cluster, Prometheus and Alertmanager; the nodes are of the profile given as parameter
+    (a scenario's own, p5.48xlarge unless it names one)."""
     root = tmp_path_factory.mktemp("alerts-e2e")
     rules = write_shortened_rules(str(root / "rules.yml"), 60)
-    cluster = Cluster(str(root), nodes=4, exporter_args=("--collector.gpu.gpm-interval=1s",))
+    cluster = Cluster(str(root), nodes=4, profile=request.param, exporter_args=("--collector.gpu.gpm-interval=1s",))
     with cluster, webhook_receiver() as (url, hook), alertmanager(for_test(url)) as am:
         jobs = [{"job_name": "gpuscope",  # the default selector's job
                  "file_sd_configs": [{"files": [cluster.write_targets()], "refresh_interval": "1s"}]}]
@@ -102,13 +107,14 @@ def wait_until(check, timeout: float, what: str):
         time.sleep(0.5)
 
 
-@pytest.mark.parametrize("name", list(TABLE))
+@pytest.mark.parametrize(("stack", "name"), [(load_scenario(name).profile, name) for name in TABLE],
+                         indirect=["stack"])
 def test_scenario_fires_exactly_the_expected_alerts(stack, name):
     cluster, prom, hook = stack
     expected, notified = TABLE[name]
     wait_until(lambda: not firing(prom)[0], 60, f"alerts still firing before {name}: {firing(prom)[0]}")
     before = len(hook.received())
-    for step in load_scenario(name, 8).steps:
+    for step in load_scenario(name).steps:
         if step.fault:
             cluster.inject(step.node, step.fault)
     try:
@@ -149,6 +155,7 @@ def test_scenario_fires_exactly_the_expected_alerts(stack, name):
     assert requests.get(f"{prom.base}/-/ready", timeout=5).status_code == 200
 
 
+@pytest.mark.parametrize("stack", [DEFAULT_PROFILE], indirect=True)
 def test_a_restart_pages_nothing_and_a_gpu_missing_at_boot_pages_once_restarted(stack):
     """A healthy node's kernel log holds hours-old XIDs and driver noise: read again by a restarted
     exporter it pages nothing. A GPU that does not come up when the node (here its exporter and

@@ -25,7 +25,7 @@ STRAGGLER = ("GpuStraggler", "node-3", "5")
 
 
 def test_only_the_rank_the_job_waits_for_pages_and_both_sources_name_it(tmp_path):
-    scenario = load_scenario("job_waits", 8)
+    scenario = load_scenario("job_waits")
     rules = write_shortened_rules(str(tmp_path / "rules.yml"), 60)
     cluster = Cluster(str(tmp_path), nodes=scenario.nodes, jobs=scenario.jobs,
                       exporter_args=("--collector.gpu.gpm-interval=1s",))

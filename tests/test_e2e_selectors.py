@@ -77,7 +77,7 @@ def test_a_straggler_fires_once_by_node_and_the_second_job_changes_nothing(stack
     _, cluster, prom, _ = stack
     time.sleep(6)
     assert firing(prom) == set(), "a healthy cluster fires nothing"
-    for step in load_scenario("straggler", 8).steps:
+    for step in load_scenario("straggler").steps:
         if step.fault:
             cluster.inject(step.node, step.fault)
     try:

@@ -51,12 +51,19 @@ def test_the_flag_overrides_dmi(tmp_path):
     assert expected(parsed)["efa_devices"] == 16
 
 
-def test_every_simulated_profile_is_in_the_inventory():
+def test_every_simulated_ec2_profile_is_in_the_inventory_and_the_dgx_is_not(tmp_path):
+    from exporter.sim.node import write_dmi
     from exporter.sim.nvml import load_profile
     from exporter.sim.profiles import PROFILES
 
     for name in PROFILES:
         profile = load_profile(name)
-        assert INVENTORY[profile["instance"]].gpus == profile["gpu"]["count"]
-        assert INVENTORY[profile["instance"]].efa_devices == profile["efa_devices"]
-        assert INVENTORY[profile["instance"]].nvlinks_per_gpu == profile["gpu"]["nvlinks"]
+        write_dmi(str(tmp_path / name), profile, str(tmp_path))
+        parsed = samples(scrape([IdentityCollector(str(tmp_path / name))]))
+        if name == "dgx-h100":  # outside EC2: DMI says NVIDIA DGXH100, and nothing is expected of it
+            assert value(parsed, catalog.NODE_INFO.name, vendor="NVIDIA") == 1  # empty labels are absent
+            assert expected(parsed) == {}
+            continue
+        assert expected(parsed) == {"gpus": profile["gpu"]["count"], "efa_devices": profile["efa_devices"],
+                                    "nvlinks_per_gpu": profile["gpu"]["nvlinks"],
+                                    "nvswitches": INVENTORY[profile["instance"]].nvswitches}

@@ -23,11 +23,11 @@ PROFILE = load_profile("p5.48xlarge")
 class Node:
     """One simulated node read by the real collectors, its clock moved by hand."""
 
-    def __init__(self, root) -> None:
+    def __init__(self, root, profile: dict = PROFILE) -> None:
         self.now = 1000.0
         clock = lambda: self.now  # noqa: E731
-        self.nvml = SimulatedNvml(PROFILE, clock=clock)
-        self.node = SimulatedNode(str(root), PROFILE, self.nvml, clock=clock)
+        self.nvml = SimulatedNvml(profile, clock=clock)
+        self.node = SimulatedNode(str(root), profile, self.nvml, clock=clock)
         self.collectors = build(("gpu", "rdma", "lustre"), Roots(self.node.sysfs, str(root / "none"), nvml=self.nvml,
                                                                   gpu=GpuOptions(gpm_interval=3600,
                                                                                  link_interval=0.05)))
@@ -197,7 +197,7 @@ def test_a_broken_faults_file_is_ignored_and_logged(node, caplog):
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_built_in_scenarios_load(name):
-    scenario = load_scenario(name, 8)
+    scenario = load_scenario(name)
     assert scenario.nodes == (8 if name == "job_waits" else 4)  # the 48-GPU job and a second job
     assert all(max(nodes) < scenario.nodes for _, nodes in scenario.jobs)
     for step in scenario.steps:
@@ -207,7 +207,7 @@ def test_built_in_scenarios_load(name):
 
 def test_unknown_scenario_names_the_built_in_ones():
     with pytest.raises(ScenarioError, match="built-in scenarios: healthy, straggler"):
-        load_scenario("/no/such/scenario.yml", 8)
+        load_scenario("/no/such/scenario.yml")
 
 
 # --- the simulated job: NCCL Inspector files and the job-wide faults of issue 15 -----------------------
@@ -298,6 +298,39 @@ def test_a_missing_efa_device_leaves_and_comes_back(node):
     assert efa_devices(node.step(1)) == 31
     node.faults()
     assert efa_devices(node.step(1)) == 32
+
+
+def test_an_infiniband_port_goes_down_and_comes_back_on_a_dgx(tmp_path):
+    """The DGX profile's eight ConnectX-7 ports are ACTIVE; rdma_port_down takes one down (state 1,
+    phys_state 3 Disabled) and counts it in link_downed; cleared, it is ACTIVE again."""
+    dgx = Node(tmp_path, load_profile("dgx-h100"))
+    try:
+        parsed = dgx.step(0)
+        port = {"device": "mlx5_3", "port": "1"}
+        assert [s["device"] for s in series(parsed, "gpuscope_rdma_device_info")] == [f"mlx5_{n}" for n in range(8)]
+        states = {value(parsed, "gpuscope_rdma_port_state", **s) for s in series(parsed, "gpuscope_rdma_port_state")}
+        assert states == {4}
+        assert value(parsed, "gpuscope_rdma_port_stat_total", counter="link_downed", **port) == 0
+        dgx.faults({"kind": "rdma_port_down", "device": 3})
+        parsed = dgx.step(1)
+        assert value(parsed, "gpuscope_rdma_port_state", **port) == 1
+        assert value(parsed, "gpuscope_rdma_port_physical_state", **port) == 3
+        assert value(parsed, "gpuscope_rdma_port_stat_total", counter="link_downed", **port) == 1
+        assert value(parsed, "gpuscope_rdma_port_state", device="mlx5_2", port="1") == 4
+        dgx.faults()
+        parsed = dgx.step(1)
+        assert value(parsed, "gpuscope_rdma_port_state", **port) == 4
+        assert value(parsed, "gpuscope_rdma_port_stat_total", counter="link_downed", **port) == 1
+    finally:
+        close(dgx.collectors)
+
+
+def test_a_scenario_runs_on_the_profile_it_names():
+    assert load_scenario("rdma_port_down").profile == "dgx-h100"
+    assert load_scenario("healthy").profile == "p5.48xlarge"
+    assert load_scenario("healthy", "dgx-h100").profile == "dgx-h100"
+    with pytest.raises(ScenarioError, match=r"scenario rdma_port_down: runs on profile dgx-h100, not p5\.48xlarge"):
+        load_scenario("rdma_port_down", "p5.48xlarge")
 
 
 def test_kernel_log_faults_append_records_nvml_never_sees(node, tmp_path):

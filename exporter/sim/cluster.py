@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -24,11 +24,13 @@ import yaml
 from exporter.sim.faults import JOB_KINDS, Scenario, ScenarioError, Step, check_fault, parse_scenario
 from exporter.sim.node import SimulatedNode
 from exporter.sim.nvml import load_profile
+from exporter.sim.profiles import DEFAULT_PROFILE
 from exporter.sim.scenarios import SCENARIOS
 
 
-def load_scenario(name_or_path: str, gpus: int, nodes: int | None = None) -> Scenario:
-    """A built-in scenario by name, or a user's scenario file by path."""
+def load_scenario(name_or_path: str, profile: str | None = None, nodes: int | None = None) -> Scenario:
+    """A built-in scenario by name, or a user's scenario file by path, on `profile` (default: the one
+    the scenario names, else p5.48xlarge). A scenario that needs another profile is refused."""
     if name_or_path in SCENARIOS:
         source = f"scenario {name_or_path}"
         text = resources.files("exporter.sim.scenarios").joinpath(f"{name_or_path}.yaml").read_text()
@@ -44,7 +46,12 @@ def load_scenario(name_or_path: str, gpus: int, nodes: int | None = None) -> Sce
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ScenarioError(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None
-    return parse_scenario(data, source, gpus, nodes)
+    needs = data.get("profile") if isinstance(data, dict) else None
+    if needs and profile and needs != profile:
+        raise ScenarioError(f"{source}: runs on profile {needs}, not {profile} (leave --profile out)")
+    chosen = profile or needs or DEFAULT_PROFILE
+    scenario = parse_scenario(data, source, load_profile(chosen)["gpu"]["count"], nodes)
+    return replace(scenario, profile=chosen)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -70,7 +77,7 @@ class SimNode:
 class Cluster:
     """Starts, faults and stops N simulated nodes; every process is stopped by its own pid."""
 
-    def __init__(self, root: str, nodes: int = 4, profile: str = "p5.48xlarge", job_nodes: Sequence[int] = (),
+    def __init__(self, root: str, nodes: int = 4, profile: str = DEFAULT_PROFILE, job_nodes: Sequence[int] = (),
                  interval: str = "1s", exporter_args: Sequence[str] = (), base_port: int = 0,
                  job_id: str = "4242", jobs: Sequence[tuple[str, Sequence[int]]] = ()) -> None:
         """One job (`job_id` on `job_nodes`, default every node) or several (`jobs`: id and nodes)."""

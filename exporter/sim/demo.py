@@ -38,7 +38,7 @@ def run_demo(args: dict[str, Any]) -> int:
         return 2
     try:
         with tempfile.TemporaryDirectory(prefix="gpuscope-demo-") as work:
-            _run(work, args["profile"], scenario, linger)
+            _run(work, scenario, linger)
     except KeyboardInterrupt:
         print("\nstopped; every process has been shut down")
     except RuntimeError as exc:
@@ -53,11 +53,11 @@ def _rules_file(work: str) -> str:
     return write_shortened_rules(os.path.join(work, "rules.yml"), DEMO_SPEEDUP)
 
 
-def _run(work: str, profile: str, scenario, linger: float) -> None:
+def _run(work: str, scenario, linger: float) -> None:
     routing = yaml.safe_load(resources.files("alerts").joinpath("alertmanager.yml").read_text())
-    cluster = Cluster(os.path.join(work, "nodes"), scenario.nodes, profile, jobs=scenario.jobs,
+    cluster = Cluster(os.path.join(work, "nodes"), scenario.nodes, scenario.profile, jobs=scenario.jobs,
                       exporter_args=("--collector.gpu.gpm-interval=5s",))
-    print(f"starting {scenario.nodes} simulated {profile} nodes, Prometheus and Alertmanager ...", flush=True)
+    print(f"starting {scenario.nodes} simulated {scenario.profile} nodes, Prometheus and Alertmanager ...", flush=True)
     with cluster, webhook_receiver() as (url, hook), alertmanager(routed_to_webhook(routing, url)) as am:
         jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [cluster.write_targets()]}]}]
         with prometheus(jobs, interval="5s", rule_files=[_rules_file(work)], alertmanager=am) as prom:

@@ -23,7 +23,7 @@ from exporter.sim.nvml import Fault
 
 GPU_KINDS = ("straggler", "thermal_throttle", "power_brake", "nvlink_errors", "gpu_lost", "ecc_uncorrectable",
              "row_remap_failure", "xid", "kernel_xid", "nvlink_down", "gpu_missing_at_boot")
-NODE_KINDS = ("efa_stall", "efa_retransmit_storm", "lustre_eviction", "efa_device_missing", "sxid")
+NODE_KINDS = ("efa_stall", "efa_retransmit_storm", "lustre_eviction", "efa_device_missing", "sxid", "rdma_port_down")
 JOB_KINDS = ("collective_stall", "compute_straggler", "nccl_late_arrival", "nccl_bandwidth_drop", "checkpoint",
              "pipeline_imbalance")
 RANK_KINDS = ("compute_straggler", "nccl_late_arrival")  # aimed at one GPU: `node` and `gpu`
@@ -75,6 +75,7 @@ class NodeEffects:
     sxids: list[tuple[int, int, bool]] = field(default_factory=list)  # (switch, sxid, fatal) in the kernel log
     efa: EfaEffect = field(default_factory=EfaEffect)
     lustre: LustreEffect = field(default_factory=LustreEffect)
+    ports_down: set[int] = field(default_factory=set)  # indexes of InfiniBand HCAs whose port went down
 
 
 def check_fault(fault: Any, where: str, gpus: int) -> dict[str, Any]:
@@ -92,6 +93,8 @@ def check_fault(fault: Any, where: str, gpus: int) -> dict[str, Any]:
         raise ScenarioError(f"{where}: fault {kind} needs 'xid', the XID number")
     if kind == "sxid" and not (isinstance(fault.get("switch"), int) and isinstance(fault.get("sxid"), int)):
         raise ScenarioError(f"{where}: fault sxid needs 'switch' (an NVSwitch index) and 'sxid', the SXID number")
+    if kind == "rdma_port_down" and not (isinstance(fault.get("device", 0), int) and fault.get("device", 0) >= 0):
+        raise ScenarioError(f"{where}: fault rdma_port_down takes 'device', the index of an InfiniBand HCA (0, 1, ...)")
     if kind in RANK_KINDS + LINK_KINDS and not isinstance(fault.get("node"), int):
         raise ScenarioError(f"{where}: fault {kind} needs 'node', the index of the node it hits")
     if kind in RANK_KINDS and not (isinstance(fault.get("gpu"), int) and 0 <= fault["gpu"] < gpus):
@@ -134,6 +137,8 @@ def node_effects(faults: list[dict[str, Any]], profile: dict[str, Any], node: in
                                            impaired_remote_conn_events=1.0)
         elif kind == "efa_device_missing":
             effects.efa.missing_devices += int(fault.get("count", 1))
+        elif kind == "rdma_port_down":
+            effects.ports_down.add(int(fault.get("device", 0)))
         elif kind == "lustre_eviction":
             effects.lustre.stalled_targets.add(fault.get("target", "OST0001"))
             effects.lustre.state = fault.get("state", "DISCONN")
@@ -213,6 +218,7 @@ class Scenario:
     nodes: int
     jobs: tuple[tuple[str, tuple[int, ...]], ...]  # (job id, its nodes), the first one is "job"
     steps: tuple[Step, ...]
+    profile: str = ""  # the node profile the scenario needs (InfiniBand ports, say); "" for any
 
 
 def parse_duration(value: Any, where: str) -> float:
@@ -250,7 +256,7 @@ def parse_scenario(data: Any, source: str, gpus: int, nodes: int | None = None) 
             steps.append(Step(at + parse_duration(raw["duration"], f"{where}.duration"), node, None,
                               fault["kind"]))
     return Scenario(str(data.get("name", source)), str(data.get("description", "")), count, jobs,
-                    tuple(sorted(steps, key=lambda s: s.at)))
+                    tuple(sorted(steps, key=lambda s: s.at)), str(data.get("profile", "")))
 
 
 def _jobs(data: dict[str, Any], source: str, count: int) -> tuple[tuple[str, tuple[int, ...]], ...]:

@@ -26,10 +26,14 @@ from exporter.sim.nvml import Fault, SimulatedNvml, gpu_bus, gpu_uuid
 from exporter.sim.rdma_tree import (
     P5_EFA_BUSES,
     P5_GPU_BUSES,
+    PORT_ACTIVE,
+    PORT_DOWN,
     RdmaDevice,
+    mlx5_devices,
     p5_efa_devices,
     write_counters,
     write_gpu_functions,
+    write_port_state,
     write_rdma_tree,
 )
 
@@ -103,11 +107,19 @@ class SimulatedNode:
         os.makedirs(self._staging, exist_ok=True)
         self.devices = efa_devices(int(profile.get("efa_devices", 32)))
         self._efa = [{**d.port_counters, **d.device_counters} for d in self.devices]
-        write_rdma_tree(self.sysfs, self.devices, layout=layout)
+        if self.devices:
+            write_rdma_tree(self.sysfs, self.devices, layout=layout)
+        self.hcas = mlx5_devices(int(profile.get("ib_devices", 0)))  # InfiniBand HCAs (a DGX's compute fabric)
+        for hca in self.hcas:
+            hca.counters["link_downed"] = 0  # links that never went down since boot
+        self._ports_down: set[int] = set()
+        if self.hcas:
+            write_rdma_tree(self.sysfs, self.hcas, driver="mlx5_core", vendor="0x15b3", firmware="28.39.1002",
+                            rate="400 Gb/sec (4X NDR)")
         # each device's PCI function, so a device hidden by a fault can come back
         self._pci_of = {d.name: os.path.realpath(os.path.join(self.sysfs, "class", "infiniband", d.name, "device"))
                         for d in self.devices}
-        write_dmi(self.sysfs, profile.get("instance", ""), root)
+        write_dmi(self.sysfs, profile, root)
         gpus = profile["gpu"]["count"]
         write_gpu_functions(self.sysfs, [(P5_GPU_BUSES[i], i // (gpus // 2 or 1), P5_EFA_BUSES[4 * i] - 1)
                                          for i in range(min(gpus, len(P5_GPU_BUSES)))])
@@ -150,6 +162,7 @@ class SimulatedNode:
             device.port_counters = {k: int(counters[k]) for k in device.port_counters}
             device.device_counters = {k: int(counters[k]) for k in device.device_counters}
             write_counters(self.sysfs, device, self._layout, self._staging, unchanged=before)
+        self._set_ports(self._effects.ports_down)
         self._advance_lustre(dt)
         write_lustre_tree(self.sysfs, self.lustre, time.time(), self._staging)
         self._dump_inspector()
@@ -194,6 +207,17 @@ class SimulatedNode:
         elif not shown and os.path.lexists(entry):
             os.unlink(entry)
         return shown
+
+    def _set_ports(self, down: set[int]) -> None:
+        """Takes the HCAs' ports down or up as the faults say; each going down counts in `link_downed`."""
+        for index, hca in enumerate(self.hcas):
+            if (index in down) == (index in self._ports_down):
+                continue
+            write_port_state(self.sysfs, hca.name, PORT_DOWN if index in down else PORT_ACTIVE, self._staging)
+            if index in down:
+                hca.counters["link_downed"] += 1
+                write_counters(self.sysfs, hca, staging=self._staging)
+        self._ports_down = {index for index in down if index < len(self.hcas)}
 
     def _advance_lustre(self, dt: float) -> None:
         stalled = self._effects.lustre.stalled_targets
@@ -285,11 +309,13 @@ def _version(path: str) -> tuple[float, int] | None:
     return stat.st_mtime, stat.st_size
 
 
-def write_dmi(sysfs: str, instance_type: str, root: str) -> None:
-    """DMI as an EC2 Nitro instance shows it: vendor, instance type, instance id (stable per node directory)."""
+def write_dmi(sysfs: str, profile: dict[str, Any], root: str) -> None:
+    """DMI as an EC2 Nitro instance shows it (vendor, instance type, instance id stable per node
+    directory), or the vendor and product of the profile's `dmi` (a machine outside EC2)."""
     dmi = os.path.join(sysfs, "class", "dmi", "id")
     os.makedirs(dmi, exist_ok=True)
-    for name, text in (("sys_vendor", "Amazon EC2"), ("product_name", instance_type),
+    shown = {"vendor": "Amazon EC2", "product": profile.get("instance", ""), **profile.get("dmi", {})}
+    for name, text in (("sys_vendor", shown["vendor"]), ("product_name", shown["product"]),
                        ("board_asset_tag", f"i-{zlib.crc32(os.path.abspath(root).encode()):017x}")):
         with open(os.path.join(dmi, name), "w", encoding="ascii") as handle:
             handle.write(text + "\n")

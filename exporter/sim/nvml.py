@@ -34,11 +34,14 @@ _GPM_RATIOS = {1: "graphics_active", 2: "sm_active", 3: "sm_occupancy", 5: "tens
 
 
 def load_profile(name: str) -> dict[str, Any]:
-    """A node profile by instance type; ValueError naming the known ones otherwise."""
+    """A node profile by name; ValueError naming the known ones otherwise. A profile that `extends`
+    another is that one with its own top-level keys replacing the other's."""
     if name not in PROFILES:
         raise ValueError(f"unknown simulated node profile {name!r} (known: {', '.join(PROFILES)})")
     text = resources.files("exporter.sim.profiles").joinpath(f"{name}.yaml").read_text()
-    return yaml.safe_load(text)
+    profile = yaml.safe_load(text)
+    base = profile.pop("extends", None)
+    return {**load_profile(base), **profile} if base else profile
 
 
 @dataclass

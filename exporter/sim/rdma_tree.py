@@ -31,6 +31,10 @@ P5_EFA_BUSES = (79, 80, 81, 82, 96, 97, 98, 99, 113, 114, 115, 116, 130, 131, 13
                 147, 148, 149, 150, 164, 165, 166, 167, 181, 182, 183, 184, 198, 199, 200, 201)
 P5_GPU_BUSES = tuple(P5_EFA_BUSES[4 * g + 3] + 1 for g in range(8))
 NVIDIA_PCI_VENDOR = "0x10de"
+# ports/<n>/state and phys_state as the kernel writes them (include/rdma/ib_verbs.h enum ib_port_state,
+# ib_port_phys_state): a working port, and one whose link went down (cable out, switch port disabled).
+PORT_ACTIVE = ("4: ACTIVE", "5: LinkUp")
+PORT_DOWN = ("1: DOWN", "3: Disabled")
 # Names mlx5 exposes under ports/1/counters and ports/1/hw_counters (ConnectX-6/7).
 MLX5_PORT_COUNTERS = (
     "VL15_dropped", "excessive_buffer_overrun_errors", "link_downed", "link_error_recovery",
@@ -127,9 +131,15 @@ def write_rdma_tree(sysfs: str, devices: Iterable[RdmaDevice], *, driver: str = 
         port_dir = os.path.join(ib, "ports", "1")
         write_file(os.path.join(port_dir, "link_layer"), "Unspecified" if driver == "efa" else "InfiniBand")
         write_file(os.path.join(port_dir, "rate"), rate)
-        write_file(os.path.join(port_dir, "state"), "4: ACTIVE")
-        write_file(os.path.join(port_dir, "phys_state"), "5: LinkUp")
+        write_port_state(sysfs, dev.name, PORT_ACTIVE)
         write_counters(sysfs, dev, layout)
+
+
+def write_port_state(sysfs: str, device: str, state: tuple[str, str], staging: str | None = None) -> None:
+    """Port 1's `state` and `phys_state`, e.g. PORT_ACTIVE or PORT_DOWN."""
+    port_dir = os.path.join(sysfs, "class", "infiniband", device, "ports", "1")
+    write_file(os.path.join(port_dir, "state"), state[0], staging)
+    write_file(os.path.join(port_dir, "phys_state"), state[1], staging)
 
 
 def write_counters(sysfs: str, dev: RdmaDevice, layout: str = "split", staging: str | None = None,

@@ -9,15 +9,13 @@ from typing import Any
 
 from exporter.sim.cluster import Cluster, load_scenario
 from exporter.sim.faults import Scenario, Step, parse_duration
-from exporter.sim.nvml import load_profile
 
 
 def prepare(args: dict[str, Any]) -> tuple[Scenario, float]:
     """The scenario and linger time of `simulate`/`demo` options; SIGTERM made a Ctrl-C.
 
     Raises ValueError (ScenarioError included) naming the option or scenario field at fault."""
-    profile = load_profile(args["profile"])
-    scenario = load_scenario(args["scenario"], profile["gpu"]["count"], args["nodes"])
+    scenario = load_scenario(args["scenario"], args["profile"], args["nodes"])
     duration = parse_duration(args["duration"], "--duration")
     signal.signal(signal.SIGTERM, _interrupt)
     return scenario, duration
@@ -34,10 +32,10 @@ def run_simulation(args: dict[str, Any]) -> int:
         print(f"gpuscope simulate: error: {exc}", file=sys.stderr)
         return 2
     root = os.path.abspath(args["out"])
-    cluster = Cluster(root, scenario.nodes, args["profile"], base_port=args["base_port"], jobs=scenario.jobs)
+    cluster = Cluster(root, scenario.nodes, scenario.profile, base_port=args["base_port"], jobs=scenario.jobs)
     try:
         cluster.start()
-        print(f"{scenario.nodes} simulated {args['profile']} nodes, scenario {scenario.name}: {scenario.description}")
+        print(f"{scenario.nodes} simulated {scenario.profile} nodes, scenario {scenario.name}: {scenario.description}")
         for node in cluster.nodes:
             print(f"  {node.name}: http://{node.address}/metrics  (faults: {node.directory}/faults.yaml)")
         print(f"Prometheus file_sd targets: {os.path.join(root, 'targets.json')}")
