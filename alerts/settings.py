@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from alerts import promql
+from exporter import xid
 from exporter.config import ConfigError, load_yaml
 
 SEVERITIES = ("critical", "warning", "info")
@@ -93,10 +94,11 @@ class Settings:
     # PCIe replays per minute above which a Gen5 x16 link is suspect (NVIDIA field guidance, ~31/min).
     pcie_replays_per_minute: float = 31.0
     pcie_degraded_for: str = "10m"
-    # XIDs from NVIDIA's catalog: page on these, warn on these, inform the job owner of these.
-    xid_critical: tuple[int, ...] = (46, 48, 62, 64, 74, 79, 95, 109, 119, 120, 136, 140, 143, 154, 158)
-    xid_warning: tuple[int, ...] = (32, 92, 94)
-    xid_application: tuple[int, ...] = (13, 31, 43, 45, 63)
+    # XIDs from NVIDIA's catalog (exporter/xid.py, which `gpuscope check` reads too): page on these,
+    # warn on these, inform the job owner of these.
+    xid_critical: tuple[int, ...] = xid.CRITICAL
+    xid_warning: tuple[int, ...] = xid.WARNING
+    xid_application: tuple[int, ...] = xid.APPLICATION
     xid_window: str = "10m"
     gpu_lost_for: str = "1m"
     rdma_port_down_for: str = "2m"

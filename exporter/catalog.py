@@ -479,3 +479,15 @@ KMSG_RECORDS = counter("kmsg", "gpuscope_kmsg_records_total", "Kernel log record
                        (), "/dev/kmsg")
 KMSG_OVERRUNS = counter("kmsg", "gpuscope_kmsg_overruns_total",
                         "Times the kernel overwrote records before they were read (EPIPE).", (), "/dev/kmsg")
+
+# --- `gpuscope remediate`, the remediation receiver (its own /metrics, not the node exporter's) ------
+REMEDIATION_DECISIONS = counter(
+    "remediate", "gpuscope_remediation_decisions_total",
+    "Decisions on alerts, by action (drain, resume), outcome (done, dry_run, skipped, refused) and reason; every "
+    "combination starts at 0.", ("action", "outcome", "reason"))
+REMEDIATION_NOTIFICATIONS = counter("remediate", "gpuscope_remediation_notifications_total",
+                                    "Webhook notifications received, by result (ok, invalid).", ("result",))
+REMEDIATION_HELD = gauge("remediate", "gpuscope_remediation_nodes_held",
+                         "Nodes gpuscope holds out of the scheduler now (in dry-run: would hold).")
+REMEDIATION_ENFORCING = gauge("remediate", "gpuscope_remediation_enforcing",
+                              "1 if the policy lets the receiver act, 0 in dry-run.")

@@ -121,6 +121,55 @@ def _alerts_parser(subparsers) -> None:
                        help="uid of the Prometheus data source the Grafana rules query (default prometheus)")
 
 
+def _check_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "check", help="is this node fit to run a job? (Slurm HealthCheckProgram, prolog)",
+        description="Judges one scrape of the local exporter (or of the collectors run once) and prints one line "
+                    "naming what is wrong: exit 0 fit, 1 unfit, 3 could not check (never drains). docs/remediation.md")
+    parser.add_argument("--exporter", default=f"http://127.0.0.1:{DEFAULT_PORT}/metrics", metavar="URL",
+                        help=f"the exporter to read (default http://127.0.0.1:{DEFAULT_PORT}/metrics)")
+    parser.add_argument("--collect", action="store_true", help="run the collectors once instead of reading it")
+    parser.add_argument("--path.sysfs", dest="sysfs", default="/sys", help="with --collect (default /sys)")
+    parser.add_argument("--path.procfs", dest="procfs", default="/proc", help="with --collect (default /proc)")
+    parser.add_argument("--node.instance-type", dest="instance_type", default="",
+                        help="with --collect: overrides DMI's instance type")
+    parser.add_argument("--timeout", type=float, default=1.5, help="seconds for the read or collection (default 1.5)")
+    parser.add_argument("--state-file", default="", metavar="FILE",
+                        help="remembers critical XID counts, so only XIDs since the last check count")
+    parser.add_argument("--ignore-rdma-devices", default="", metavar="REGEX",
+                        help="RDMA devices whose port state is not judged (unused ports)")
+    parser.add_argument("--drain", action="store_true", help="when unfit, drain this node in Slurm with the reason")
+    parser.add_argument("--node-name", default="", help="Slurm node name (default SLURMD_NODENAME, else host name)")
+    parser.add_argument("--scontrol", default="scontrol", metavar="PATH", help="scontrol to run (default from PATH)")
+
+
+def _remediate_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "remediate", help="Alertmanager webhook receiver that drains bad nodes (Slurm, Kubernetes) within rails",
+        description="Receives Alertmanager notifications on POST /alerts and drains or resumes nodes as the policy "
+                    "file allows: dry-run until it says enforce: true. docs/remediation.md")
+    parser.add_argument("--policy", required=True, metavar="FILE", help="the policy file (docs/remediation.md)")
+    parser.add_argument("--web.listen-address", dest="listen_address", default="127.0.0.1:19401",
+                        help="default 127.0.0.1:19401 (loopback only)")
+    parser.add_argument("--web.config.file", dest="web_config_file", default="", metavar="FILE",
+                        help="TLS and basic auth, the exporter's web config format")
+    parser.add_argument("--web.bearer-token-file", dest="bearer_token_file", default="", metavar="FILE",
+                        help="require 'Authorization: Bearer <token>' (Alertmanager http_config.authorization)")
+    parser.add_argument("--log.level", dest="log_level", default="info", choices=("debug", "info", "warn", "error"))
+
+
+def _run_check(args: dict) -> int:
+    from exporter import check
+
+    def source() -> str:
+        if args["collect"]:
+            return check.collect_once(args["sysfs"], args["procfs"], args["instance_type"], args["timeout"])
+        return check.read_exporter(args["exporter"], args["timeout"])
+
+    return check.run(source, args["state_file"], args["ignore_rdma_devices"], args["drain"], args["node_name"],
+                     args["scontrol"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gpuscope", description="Observability for GPU training clusters.")
     parser.add_argument("--version", action="version", version=f"gpuscope {__version__}")
@@ -130,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     _alerts_parser(subparsers)
     _demo_parser(subparsers)
     _dashboards_parser(subparsers)
+    _check_parser(subparsers)
+    _remediate_parser(subparsers)
     return parser
 
 
@@ -213,6 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_exporter(args)
     if command == "alerts":
         return _build_alerts(args)
+    if command == "check":
+        return _run_check(args)
+    if command == "remediate":
+        from alerts.actions.server import run as run_receiver
+
+        return run_receiver(args)
     if command == "dashboards":
         return _dashboards(args)
     if command == "demo":

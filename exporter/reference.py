@@ -26,11 +26,12 @@ def flags_table() -> str:
 
 def metrics_table() -> str:
     rows = []
-    for collector in ("exporter", *DESCRIPTIONS):
+    titles = {"exporter": "exporter self-metrics (plus prometheus_client's process_* and python_*)", **DESCRIPTIONS,
+              "remediate": "`gpuscope remediate`, the remediation receiver, on its own /metrics (docs/remediation.md)"}
+    for collector, title in titles.items():
         metrics = [m for m in CATALOG.values() if m.collector == collector]
         if not metrics:
             continue
-        title = DESCRIPTIONS.get(collector, "exporter self-metrics (plus prometheus_client's process_* and python_*)")
         rows += [f"**{collector}**: {title}", "",
                  "| metric | type | labels | meaning | source |", "|---|---|---|---|---|"]
         for m in metrics:

@@ -65,19 +65,16 @@ class BasicAuth:
         return verdict
 
 
-class ExporterHTTPServer(ThreadingHTTPServer):
+class WebServer(ThreadingHTTPServer):
+    """A threaded HTTP server with the web config's TLS and basic auth (also the remediation receiver's)."""
+
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *,
-                 process_registry: CollectorRegistry, scrapes: ScrapeRegistry, web: WebConfig,
-                 telemetry_path: str) -> None:
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], web: WebConfig) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.process_registry = process_registry
-        self.scrapes = scrapes
         self.web = web
         self.auth = BasicAuth(web.basic_auth_users)
-        self.telemetry_path = telemetry_path
         super().__init__(address, handler)
 
     def server_bind(self) -> None:
@@ -104,6 +101,16 @@ class ExporterHTTPServer(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address) -> None:
         log.debug("connection error", extra={"client": client_address[0]}, exc_info=True)
+
+
+class ExporterHTTPServer(WebServer):
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *,
+                 process_registry: CollectorRegistry, scrapes: ScrapeRegistry, web: WebConfig,
+                 telemetry_path: str) -> None:
+        self.process_registry = process_registry
+        self.scrapes = scrapes
+        self.telemetry_path = telemetry_path
+        super().__init__(address, handler, web)
 
 
 class Handler(BaseHTTPRequestHandler):

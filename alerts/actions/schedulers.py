@@ -1,0 +1,133 @@
+"""The schedulers the receiver acts on, behind one small interface: list nodes, drain, resume.
+
+Slurm through its own commands (exporter/scontrol.py). Kubernetes through the API server with
+`requests`: cordon (spec.unschedulable) plus a NoSchedule taint whose key marks the node as held by
+gpuscope, the reason in an annotation; resume removes exactly those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from alerts.actions.policy import Kubernetes, Policy
+from exporter import scontrol
+
+REASON_ANNOTATION = "gpuscope.io/drain-reason"
+CORDONED_ANNOTATION = "gpuscope.io/was-cordoned"  # so resuming leaves a person's own cordon in place
+
+
+class SchedulerError(RuntimeError):
+    """The scheduler refused or could not be reached; the message says which call and why."""
+
+
+@dataclass(frozen=True)
+class NodeState:
+    name: str
+    out: bool  # drained or cordoned, by anyone
+    ours: bool  # taken out by gpuscope (its reason prefix or taint)
+    groups: tuple[str, ...]  # Slurm partitions, or the Kubernetes group label's value
+
+
+class Scheduler(Protocol):
+    def nodes(self) -> dict[str, NodeState]: ...
+    def drain(self, node: str, reason: str) -> None: ...
+    def resume(self, node: str) -> None: ...
+
+
+class Slurm:
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+
+    def nodes(self) -> dict[str, NodeState]:
+        try:
+            found = scontrol.nodes(self._policy.sinfo)
+        except scontrol.SlurmError as exc:
+            raise SchedulerError(str(exc)) from None
+        prefix = self._policy.reason_prefix
+        return {name: NodeState(name, node.drained, node.drained and node.reason.startswith(prefix), node.partitions)
+                for name, node in found.items()}
+
+    def drain(self, node: str, reason: str) -> None:
+        try:
+            scontrol.drain(node, reason, self._policy.scontrol)
+        except scontrol.SlurmError as exc:
+            raise SchedulerError(str(exc)) from None
+
+    def resume(self, node: str) -> None:
+        try:
+            scontrol.resume(node, self._policy.scontrol)
+        except scontrol.SlurmError as exc:
+            raise SchedulerError(str(exc)) from None
+
+
+class KubernetesApi:
+    """Nodes through the API server: GET /api/v1/nodes, PATCH /api/v1/nodes/<name> (merge patch)."""
+
+    def __init__(self, settings: Kubernetes, timeout: float = 10.0) -> None:
+        import os
+
+        import requests  # the remediate extra; Slurm users never need it
+
+        self._settings = settings
+        self._requests = requests
+        self._timeout = timeout
+        host, port = os.environ.get("KUBERNETES_SERVICE_HOST", ""), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        self._base = (settings.api or (f"https://{host}:{port}" if host else "")).rstrip("/")
+        if not self._base:
+            raise SchedulerError("kubernetes: no API server (set kubernetes.api, or run in a pod)")
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        headers = {"Accept": "application/json"}
+        try:
+            with open(self._settings.token_file, encoding="utf-8") as handle:
+                headers["Authorization"] = f"Bearer {handle.read().strip()}"
+        except OSError:
+            pass  # an API server that needs no token (a test double, a local proxy)
+        if body is not None:
+            headers["Content-Type"] = "application/merge-patch+json"
+        verify = self._settings.ca_file if self._base.startswith("https") else True
+        try:
+            response = self._requests.request(method, self._base + path, json=body, headers=headers,
+                                              timeout=self._timeout, verify=verify)
+        except self._requests.RequestException as exc:
+            raise SchedulerError(f"kubernetes {method} {path}: {exc}") from None
+        if response.status_code >= 300:
+            raise SchedulerError(f"kubernetes {method} {path}: HTTP {response.status_code} {response.text[:200]}")
+        return response.json()
+
+    def nodes(self) -> dict[str, NodeState]:
+        key, label = self._settings.taint_key, self._settings.group_label
+        found = {}
+        for item in self._call("GET", "/api/v1/nodes").get("items", []):
+            meta, spec = item.get("metadata", {}), item.get("spec", {})
+            ours = any(t.get("key") == key for t in spec.get("taints") or [])
+            group = (meta.get("labels") or {}).get(label, "") if label else "cluster"
+            found[meta["name"]] = NodeState(meta["name"], bool(spec.get("unschedulable")) or ours, ours, (group,))
+        return found
+
+    def _others(self, node: str) -> tuple[list[dict], bool, dict]:
+        """The node's taints other than ours, whether it is cordoned, and its annotations."""
+        item = self._call("GET", f"/api/v1/nodes/{node}")
+        spec = item.get("spec", {})
+        taints = [t for t in spec.get("taints") or [] if t.get("key") != self._settings.taint_key]
+        return taints, bool(spec.get("unschedulable")), item.get("metadata", {}).get("annotations") or {}
+
+    def drain(self, node: str, reason: str) -> None:
+        """Cordon and taint; a node someone had cordoned already stays cordoned when resumed."""
+        taints, cordoned, _ = self._others(node)
+        taints.append({"key": self._settings.taint_key, "value": "true", "effect": "NoSchedule"})
+        annotations = {REASON_ANNOTATION: reason, CORDONED_ANNOTATION: "true" if cordoned else "false"}
+        self._call("PATCH", f"/api/v1/nodes/{node}", {"spec": {"unschedulable": True, "taints": taints},
+                                                     "metadata": {"annotations": annotations}})
+
+    def resume(self, node: str) -> None:
+        taints, _, annotations = self._others(node)
+        cordoned = annotations.get(CORDONED_ANNOTATION) == "true"
+        self._call("PATCH", f"/api/v1/nodes/{node}", {
+            "spec": {"unschedulable": cordoned, "taints": taints},
+            "metadata": {"annotations": {REASON_ANNOTATION: None, CORDONED_ANNOTATION: None}}})
+
+
+def for_policy(policy: Policy) -> Scheduler:
+    return KubernetesApi(policy.kubernetes) if policy.scheduler == "kubernetes" else Slurm(policy)

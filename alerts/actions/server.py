@@ -1,0 +1,176 @@
+"""`gpuscope remediate`: the Alertmanager webhook receiver. POST /alerts takes a notification (webhook
+version 4), GET /metrics shows the decisions, /-/healthy answers. TLS and basic auth come from the
+exporter's web config file; a bearer token (Alertmanager's `http_config.authorization`) from a file.
+It binds 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import signal
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from alerts.actions import policy as policy_module
+from alerts.actions.engine import OUTCOMES, Decision, Engine
+from alerts.actions.schedulers import SchedulerError, for_policy
+from exporter import catalog as c
+from exporter import check, logs, webconfig
+from exporter.config import ConfigError, parse_listen_address
+from exporter.exposition import CONTENT_TYPE
+from exporter.server import WebServer
+
+DEFAULT_ADDRESS = "127.0.0.1:19401"
+MAX_BODY_BYTES = 8 << 20  # Alertmanager sends every alert of a group in one notification
+log = logging.getLogger("gpuscope")
+
+
+class Metrics:
+    """The receiver's own metrics, named in the catalog; every decision series starts at 0."""
+
+    def __init__(self, enforcing: bool) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+
+        def counter(metric: c.Metric) -> Counter:
+            return Counter(metric.name.removesuffix("_total"), metric.help, metric.labels, registry=self.registry)
+
+        self.decisions = counter(c.REMEDIATION_DECISIONS)
+        self.notifications = counter(c.REMEDIATION_NOTIFICATIONS)
+        for outcome in OUTCOMES:
+            self.decisions.labels(*outcome)
+        for result in ("ok", "invalid"):
+            self.notifications.labels(result)
+        self.held = Gauge(c.REMEDIATION_HELD.name, c.REMEDIATION_HELD.help, registry=self.registry)
+        Gauge(c.REMEDIATION_ENFORCING.name, c.REMEDIATION_ENFORCING.help, registry=self.registry).set(int(enforcing))
+
+    def record(self, decision: Decision) -> None:
+        self.decisions.labels(decision.action, decision.outcome, decision.reason).inc()
+
+
+class ReceiverServer(WebServer):
+    def __init__(self, address: tuple[str, int], web: webconfig.WebConfig, engine: Engine, metrics: Metrics,
+                 token: str) -> None:
+        self.engine, self.metrics, self.token = engine, metrics, token
+        super().__init__(address, Handler, web)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ReceiverServer
+    protocol_version = "HTTP/1.1"
+
+    def _allowed(self) -> bool:
+        header = self.headers.get("Authorization") or ""
+        if self.server.token:
+            return hmac.compare_digest(header.encode(), f"Bearer {self.server.token}".encode())
+        return not self.server.auth.enabled or self.server.auth.allows(header)
+
+    def do_GET(self) -> None:
+        if not self._allowed():
+            self._send(401, b"Unauthorized\n")
+        elif self.path.split("?", 1)[0] == "/metrics":
+            self.server.metrics.held.set(len(self.server.engine.held))
+            self._send(200, generate_latest(self.server.metrics.registry), CONTENT_TYPE)
+        elif self.path == "/-/healthy":
+            self._send(200, b"Healthy\n")
+        else:
+            self._send(404, b"Not Found\n")
+
+    def do_POST(self) -> None:
+        if not self._allowed():
+            self._send(401, b"Unauthorized\n")
+            return
+        if self.path.split("?", 1)[0] != "/alerts":
+            self._send(404, b"Not Found: POST Alertmanager notifications to /alerts\n")
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if not 0 < length <= MAX_BODY_BYTES:
+            self._send(413 if length else 411, b"a JSON body of at most 8 MiB is needed\n")
+            return
+        try:
+            decisions = self.server.engine.handle(json.loads(self.rfile.read(length)))
+        except ValueError as exc:  # JSON or payload shape; Alertmanager would retry a 5xx forever
+            self.server.metrics.notifications.labels("invalid").inc()
+            self._send(400, f"{exc}\n".encode())
+            return
+        self.server.metrics.notifications.labels("ok").inc()
+        for decision in decisions:
+            log.info("decision", extra={"action": decision.action, "outcome": decision.outcome,
+                                        "reason": decision.reason, "alert": decision.alert, "node": decision.node})
+        body = json.dumps([vars(d) for d in decisions]).encode()
+        self._send(200, body, "application/json")
+
+    def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:
+        log.debug(format % args)
+
+
+def node_check(policy: policy_module.Policy):
+    """What `gpuscope check` would say of the node, from its exporter (no XID history: a critical XID
+    since boot keeps the node out until it reboots or a person resumes it)."""
+    ignore = re.compile(policy.resume.ignore_rdma_devices) if policy.resume.ignore_rdma_devices else None
+
+    def judge(node: str) -> list[str]:
+        text = check.read_exporter(policy.resume.url(node), policy.resume.timeout_seconds)
+        return check.judge(check.parse(text), None, ignore).problems
+
+    return judge
+
+
+def _read_token(path: str) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"--web.bearer-token-file {path}: cannot read: {exc.strerror}") from None
+    if not token:
+        raise ConfigError(f"--web.bearer-token-file {path}: empty")
+    return token
+
+
+def run(args: dict) -> int:
+    """Serve until SIGTERM/SIGINT; configuration problems are one line and exit 2."""
+    logs.setup(args["log_level"], "logfmt")
+    try:
+        policy = policy_module.load(args["policy"])
+        web = webconfig.load(args["web_config_file"])
+        token = _read_token(args["bearer_token_file"])
+        try:
+            address = parse_listen_address(args["listen_address"])
+        except ValueError as exc:
+            raise ConfigError(f"--web.listen-address: {exc}") from None
+        metrics = Metrics(policy.enforce)
+        engine = Engine(policy, for_policy(policy), node_check(policy), metrics.record)
+    except (ConfigError, ValueError, SchedulerError) as exc:
+        print(f"gpuscope remediate: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        print(f"gpuscope remediate: error: the kubernetes scheduler needs: pip install 'gpuscope[remediate]' ({exc})",
+              file=sys.stderr)
+        return 1
+    try:
+        server = ReceiverServer(address, web, engine, metrics, token)
+    except OSError as exc:
+        print(f"gpuscope remediate: error: cannot listen on {args['listen_address']}: {exc.strerror}", file=sys.stderr)
+        return 1
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    log.info("listening", extra={"address": args["listen_address"], "mode": "enforce" if policy.enforce else "dry-run",
+                                 "scheduler": policy.scheduler, "audit_log": policy.audit_log})
+    server.serve_forever()
+    server.server_close()
+    return 0
+
