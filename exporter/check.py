@@ -133,7 +133,7 @@ def _critical_xids(samples: list[Sample], previous: dict[str, float]) -> tuple[d
     counts: dict[str, float] = {}
     for s in _values(samples, metric):
         if s.labels.get("xid", "").isdigit() and int(s.labels["xid"]) in xid.CRITICAL:
-            key = f"{s.labels.get('gpu', '?')}/{s.labels['xid']}"
+            key = f"{s.labels.get('gpu') or s.labels.get('pci_address', '?')}/{s.labels['xid']}"  # a lost GPU: PCI
             counts[key] = counts.get(key, 0) + s.value
     risen = [key for key, count in sorted(counts.items()) if count > previous.get(key, 0)]
     since = "since the last check" if previous else "since boot" if kmsg else "since the exporter started"

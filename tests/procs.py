@@ -61,3 +61,13 @@ def _wait_healthy(proc: subprocess.Popen, base: str, verify, request_kwargs: dic
         except requests.RequestException:
             time.sleep(0.05)
     raise AssertionError("exporter did not come up within 15 s")
+
+
+def stop(process: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -80,7 +80,8 @@ def test_real_alertmanager_routes_and_inhibits():
         time.sleep(2)  # anything inhibited would have arrived by now too
         got = {(note["receiver"], alert["labels"]["alertname"], alert["labels"]["instance"],
                 alert["labels"].get("gpu", "")) for note in hook.received() for alert in note["alerts"]}
-        assert got == {("pager", "GpuLost", "n1", "6"), ("ticket", "GpuStraggler", "n2", "3"),
+        assert got == {("pager", "GpuLost", "n1", "6"), ("remediate", "GpuLost", "n1", "6"),
+                       ("ticket", "GpuStraggler", "n2", "3"),
                        ("pager", "GpuThermalThrottling", "n3", "1"), ("ticket", "GpuStraggler", "n3", "2"),
                        ("pager", "CollectiveStall", "n4", ""), ("pager", "GpuscopeExporterDown", "n5", ""),
                        ("nowhere", "GpuXidWarning", "n6", "")}

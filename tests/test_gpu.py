@@ -246,6 +246,17 @@ def test_lost_gpu_reports_down_and_recovers(gpu_setup):
     assert len(series(parsed, "gpuscope_gpu_power_watts")) == 8
 
 
+def test_a_gpu_lost_before_the_exporter_started_is_reported_and_the_rest_are_read(gpu_setup):
+    """NVML counts a GPU it cannot open (GpuIsLost at discovery): that one is up 0 with no UUID, the
+    seven others are read as usual; before, the whole collector failed and every GPU went dark."""
+    sim, _, registry, _ = gpu_setup()
+    sim.inject(1, Fault(lost=True))
+    parsed = scrape_once(registry)
+    assert value(parsed, "gpuscope_collector_success", collector="gpu") == 1
+    assert value(parsed, "gpuscope_gpu_up", gpu="1") == 0
+    assert [s["gpu"] for s in series(parsed, "gpuscope_gpu_power_watts")] == ["0", "2", "3", "4", "5", "6", "7"]
+
+
 def test_nvml_missing_fails_collector_with_backoff_and_one_log_line(gpu_setup, caplog):
     sim, _, registry, clock = gpu_setup()
     sim.init_error = pynvml.NVML_ERROR_DRIVER_NOT_LOADED

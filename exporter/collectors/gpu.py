@@ -158,11 +158,11 @@ class GpuCollector:
         by UUID (NCCL Inspector files) find its NVML index and job. Empty until NVML is initialised."""
         gpus = self._gpus or []
         jobs = self._jobs.jobs() if self._jobs else {}
-        return {gpu.uuid.lower(): (gpu.labels, tuple(jobs.get(gpu.index, ()))) for gpu in gpus}
+        return {gpu.uuid.lower(): (gpu.labels, tuple(jobs.get(gpu.index, ()))) for gpu in gpus if gpu.uuid}
 
     def gpus_by_pci(self) -> dict[str, tuple[str, str]]:
         """{PCI address as the kernel's XID lines write it ("0000:9b:00", no function): (gpu, uuid) labels}."""
-        return {pci_address(gpu.pci_bus_id).rsplit(".", 1)[0]: gpu.labels for gpu in self._gpus or []}
+        return {pci_address(gpu.pci_bus_id).rsplit(".", 1)[0]: gpu.labels for gpu in self._gpus or [] if gpu.uuid}
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -175,7 +175,7 @@ class GpuCollector:
                 raise RuntimeError(f"NVML unavailable ({self._last_error}); retry in {self._retry_at - now:.0f}s")
             try:
                 self._nvml.nvmlInit()
-                gpus = [self._discover(i) for i in range(self._nvml.nvmlDeviceGetCount())]
+                gpus = [self._discover_or_lost(i) for i in range(self._nvml.nvmlDeviceGetCount())]
                 self._driver = (_text(self._nvml.nvmlSystemGetDriverVersion()),
                                 _cuda_version(self._optional(self._nvml.nvmlSystemGetCudaDriverVersion)),
                                 _text(self._optional(self._nvml.nvmlSystemGetNVMLVersion) or ""))
@@ -183,12 +183,13 @@ class GpuCollector:
                 self._fail_init(now, exc)
                 raise RuntimeError(f"NVML unavailable ({self._last_error})") from None
             self._backoff, self._last_error, self._gpus = 1.0, "", gpus
-            self._xids = XidWatcher(self._nvml, {gpu.index: gpu.handle for gpu in gpus})
-            self._gpm = GpmSampler(self._nvml, {gpu.index: gpu.handle for gpu in gpus}, self._options.gpm_interval)
-            self._links = LinkWatcher(self._nvml, {gpu.index: (gpu.handle, gpu.links) for gpu in gpus if gpu.links},
+            opened = [gpu for gpu in gpus if gpu.uuid]
+            self._xids = XidWatcher(self._nvml, {gpu.index: gpu.handle for gpu in opened})
+            self._gpm = GpmSampler(self._nvml, {gpu.index: gpu.handle for gpu in opened}, self._options.gpm_interval)
+            self._links = LinkWatcher(self._nvml, {gpu.index: (gpu.handle, gpu.links) for gpu in opened if gpu.links},
                                       self._options.link_interval)
             if not self._options.job_mapping_dir:
-                self._jobs = JobWatcher(self._nvml, {gpu.index: gpu.handle for gpu in gpus}, self._options.procfs,
+                self._jobs = JobWatcher(self._nvml, {gpu.index: gpu.handle for gpu in opened}, self._options.procfs,
                                         self._options.job_interval)
             log.info("NVML initialised", extra={"gpus": len(gpus), "driver": self._driver[0]})
             return gpus
@@ -232,6 +233,17 @@ class GpuCollector:
             return None
 
     # --- discovery (once per GPU) ------------------------------------------------------------------
+
+    def _discover_or_lost(self, index: int) -> _Gpu:
+        """A GPU NVML counts but cannot open (lost before the exporter started) is reported lost,
+        with no UUID, until the next initialisation; the other GPUs are read as usual."""
+        try:
+            return self._discover(index)
+        except self._nvml.NVMLError as exc:
+            if type(exc).__name__ in _DRIVER_GONE:
+                raise
+            log.warning("GPU cannot be opened; reported lost", extra={"gpu": index, "error": str(exc)})
+            return _Gpu(index, None, "", "", "", (str(index), ""), lost=True)
 
     def _discover(self, index: int) -> _Gpu:
         n = self._nvml
@@ -304,6 +316,8 @@ class GpuCollector:
     def _read_gpu(self, gpu: _Gpu, scrape: Scrape) -> bool:
         """Adds one GPU's samples; False if the GPU is lost."""
         n, labels = self._nvml, gpu.labels
+        if not gpu.uuid:  # never opened: nothing to read until NVML initialises again
+            return False
         try:
             if gpu.lost:  # a GPU back from the dead may have a new handle
                 gpu.handle = n.nvmlDeviceGetHandleByIndex(gpu.index)

@@ -1,0 +1,293 @@
+"""The remediation rails and `gpuscope check`'s judgement, decision by decision.
+
+The engine runs here against a scheduler double that records calls (the real Slurm is in
+tests/test_e2e_remediate.py, the Kubernetes API stub in tests/test_remediate_kubernetes.py); the
+check judges real scrapes of simulated nodes with faults.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import yaml
+
+from alerts.actions import policy as policy_module
+from alerts.actions.engine import Engine
+from alerts.actions.policy import DEFAULT_ALERTS, Limits, Policy
+from alerts.actions.schedulers import NodeState
+from exporter import check
+from tests.procs import run_gpuscope
+
+NOW = 1_800_000_000.0
+
+
+class Recorder:
+    """A scheduler that keeps node states in memory and records every drain and resume."""
+
+    def __init__(self, groups: dict[str, tuple[str, ...]]) -> None:
+        self.states = {name: NodeState(name, False, False, g) for name, g in groups.items()}
+        self.calls: list[tuple[str, ...]] = []
+
+    def nodes(self) -> dict[str, NodeState]:
+        return dict(self.states)
+
+    def drain(self, node: str, reason: str) -> None:
+        self.calls.append(("drain", node, reason))
+        self.states[node] = replace(self.states[node], out=True, ours=reason.startswith("gpuscope:"))
+
+    def resume(self, node: str) -> None:
+        self.calls.append(("resume", node))
+        self.states[node] = replace(self.states[node], out=False, ours=False)
+
+
+def alert(name: str, node: str, status: str = "firing", ends: str = "0001-01-01T00:00:00Z", **labels: str) -> dict:
+    labels = {"alertname": name, "instance": node, "severity": "critical", **labels}
+    return {"status": status, "labels": labels, "endsAt": ends, "fingerprint": str(sorted(labels.items()))}
+
+
+def notification(*alerts: dict) -> dict:
+    return {"version": "4", "status": alerts[0]["status"], "alerts": list(alerts)}
+
+
+def cluster(size: int = 20) -> Recorder:
+    return Recorder({f"n{i}": ("gpu",) for i in range(size)})
+
+
+def engine_for(tmp_path, scheduler: Recorder, problems: list[str] | None = None, **fields) -> Engine:
+    policy = Policy(audit_log=str(tmp_path / "audit.jsonl"), state_file=str(tmp_path / "state.json"),
+                    **{"enforce": True, **fields})
+    return Engine(policy, scheduler, lambda node: list(problems or []), clock=lambda: NOW)
+
+
+def audit(tmp_path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+
+
+def outcomes(decisions) -> list[tuple[str, str, str]]:
+    return [(d.node, d.outcome, d.reason) for d in decisions]
+
+
+def test_dry_run_is_the_default_and_touches_nothing(tmp_path):
+    slurm = cluster()
+    engine = Engine(Policy(audit_log=str(tmp_path / "audit.jsonl"), state_file=str(tmp_path / "s.json")), slurm,
+                    lambda node: [], clock=lambda: NOW)
+    decisions = engine.handle(notification(alert("GpuLost", "n3", gpu="6")))
+    assert outcomes(decisions) == [("n3", "dry_run", "would_drain")]
+    assert slurm.calls == []
+    entry = audit(tmp_path)[0]
+    assert (entry["mode"], entry["action"], entry["detail"]) == ("dry-run", "drain", "gpuscope: GpuLost gpu=6")
+
+
+def test_drains_with_the_alert_and_its_key_labels_in_the_reason(tmp_path):
+    slurm = cluster()
+    decisions = engine_for(tmp_path, slurm).handle(notification(alert("GpuXidCritical", "n3", gpu="6", xid="79")))
+    assert outcomes(decisions) == [("n3", "done", "drained")]
+    assert slurm.calls == [("drain", "n3", "gpuscope: GpuXidCritical gpu=6 xid=79")]
+
+
+@pytest.mark.parametrize(("sent", "expected"), [
+    pytest.param(alert("GpuStraggler", "n3", gpu="1"), ("n3", "refused", "not_allowed"), id="not in the allowlist"),
+    pytest.param(alert("GpuLost", "n3", ends="2020-01-01T00:00:00Z"), ("n3", "refused", "stale"), id="stale"),
+    pytest.param(alert("GpuLost", ""), ("", "refused", "no_node"), id="no node label"),
+    pytest.param(alert("GpuLost", "n99"), ("n99", "refused", "unknown_node"), id="unknown to the scheduler"),
+    pytest.param(alert("GpuLost", "n3", status="resolved"), ("n3", "skipped", "not_held"), id="resolved never drains"),
+])
+def test_refusals_touch_nothing_and_are_audited(tmp_path, sent, expected):
+    slurm = cluster()
+    decisions = engine_for(tmp_path, slurm).handle(notification(sent))
+    assert outcomes(decisions) == [expected]
+    assert slurm.calls == []
+    assert (audit(tmp_path)[0]["outcome"], audit(tmp_path)[0]["reason"]) == expected[1:]
+
+
+def test_a_storm_drains_at_most_max_drains_and_refuses_the_rest(tmp_path):
+    slurm = cluster(100)
+    storm = notification(*(alert("GpuLost", f"n{i}", gpu="0") for i in range(20)))
+    decisions = engine_for(tmp_path, slurm, limits=Limits(max_drains=3, max_fraction=1.0)).handle(storm)
+    assert [d.outcome for d in decisions] == ["done"] * 3 + ["refused"] * 17
+    assert {d.reason for d in decisions[3:]} == {"rate_limit"}
+    assert [c[1] for c in slurm.calls] == ["n0", "n1", "n2"]
+
+
+def test_the_rate_window_slides(tmp_path):
+    slurm, now = cluster(), [NOW]
+    policy = Policy(enforce=True, audit_log=str(tmp_path / "a"), state_file=str(tmp_path / "s"),
+                    limits=Limits(max_drains=1, window_seconds=600, max_fraction=1.0))
+    engine = Engine(policy, slurm, lambda node: [], clock=lambda: now[0])
+    assert outcomes(engine.handle(notification(alert("GpuLost", "n1")))) == [("n1", "done", "drained")]
+    assert outcomes(engine.handle(notification(alert("GpuLost", "n2")))) == [("n2", "refused", "rate_limit")]
+    now[0] += 601
+    assert outcomes(engine.handle(notification(alert("GpuLost", "n2")))) == [("n2", "done", "drained")]
+
+
+def test_at_most_a_fraction_of_a_partition_and_never_less_than_one_node(tmp_path):
+    slurm = Recorder({**{f"a{i}": ("small",) for i in range(4)}, **{f"b{i}": ("big",) for i in range(30)}})
+    engine = engine_for(tmp_path, slurm, limits=Limits(max_drains=100, max_fraction=0.1))
+    decisions = engine.handle(notification(*(alert("GpuLost", f"a{i}") for i in range(2)),
+                                           *(alert("GpuLost", f"b{i}") for i in range(5))))
+    assert outcomes(decisions) == [
+        ("a0", "done", "drained"), ("a1", "refused", "fraction_limit"),  # 10 % of 4, but at least one
+        ("b0", "done", "drained"), ("b1", "done", "drained"), ("b2", "done", "drained"),  # 10 % of 30
+        ("b3", "refused", "fraction_limit"), ("b4", "refused", "fraction_limit")]
+    assert decisions[1].detail == "1 of 4 nodes of small already held out (at most 1)"
+
+
+def test_repeats_and_restarts_change_nothing(tmp_path):
+    slurm = cluster()
+    first = alert("GpuLost", "n3", gpu="6")
+    engine_for(tmp_path, slurm).handle(notification(first))
+    again = engine_for(tmp_path, slurm).handle(notification(first, alert("GpuXidCritical", "n3", gpu="6", xid="79")))
+    assert outcomes(again) == [("n3", "skipped", "already_held")] * 2
+    assert len(slurm.calls) == 1
+
+
+def test_a_node_someone_else_drained_is_left_alone(tmp_path):
+    slurm = cluster()
+    slurm.states["n3"] = replace(slurm.states["n3"], out=True)  # drained by a person, another reason
+    engine = engine_for(tmp_path, slurm)
+    assert outcomes(engine.handle(notification(alert("GpuLost", "n3")))) == [("n3", "skipped", "out_by_other")]
+    assert outcomes(engine.handle(notification(alert("GpuLost", "n3", "resolved")))) == [("n3", "skipped", "not_held")]
+    assert slurm.calls == []
+
+
+def test_resumes_when_every_alert_resolved_and_the_check_passes(tmp_path):
+    slurm = cluster()
+    engine = engine_for(tmp_path, slurm)
+    lost, xid = alert("GpuLost", "n3", gpu="6"), alert("GpuXidCritical", "n3", gpu="6", xid="79")
+    engine.handle(notification(lost, xid))
+    assert outcomes(engine.handle(notification({**lost, "status": "resolved"}))) == [
+        ("n3", "skipped", "still_firing")]
+    assert engine.handle(notification({**lost, "status": "resolved"}))[0].reason == "still_firing"  # a repeat
+    assert outcomes(engine.handle(notification({**xid, "status": "resolved"}))) == [("n3", "done", "resumed")]
+    assert slurm.calls[-1] == ("resume", "n3")
+
+
+def test_a_node_that_fails_its_check_stays_out(tmp_path):
+    slurm = cluster()
+    engine = engine_for(tmp_path, slurm, problems=["7 of 8 GPUs answer NVML (p5.48xlarge has 8)"])
+    lost = alert("GpuMissing", "n3")
+    engine.handle(notification(lost))
+    decision = engine.handle(notification({**lost, "status": "resolved"}))[0]
+    assert (decision.outcome, decision.reason, decision.detail) == (
+        "refused", "check_failed", "7 of 8 GPUs answer NVML (p5.48xlarge has 8)")
+    assert slurm.calls == [("drain", "n3", "gpuscope: GpuMissing")]
+
+
+def test_a_node_a_person_resumed_is_forgotten_and_a_lost_state_is_found_again(tmp_path):
+    slurm = cluster()
+    engine_for(tmp_path, slurm).handle(notification(alert("GpuLost", "n3")))
+    slurm.states["n3"] = replace(slurm.states["n3"], out=False, ours=False)  # a person resumed it
+    slurm.states["n5"] = replace(slurm.states["n5"], out=True, ours=True)  # ours, but the state file lost it
+    engine = engine_for(tmp_path, slurm)
+    engine.handle(notification(alert("GpuLost", "n9", "resolved")))
+    assert set(engine.held) == {"n5"}
+
+
+def test_node_names_from_a_map_or_a_regex():
+    names = policy_module.NodeNames("instance", None, {"ip-10-0-0-1.ec2.internal": "gpu-001"})
+    assert names.resolve({"instance": "ip-10-0-0-1.ec2.internal"}) == "gpu-001"
+    assert policy_module.NodeNames("instance", policy_module.re.compile(r"(?P<node>[^.:]+).*")).resolve(
+        {"instance": "gpu-007.cluster:19400"}) == "gpu-007"
+    assert policy_module.NodeNames("node", policy_module.re.compile(r"gpu-\d+")).resolve({"node": "cpu-1"}) == ""
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("enforce: yes please\n", "enforce must be true or false"),
+    ("scheduler: pbs\n", "scheduler must be one of slurm, kubernetes, not 'pbs'"),
+    ("alerts: GpuLost\n", "alerts must be a list of alert names"),
+    ("limits: {max_fraction: 2}\n", "limits.max_fraction must be above 0 and at most 1"),
+    ("limits: {window: soon}\n", "limits.window must be a duration such as 30s, 10m or 1h"),
+    ("node: {regex: '('}\n", "node.regex must be a regular expression"),
+    ("resume: {check_urls: [a]}\n", "resume.check_urls must be a mapping of strings to strings"),
+    ("limit: {}\n", "unknown field limit"),
+])
+def test_a_bad_policy_is_one_line_naming_the_field(tmp_path, text, message):
+    path = tmp_path / "policy.yml"
+    path.write_text(text)
+    result = run_gpuscope("remediate", f"--policy={path}")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and str(path) in result.stderr and message in result.stderr
+
+
+def test_the_reference_routing_sends_exactly_the_policy_defaults_to_the_receiver():
+    from importlib import resources
+
+    config = yaml.safe_load(resources.files("alerts").joinpath("alertmanager.yml").read_text())
+    route = next(r for r in config["route"]["routes"] if r["receiver"] == "remediate")
+    (matcher,) = route["matchers"]
+    assert matcher == f'alertname=~"{"|".join(DEFAULT_ALERTS)}"'
+    assert route["continue"] is True  # and on to the pager
+    (webhook,) = next(r for r in config["receivers"] if r["name"] == "remediate")["webhook_configs"]
+    assert webhook["send_resolved"] is True
+
+
+# --- gpuscope check -------------------------------------------------------------------------------
+
+@pytest.fixture
+def sim_scrape(tmp_path):
+    """One scrape of a simulated node whose faults were there at boot, by the collectors the check reads."""
+    from exporter.collectors import Roots, build, close
+    from exporter.collectors.kmsg import KmsgOptions
+    from exporter.registry import ScrapeRegistry
+    from exporter.sim.node import SimulatedNode
+    from exporter.sim.nvml import SimulatedNvml, load_profile
+
+    built = []
+
+    def scrape(*faults: dict, profile: str = "p5.48xlarge") -> str:
+        root = tmp_path / f"node-{len(built)}"
+        root.mkdir()
+        (root / "faults.yaml").write_text(yaml.safe_dump(list(faults)))
+        nvml = SimulatedNvml(load_profile(profile))
+        node = SimulatedNode(str(root), load_profile(profile), nvml)
+        node.advance()
+        built.append(build(("identity", "gpu", "rdma", "lustre", "kmsg"),
+                           Roots(node.sysfs, str(root / "proc"), nvml=nvml,
+                                 kmsg=KmsgOptions(node.kmsg_file, node.procfs))))
+        return ScrapeRegistry(built[-1], 5.0).render()
+
+    yield scrape
+    for collectors in built:
+        close(collectors)
+
+
+def test_check_names_each_problem_of_a_faulty_node(sim_scrape):
+    healthy = check.judge(check.parse(sim_scrape()))
+    assert healthy.problems == [] and healthy.xids == {}
+    faulty = check.judge(check.parse(sim_scrape(
+        {"kind": "kernel_xid", "gpu": 6, "xid": 79}, {"kind": "efa_device_missing", "count": 2},
+        {"kind": "ecc_uncorrectable", "gpu": 4}, {"kind": "row_remap_failure", "gpu": 7},
+        {"kind": "sxid", "switch": 2, "sxid": 24007, "fatal": True}, {"kind": "lustre_eviction"},
+        {"kind": "gpu_lost", "gpu": 1})))
+    assert faulty.problems == [
+        "30 of 32 EFA devices present",
+        "GPU 1 lost: NVML does not answer",
+        "GPU 0000:64:00: critical XID 79 since boot",  # GPU 1, lost before NVML opened it: named by PCI address
+        "GPU 6: critical XID 79 since boot",
+        "GPU 4: 1 uncorrectable ECC errors since the driver loaded", "GPU 7: 2 uncorrectable ECC errors since the "
+        "driver loaded", "GPU 7: a row remap failed",
+        "NVSwitch 2: fatal SXID 24007",
+        "Lustre fsx OST0001 not connected"]
+    again = check.judge(check.parse(sim_scrape({"kind": "kernel_xid", "gpu": 6, "xid": 79})), faulty.xids)
+    assert again.problems == []  # the XID is not new since the last check
+
+
+def test_check_of_a_node_short_of_a_gpu_and_one_without_expectations(sim_scrape):
+    assert check.judge(check.parse(sim_scrape({"kind": "gpu_missing_at_boot", "gpu": 2}))).problems == [
+        "7 of 8 GPUs answer NVML (p5.48xlarge has 8)"]
+    assert check.judge(check.parse(sim_scrape(profile="dgx-h100"))).problems == []
+    assert check.judge(check.parse(sim_scrape({"kind": "rdma_port_down", "device": 3}, profile="dgx-h100")),
+                       ignore_ports=check.re.compile("mlx5_[0-2]")).problems == [
+        "RDMA mlx5_3 port 1 not ACTIVE (state 1)"]
+
+
+def test_check_exit_codes_and_one_line(tmp_path):
+    unreachable = run_gpuscope("check", "--exporter=http://127.0.0.1:9/metrics")
+    assert unreachable.returncode == 3 and unreachable.stdout == ""
+    assert unreachable.stderr.startswith("gpuscope check: cannot check: cannot read the exporter at "
+                                         "http://127.0.0.1:9/metrics")
+    collected = run_gpuscope("check", "--collect", f"--path.sysfs={tmp_path}", f"--path.procfs={tmp_path}")
+    assert collected.returncode == 1  # no NVML on this machine: the GPU collector fails, the node is unfit
+    assert collected.stdout == "gpuscope check: collector gpu failing\n"
