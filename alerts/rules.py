@@ -43,6 +43,7 @@ class Alert:
 class Group:
     name: str
     rules: tuple[Record | Alert, ...]
+    selector: str = ""  # another job's series (the remediation receiver's); "" the exporters' selector
 
 
 def _xids(xids: tuple[int, ...]) -> str:
@@ -577,12 +578,30 @@ def agent_alerts(s: Settings) -> Group:
     ))
 
 
+def remediation_alerts(s: Settings) -> Group:
+    """The receiver's rails at work: every refusal is something a person should look at (a storm held
+    back, a node that failed its check after its alert resolved, a scheduler that said no). Every
+    decision series starts at 0 in the receiver, so the first refusal is an increase."""
+    refused = f'{c.REMEDIATION_DECISIONS.name}{{outcome="refused"}}'
+    return Group("gpuscope-remediation", (
+        Alert("GpuscopeRemediationRefused", f"sum by (instance, action, reason) (increase({refused}[15m])) > 0",
+              "0m", "warning", "The remediation receiver refused to act",
+              "gpuscope remediate on {{ $labels.instance }} refused to {{ $labels.action }} "
+              "{{ $value | humanize }} times in 15 minutes ({{ $labels.reason }}): its audit log says which nodes "
+              "and why."),
+        Alert("GpuscopeRemediationDown", f"up{{{s.remediation_selector}}} == 0", s.exporter_down_for, "warning",
+              "The remediation receiver does not answer",
+              "Prometheus cannot scrape gpuscope remediate at {{ $labels.instance }}: alerts that should drain a "
+              "node are not acted on (they still page)."),
+    ), s.remediation_selector)
+
+
 def _canonical_groups(settings: Settings) -> list[Group]:
     return [*recording_rules(settings), *job_wait_records(settings), *straggler_alerts(settings),
             *job_wait_alerts(settings), *thermal_alerts(settings),
             *communication_alerts(settings), *gpu_health_alerts(settings), *inventory_alerts(settings),
             *storage_alerts(settings),
-            agent_alerts(settings)]
+            agent_alerts(settings), remediation_alerts(settings)]
 
 
 def alert_names() -> frozenset[str]:
@@ -608,7 +627,8 @@ def groups(settings: Settings) -> list[Group]:
     with them), the rest carry the user's selector, label names and severities."""
     out = []
     for group in _canonical_groups(settings):
-        rules = tuple(_localized(rule, settings) for rule in group.rules
+        local = replace(settings, selector=group.selector) if group.selector else settings
+        rules = tuple(_localized(rule, local) for rule in group.rules
                       if not (isinstance(rule, Alert) and rule.alert in settings.disabled_alerts))
         if rules:
             out.append(Group(group.name, rules))

@@ -34,6 +34,8 @@ class Settings:
     # GpuscopeExporterDown: only the exporters' own scrape job counts, so a federated copy or a
     # second job scraping the same targets never doubles a median or breaks a join.
     selector: str = 'job="gpuscope"'
+    # The same for the remediation receiver's own metrics (`gpuscope remediate`, scraped as its own job).
+    remediation_selector: str = 'job="gpuscope-remediate"'
     # The label naming the cluster (fleet records and dashboards group and filter by it) and the one
     # naming the node (peer medians, joins, annotations).
     cluster_label: str = "cluster"
@@ -168,8 +170,8 @@ def _field_value(path: str, key: str, value: Any) -> Any:
         raise SettingsError(f"settings {path}: {key}: expected {type(default).__name__}, got {value!r}") from None
     if key in ("cluster_label", "node_label") and not _LABEL_NAME.match(converted):
         raise SettingsError(f"settings {path}: {key}: {converted!r} is not a Prometheus label name")
-    if key == "selector" and not promql.MATCHERS.match(converted):
-        raise SettingsError(f"settings {path}: selector: {converted!r} is not a list of label matchers "
+    if key in ("selector", "remediation_selector") and not promql.MATCHERS.match(converted):
+        raise SettingsError(f"settings {path}: {key}: {converted!r} is not a list of label matchers "
                             'such as job="gpuscope" (rules need it to tell gpuscope\'s `up` series apart)')
     return converted
 
