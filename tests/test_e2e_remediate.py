@@ -96,11 +96,12 @@ def test_a_fault_drains_its_node_and_recovery_resumes_it(tmp_path):
     with Cluster(str(tmp_path / "sim"), nodes=4) as cluster, \
             slurm_cluster(str(tmp_path / "slurm"), "node-[0-3]", {"gpu": "node-[0-3]"}) as slurm:
         urls = {node.name: f"http://{node.address}/metrics" for node in cluster.nodes}
+        rules = write_shortened_rules(str(tmp_path / "rules.yml"), 60)
         with receiver(tmp_path, slurm, resume={"check_urls": urls}) as base, \
                 webhook_receiver() as (hook_url, hook), \
                 alertmanager(routing(hook_url, base, str(tmp_path / "token"))) as am, \
                 prometheus([{"job_name": "gpuscope", "file_sd_configs": [{"files": [cluster.write_targets()]}]}],
-                           rule_files=[write_shortened_rules(str(tmp_path / "rules.yml"), 60)], alertmanager=am) as prom:
+                           rule_files=[rules], alertmanager=am) as prom:
             prom.wait_for('count(up{job="gpuscope"} == 1) == 4')
             time.sleep(5)
             assert slurm.reasons() == {}  # a healthy cluster: nothing drained

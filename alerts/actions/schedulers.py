@@ -55,10 +55,15 @@ class Slurm:
             raise SchedulerError(str(exc)) from None
 
     def resume(self, node: str) -> None:
+        """RESUME; Slurm 22.05 clears the drain of a node whose base state is UNKNOWN (no slurmd has
+        registered it yet) but still answers "Invalid node state specified", so the node's state,
+        not the message, says whether it worked."""
         try:
             scontrol.resume(node, self._policy.scontrol)
         except scontrol.SlurmError as exc:
-            raise SchedulerError(str(exc)) from None
+            state = self.nodes().get(node)
+            if state is None or state.out:
+                raise SchedulerError(str(exc)) from None
 
 
 class KubernetesApi:
