@@ -1,0 +1,216 @@
+"""`gpuscope remediate` for Kubernetes, and its HTTP edge, as a real process.
+
+No Kubernetes API server can run here, so the API is simulated at its boundary: a stub server that
+keeps nodes as the API returns them, applies JSON merge patches (RFC 7386) as the API server does
+for `application/merge-patch+json`, checks the bearer token and records every call. The resume
+check reads a real simulated exporter.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+import yaml
+
+from exporter.sim.cluster import free_port
+from tests.procs import exporter_process, stop
+
+CLI = [sys.executable, "-c", "import sys; from exporter.cli import main; sys.exit(main())"]
+API_TOKEN = "api-token"
+
+
+def merge_patch(target: dict, patch: dict) -> dict:
+    """RFC 7386: null deletes, objects merge, anything else (lists included) replaces."""
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict):
+            out[key] = merge_patch(out.get(key) or {}, value)
+        else:
+            out[key] = value
+    return out
+
+
+class ApiStub:
+    def __init__(self, nodes: dict[str, dict]) -> None:
+        self.nodes = nodes
+        self.calls: list[tuple[str, str, dict | None]] = []
+        self.lock = threading.Lock()
+
+
+@contextmanager
+def api_stub(nodes: dict[str, dict]) -> Iterator[tuple[str, ApiStub]]:
+    stub = ApiStub(nodes)
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _handle(self, method: str) -> None:
+            body = None
+            if method == "PATCH":
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with stub.lock:
+                stub.calls.append((method, self.path, body))
+                if self.headers.get("Authorization") != f"Bearer {API_TOKEN}":
+                    self._reply(401, {"kind": "Status", "code": 401})
+                    return
+                name = self.path.removeprefix("/api/v1/nodes").strip("/")
+                if not name:
+                    self._reply(200, {"kind": "NodeList", "items": list(stub.nodes.values())})
+                elif name not in stub.nodes:
+                    self._reply(404, {"kind": "Status", "code": 404})
+                elif method == "PATCH":
+                    assert self.headers["Content-Type"] == "application/merge-patch+json"
+                    stub.nodes[name] = merge_patch(stub.nodes[name], body)
+                    self._reply(200, stub.nodes[name])
+                else:
+                    self._reply(200, stub.nodes[name])
+
+        def do_GET(self) -> None:
+            self._handle("GET")
+
+        def do_PATCH(self) -> None:
+            self._handle("PATCH")
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", stub
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def node(name: str, unschedulable: bool = False, taints: list | None = None) -> dict:
+    return {"metadata": {"name": name, "labels": {"eks.amazonaws.com/nodegroup": "p5"}},
+            "spec": {"unschedulable": unschedulable, "taints": taints or []}}
+
+
+@contextmanager
+def receiver_process(tmp_path, policy: dict, *args: str) -> Iterator[str]:
+    path = tmp_path / "policy.yml"
+    path.write_text(yaml.safe_dump({"audit_log": str(tmp_path / "audit.jsonl"),
+                                    "state_file": str(tmp_path / "state.json"), **policy}))
+    port = free_port()
+    process = subprocess.Popen([*CLI, "remediate", f"--policy={path}", f"--web.listen-address=127.0.0.1:{port}",
+                                *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert process.poll() is None, f"remediate exited: {process.stderr.read()}"
+            try:
+                requests.get(f"{base}/-/healthy", timeout=1)
+                break
+            except requests.RequestException:
+                assert time.monotonic() < deadline, "remediate did not come up"
+                time.sleep(0.1)
+        yield base
+    finally:
+        stop(process)
+
+
+def notify(base: str, status: str, instance: str, **headers: str) -> requests.Response:
+    alert = {"status": status, "labels": {"alertname": "GpuLost", "instance": instance, "gpu": "6"},
+             "endsAt": "0001-01-01T00:00:00Z", "fingerprint": f"lost-{instance}"}
+    return requests.post(f"{base}/alerts", json={"version": "4", "status": status, "alerts": [alert]},
+                         headers=headers, timeout=10)
+
+
+def test_kubernetes_cordon_taint_and_undo_leave_other_taints_and_cordons(tmp_path):
+    (tmp_path / "token").write_text(API_TOKEN)
+    foreign = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+    nodes = {"ip-a": node("ip-a", taints=[foreign]), "ip-b": node("ip-b", unschedulable=True),
+             **{f"ip-{i}": node(f"ip-{i}") for i in range(18)}}
+    with api_stub(nodes) as (api, stub), exporter_process("--simulate=p5.48xlarge") as exporter:
+        policy = {"enforce": True, "scheduler": "kubernetes",
+                  "kubernetes": {"api": api, "token_file": str(tmp_path / "token"),
+                                 "group_label": "eks.amazonaws.com/nodegroup"},
+                  "resume": {"check_url": f"{exporter}/metrics"}, "limits": {"max_drains": 5}}
+        with receiver_process(tmp_path, policy) as base:
+            assert notify(base, "firing", "ip-a").status_code == 200
+            assert notify(base, "firing", "ip-b").json()[0]["reason"] == "out_by_other"  # a person cordoned it
+            with stub.lock:
+                patched = stub.nodes["ip-a"]
+                assert patched["spec"]["unschedulable"] is True
+                assert patched["spec"]["taints"] == [foreign, {"key": "gpuscope.io/unhealthy", "value": "true",
+                                                               "effect": "NoSchedule"}]
+                assert patched["metadata"]["annotations"] == {"gpuscope.io/drain-reason": "gpuscope: GpuLost gpu=6",
+                                                              "gpuscope.io/was-cordoned": "false"}
+                assert [c for c in stub.calls if c[0] == "PATCH" and c[1].endswith("/ip-b")] == []
+            decisions = notify(base, "resolved", "ip-a").json()
+            assert [(d["outcome"], d["reason"]) for d in decisions] == [("done", "resumed")]
+            with stub.lock:
+                assert stub.nodes["ip-a"]["spec"] == {"unschedulable": False, "taints": [foreign]}
+                assert stub.nodes["ip-a"]["metadata"].get("annotations", {}) == {}
+                assert stub.nodes["ip-b"]["spec"]["unschedulable"] is True  # a person's cordon stays
+                assert all(call[0] in ("GET", "PATCH") for call in stub.calls)
+
+
+def test_kubernetes_fraction_is_of_the_node_group(tmp_path):
+    (tmp_path / "token").write_text(API_TOKEN)
+    nodes = {f"ip-{i}": node(f"ip-{i}") for i in range(10)}  # one group of 10: at most one held out
+    with api_stub(nodes) as (api, stub):
+        policy = {"enforce": True, "scheduler": "kubernetes", "limits": {"max_drains": 10, "max_fraction": 0.1},
+                  "kubernetes": {"api": api, "token_file": str(tmp_path / "token"),
+                                 "group_label": "eks.amazonaws.com/nodegroup"}}
+        with receiver_process(tmp_path, policy) as base:
+            first, second = notify(base, "firing", "ip-1").json(), notify(base, "firing", "ip-2").json()
+            assert (first[0]["reason"], second[0]["reason"]) == ("drained", "fraction_limit")
+            assert second[0]["detail"] == "1 of 10 nodes of p5 already held out (at most 1)"
+            with stub.lock:
+                assert [c[1] for c in stub.calls if c[0] == "PATCH"] == ["/api/v1/nodes/ip-1"]
+
+
+def test_the_receiver_edge_auth_bad_payloads_and_metrics(tmp_path):
+    (tmp_path / "bearer").write_text("hook-token\n")
+    nodes = {"ip-1": node("ip-1")}
+    (tmp_path / "token").write_text(API_TOKEN)
+    with api_stub(nodes) as (api, _stub):
+        policy = {"scheduler": "kubernetes", "kubernetes": {"api": api, "token_file": str(tmp_path / "token")}}
+        with receiver_process(tmp_path, policy, f"--web.bearer-token-file={tmp_path / 'bearer'}") as base:
+            good = {"Authorization": "Bearer hook-token"}
+            assert notify(base, "firing", "ip-1").status_code == 401
+            assert notify(base, "firing", "ip-1", Authorization="Bearer wrong").status_code == 401
+            bad = requests.post(f"{base}/alerts", data=b"{not json", headers=good, timeout=5)
+            assert bad.status_code == 400
+            shapeless = requests.post(f"{base}/alerts", json={"alerts": "none"}, headers=good, timeout=5)
+            assert (shapeless.status_code, shapeless.text) == (
+                400, "not an Alertmanager webhook notification (version 4): no alerts with labels\n")
+            assert requests.post(f"{base}/elsewhere", json={}, headers=good, timeout=5).status_code == 404
+            decision = notify(base, "firing", "ip-1", **good).json()[0]
+            assert (decision["outcome"], decision["reason"]) == ("dry_run", "would_drain")  # dry-run by default
+            metrics = requests.get(f"{base}/metrics", headers=good, timeout=5).text
+            assert 'gpuscope_remediation_decisions_total{action="drain",outcome="dry_run",reason="would_drain"} 1.0' \
+                in metrics
+            assert 'gpuscope_remediation_notifications_total{result="invalid"} 2.0' in metrics
+            assert "gpuscope_remediation_enforcing 0.0" in metrics
+            assert "gpuscope_remediation_nodes_held 1.0" in metrics
+
+
+@pytest.mark.parametrize("args", [("--web.listen-address=nowhere",), ("--web.bearer-token-file=/no/such/file",)])
+def test_bad_receiver_flags_are_one_line(tmp_path, args):
+    (tmp_path / "policy.yml").write_text("{}\n")
+    result = subprocess.run([*CLI, "remediate", f"--policy={tmp_path / 'policy.yml'}", *args], capture_output=True,
+                            text=True, timeout=20)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and args[0].split("=")[0] in result.stderr
