@@ -26,6 +26,7 @@ import yaml
 from alerts.render import write_shortened_rules
 from exporter.sim.cluster import Cluster, free_port
 from exporter.sim.stack import alertmanager, prometheus, routed_to_webhook, webhook_receiver
+from tests.helpers import REPO
 from tests.procs import stop
 from tests.slurm import available, slurm_cluster
 from tests.test_alertmanager import CONFIG, post
@@ -146,17 +147,21 @@ def test_a_storm_of_alerts_drains_at_most_the_limit_and_the_refusals_page(tmp_pa
 
 
 def test_check_as_health_check_program_drains_a_node_short_of_a_gpu(tmp_path):
+    """The shipped deploy/slurm/healthcheck.sh as slurmd's HealthCheckProgram, its settings in a
+    defaults file as an admin writes them."""
+    gpuscope = os.path.join(os.path.dirname(sys.executable), "gpuscope")  # the console script
     with Cluster(str(tmp_path / "sim"), nodes=1) as cluster:
-        script = tmp_path / "healthcheck.sh"
-        slurm_conf = tmp_path / "slurm" / "slurm.conf"
-        command = " ".join(f"'{part}'" for part in CLI)
-        script.write_text(f"#!/bin/sh\nexport SLURM_CONF='{slurm_conf}'\n"
-                          f"exec {command} check --exporter=http://{cluster.nodes[0].address}/metrics --drain "
-                          f"--node-name=node-0 --state-file='{tmp_path}/check-state.json'\n")
-        script.chmod(0o755)
+        defaults = tmp_path / "gpuscope-check"
+        defaults.write_text(f"GPUSCOPE='{gpuscope}'\nGPUSCOPE_CHECK_STATE='{tmp_path}/check/state.json'\n"
+                            f"GPUSCOPE_CHECK_ARGS='--exporter=http://{cluster.nodes[0].address}/metrics "
+                            f"--node-name=node-0'\nexport SLURM_CONF='{tmp_path}/slurm/slurm.conf'\n")
+        wrapper = tmp_path / "healthcheck"  # slurmd passes no environment of ours: name the defaults file
+        shipped = REPO / "deploy" / "slurm" / "healthcheck.sh"
+        wrapper.write_text(f"#!/bin/sh\nGPUSCOPE_CHECK_DEFAULTS='{defaults}' exec '{shipped}'\n")
+        wrapper.chmod(0o755)
         with slurm_cluster(str(tmp_path / "slurm"), "node-0", {"gpu": "node-0"}, serve="node-0",
-                           health_check=str(script)) as slurm:
-            slurm.wait_for(lambda: os.path.exists(f"{tmp_path}/check-state.json"), 30, "the health check never ran")
+                           health_check=str(wrapper)) as slurm:
+            slurm.wait_for(lambda: os.path.exists(f"{tmp_path}/check/state.json"), 30, "the health check never ran")
             time.sleep(5)  # two more health checks
             assert slurm.reasons() == {}
             cluster.inject(0, {"kind": "gpu_missing_at_boot", "gpu": 3})

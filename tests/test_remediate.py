@@ -211,6 +211,12 @@ def test_a_bad_policy_is_one_line_naming_the_field(tmp_path, text, message):
     assert result.stderr.count("\n") == 1 and str(path) in result.stderr and message in result.stderr
 
 
+def test_the_shipped_policy_file_is_the_defaults():
+    from tests.helpers import REPO
+
+    assert policy_module.load(str(REPO / "deploy" / "remediate" / "policy.yml")) == Policy()
+
+
 def test_the_reference_routing_sends_exactly_the_policy_defaults_to_the_receiver():
     from importlib import resources
 
