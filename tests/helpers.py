@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -42,3 +45,25 @@ def series(parsed: Samples, name: str) -> list[dict[str, str]]:
     return [dict(labels) for sample_name, labels in parsed if sample_name == name]
 
 
+
+
+def wait_until(check, timeout: float, what: str, pause: float = 0.5):
+    """Polls `check` until it returns something true (returned), or fails the test with `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(what() if callable(what) else what)
+        time.sleep(pause)
+
+
+def json_reply(handler: BaseHTTPRequestHandler, status: int, body: object) -> None:
+    """A stub server's JSON answer."""
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import requests
+import yaml
 
 from tests.helpers import free_port
 
@@ -71,3 +72,33 @@ def stop(process: subprocess.Popen, timeout: float = 15) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@contextmanager
+def receiver_process(tmp_path, policy: dict, *args: str, env: dict[str, str] | None = None,
+                     token: str = "") -> Iterator[str]:
+    """`gpuscope remediate` with this policy (audit log and state in tmp_path) on a free loopback
+    port, started as a user would; yields its base URL once /-/healthy answers."""
+    path = tmp_path / "policy.yml"
+    path.write_text(yaml.safe_dump({"audit_log": str(tmp_path / "audit.jsonl"),
+                                    "state_file": str(tmp_path / "state.json"), **policy}))
+    port = free_port()
+    cli = [sys.executable, "-c", "import sys; from exporter.cli import main; sys.exit(main())"]
+    process = subprocess.Popen([*cli, "remediate", f"--policy={path}", f"--web.listen-address=127.0.0.1:{port}",
+                                *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert process.poll() is None, f"remediate exited: {process.stderr.read()}"
+            try:
+                if requests.get(f"{base}/-/healthy", timeout=1, headers=headers).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, "remediate did not come up within 15 s"
+            time.sleep(0.1)
+        yield base
+    finally:
+        stop(process)

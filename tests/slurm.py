@@ -17,6 +17,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from exporter.sim.cluster import free_port
+from tests.helpers import wait_until
 from tests.procs import stop
 
 MUNGE_SOCKET_DIR = "/run/munge"
@@ -45,14 +46,7 @@ class Slurm:
         return self.run("sinfo", "--noheader", "--Node", f"--nodes={node}", "--format=%T").split()[0]
 
     def wait_for(self, check, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while True:
-            result = check()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what} (sinfo -R: {self.reasons()})")
-            time.sleep(0.5)
+        return wait_until(check, timeout, lambda: f"{what} (sinfo -R: {self.reasons()})")
 
 
 def available() -> str:

@@ -24,7 +24,7 @@ from dashboards.views import DASHBOARDS
 from exporter.catalog import CATALOG
 from exporter.sim.cluster import Cluster
 from exporter.sim.stack import prometheus
-from tests.helpers import REPO
+from tests.helpers import REPO, json_reply
 from tests.kubelet import compiled_api, serving, two_pods
 
 GENERATED = REPO / "dashboards" / "generated"
@@ -213,12 +213,7 @@ def grafana():
 
     class Handler(BaseHTTPRequestHandler):
         def _reply(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            json_reply(self, status, body)
 
         def do_GET(self):
             if self.path == "/api/health":

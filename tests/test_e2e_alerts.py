@@ -20,6 +20,7 @@ from alerts.render import write_shortened_rules
 from exporter.sim.cluster import Cluster, load_scenario
 from exporter.sim.profiles import DEFAULT_PROFILE
 from exporter.sim.stack import alertmanager, prometheus, webhook_receiver
+from tests.helpers import wait_until
 from tests.test_alertmanager import for_test
 
 pytestmark = pytest.mark.e2e  # real Prometheus (and Alertmanager) over simulated nodes
@@ -94,17 +95,6 @@ def stack(request, tmp_path_factory):
             prom.wait_for('count(up{job="gpuscope"} == 1) == 4')
             time.sleep(12)  # rate windows and GPM samples fill
             yield cluster, prom, hook
-
-
-def wait_until(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(what)
-        time.sleep(0.5)
 
 
 @pytest.mark.parametrize(("stack", "name"), [(load_scenario(name).profile, name) for name in TABLE],

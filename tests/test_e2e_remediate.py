@@ -13,56 +13,30 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import requests
 import yaml
 
 from alerts.render import write_shortened_rules
-from exporter.sim.cluster import Cluster, free_port
+from exporter.sim.cluster import Cluster
 from exporter.sim.stack import alertmanager, prometheus, routed_to_webhook, webhook_receiver
 from tests.helpers import REPO
-from tests.procs import stop
+from tests.procs import receiver_process
 from tests.slurm import available, slurm_cluster
 from tests.test_alertmanager import CONFIG, post
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(available()), reason=available() or "Slurm runs here")]
-CLI = [sys.executable, "-c", "import sys; from exporter.cli import main; sys.exit(main())"]
 TOKEN = "s3cret-remediate-token"
 
 
-@contextmanager
-def receiver(tmp_path, slurm, **policy) -> Iterator[str]:
-    """`gpuscope remediate` with this policy (enforcing), behind a bearer token; yields its base URL."""
+def receiver(tmp_path, slurm, **policy):
+    """`gpuscope remediate` with this policy (enforcing), behind a bearer token."""
     (tmp_path / "token").write_text(TOKEN + "\n")
-    path = tmp_path / "policy.yml"
-    path.write_text(yaml.safe_dump({"enforce": True, "audit_log": str(tmp_path / "audit.jsonl"),
-                                    "state_file": str(tmp_path / "state.json"), **policy}))
-    port = free_port()
-    process = subprocess.Popen([*CLI, "remediate", f"--policy={path}", f"--web.listen-address=127.0.0.1:{port}",
-                                f"--web.bearer-token-file={tmp_path / 'token'}"], env=slurm.env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert process.poll() is None, f"remediate exited: {process.stderr.read()}"
-            try:
-                if requests.get(f"{base}/-/healthy", timeout=1,
-                                headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "remediate did not come up"
-            time.sleep(0.1)
-        yield base
-    finally:
-        stop(process)
+    return receiver_process(tmp_path, {"enforce": True, **policy}, f"--web.bearer-token-file={tmp_path / 'token'}",
+                            env=slurm.env, token=TOKEN)
 
 
 def routing(hook_url: str, receiver_url: str, token_file: str) -> dict:

@@ -12,17 +12,15 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-import yaml
 
-from exporter.sim.cluster import free_port
-from tests.procs import exporter_process, stop
+from tests.helpers import json_reply
+from tests.procs import exporter_process, receiver_process
 
 CLI = [sys.executable, "-c", "import sys; from exporter.cli import main; sys.exit(main())"]
 API_TOKEN = "api-token"
@@ -54,12 +52,7 @@ def api_stub(nodes: dict[str, dict]) -> Iterator[tuple[str, ApiStub]]:
 
     class Handler(BaseHTTPRequestHandler):
         def _reply(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            json_reply(self, status, body)
 
         def _handle(self, method: str) -> None:
             body = None
@@ -103,30 +96,6 @@ def api_stub(nodes: dict[str, dict]) -> Iterator[tuple[str, ApiStub]]:
 def node(name: str, unschedulable: bool = False, taints: list | None = None) -> dict:
     return {"metadata": {"name": name, "labels": {"eks.amazonaws.com/nodegroup": "p5"}},
             "spec": {"unschedulable": unschedulable, "taints": taints or []}}
-
-
-@contextmanager
-def receiver_process(tmp_path, policy: dict, *args: str) -> Iterator[str]:
-    path = tmp_path / "policy.yml"
-    path.write_text(yaml.safe_dump({"audit_log": str(tmp_path / "audit.jsonl"),
-                                    "state_file": str(tmp_path / "state.json"), **policy}))
-    port = free_port()
-    process = subprocess.Popen([*CLI, "remediate", f"--policy={path}", f"--web.listen-address=127.0.0.1:{port}",
-                                *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert process.poll() is None, f"remediate exited: {process.stderr.read()}"
-            try:
-                requests.get(f"{base}/-/healthy", timeout=1)
-                break
-            except requests.RequestException:
-                assert time.monotonic() < deadline, "remediate did not come up"
-                time.sleep(0.1)
-        yield base
-    finally:
-        stop(process)
 
 
 def notify(base: str, status: str, instance: str, **headers: str) -> requests.Response:
@@ -187,7 +156,8 @@ def test_the_receiver_edge_auth_bad_payloads_and_metrics(tmp_path):
     (tmp_path / "token").write_text(API_TOKEN)
     with api_stub(nodes) as (api, _stub):
         policy = {"scheduler": "kubernetes", "kubernetes": {"api": api, "token_file": str(tmp_path / "token")}}
-        with receiver_process(tmp_path, policy, f"--web.bearer-token-file={tmp_path / 'bearer'}") as base:
+        with receiver_process(tmp_path, policy, f"--web.bearer-token-file={tmp_path / 'bearer'}",
+                              token="hook-token") as base:
             good = {"Authorization": "Bearer hook-token"}
             assert notify(base, "firing", "ip-1").status_code == 401
             assert notify(base, "firing", "ip-1", Authorization="Bearer wrong").status_code == 401
