@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
+import yaml
 
 from tests.helpers import json_reply
 from tests.procs import exporter_process, receiver_process
@@ -184,3 +185,36 @@ def test_bad_receiver_flags_are_one_line(tmp_path, args):
                             text=True, timeout=20)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and args[0].split("=")[0] in result.stderr
+
+
+def kubeconfig(tmp_path, api: str, user: dict) -> str:
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "gpu",
+        "clusters": [{"name": "p5", "cluster": {"server": api}}],
+        "users": [{"name": "gpuscope", "user": user}],
+        "contexts": [{"name": "other", "context": {"cluster": "nowhere", "user": "nobody"}},
+                     {"name": "gpu", "context": {"cluster": "p5", "user": "gpuscope"}}]}))
+    return str(path)
+
+
+def test_a_kubeconfig_current_context_with_a_token(tmp_path):
+    with api_stub({"ip-1": node("ip-1")}) as (api, stub):
+        policy = {"enforce": True, "scheduler": "kubernetes",
+                  "kubernetes": {"kubeconfig": kubeconfig(tmp_path, api, {"token": API_TOKEN})}}
+        with receiver_process(tmp_path, policy) as base:
+            assert notify(base, "firing", "ip-1").json()[0]["reason"] == "drained"
+        with stub.lock:
+            assert stub.nodes["ip-1"]["spec"]["unschedulable"] is True
+
+
+def test_a_kubeconfig_that_runs_a_program_is_refused(tmp_path):
+    path = kubeconfig(tmp_path, "https://example.invalid", {"exec": {"command": "aws", "args": ["eks", "get-token"]}})
+    (tmp_path / "policy.yml").write_text(yaml.safe_dump({"scheduler": "kubernetes",
+                                                         "kubernetes": {"kubeconfig": path}}))
+    result = subprocess.run([*CLI, "remediate", f"--policy={tmp_path / 'policy.yml'}"], capture_output=True,
+                            text=True, timeout=20)
+    assert result.returncode == 2
+    assert result.stderr == (f"gpuscope remediate: error: kubeconfig {path}: user 'gpuscope' authenticates through "
+                             "a program (exec or auth-provider), which gpuscope does not run: give it a "
+                             "service-account token\n")

@@ -82,6 +82,7 @@ class Resume:
 @dataclass(frozen=True)
 class Kubernetes:
     api: str = ""  # empty: the in-cluster API server of the service account
+    kubeconfig: str = ""  # or a kubeconfig's current context (token or client certificate)
     token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
     ca_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
     taint_key: str = "gpuscope.io/unhealthy"
@@ -114,7 +115,7 @@ def load(path: str) -> Policy:
                             {"enabled", "check_url", "check_urls", "ignore_rdma_devices", "timeout"})
     slurm = reader.mapping("slurm.", data.get("slurm", {}), {"scontrol", "sinfo"})
     kube = reader.mapping("kubernetes.", data.get("kubernetes", {}),
-                          {"api", "token_file", "ca_file", "taint_key", "group_label"})
+                          {"api", "kubeconfig", "token_file", "ca_file", "taint_key", "group_label"})
     scheduler = reader.text("scheduler", data.get("scheduler", "slurm"))
     if scheduler not in SCHEDULERS:
         raise PolicyError(f"policy {path}: scheduler must be one of {', '.join(SCHEDULERS)}, not {scheduler!r}")

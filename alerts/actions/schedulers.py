@@ -7,11 +7,15 @@ gpuscope, the reason in an annotation; resume removes exactly those.
 
 from __future__ import annotations
 
+import base64
+import os
+import tempfile
 from dataclasses import dataclass
 from typing import Protocol
 
 from alerts.actions.policy import Kubernetes, Policy
 from exporter import scontrol
+from exporter.config import ConfigError, load_yaml
 
 REASON_ANNOTATION = "gpuscope.io/drain-reason"
 CORDONED_ANNOTATION = "gpuscope.io/was-cordoned"  # so resuming leaves a person's own cordon in place
@@ -66,35 +70,95 @@ class Slurm:
                 raise SchedulerError(str(exc)) from None
 
 
+@dataclass(frozen=True)
+class Connection:
+    """Where the API server is and how to talk to it."""
+
+    base: str
+    token_file: str = ""  # read at every call: projected service-account tokens rotate
+    token: str = ""
+    verify: str | bool = True  # a CA bundle, or the system's
+    cert: tuple[str, str] | None = None  # client certificate and key files
+
+
+def in_cluster(settings: Kubernetes) -> Connection:
+    """The pod's service account, or `kubernetes.api` (and token_file, ca_file) as the policy says."""
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST", ""), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    base = (settings.api or (f"https://{host}:{port}" if host else "")).rstrip("/")
+    if not base:
+        raise SchedulerError("kubernetes: no API server (set kubernetes.api or kubernetes.kubeconfig, or run in a pod)")
+    return Connection(base, settings.token_file, verify=settings.ca_file if base.startswith("https") else True)
+
+
+def from_kubeconfig(path: str, scratch: str) -> Connection:
+    """The current context of a kubeconfig: server, CA, and a token or client certificate. Inline
+    `*-data` fields are written to files in `scratch` (requests wants paths). Exec plugins and
+    auth providers (`aws eks get-token`, ...) are refused: the receiver runs no other program."""
+    try:
+        data = load_yaml(path, "kubeconfig")
+        context = _named(data, "contexts", data.get("current-context"))["context"]
+        cluster = _named(data, "clusters", context["cluster"])["cluster"]
+        user = _named(data, "users", context["user"])["user"] or {}
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise SchedulerError(f"kubeconfig {path}: {exc}") from None
+    if "exec" in user or "auth-provider" in user:
+        raise SchedulerError(f"kubeconfig {path}: user {context['user']!r} authenticates through a program (exec or "
+                             "auth-provider), which gpuscope does not run: give it a service-account token")
+
+    def material(entry: dict, key: str) -> str:
+        if entry.get(key):
+            return str(entry[key])
+        if entry.get(f"{key}-data"):
+            target = os.path.join(scratch, key)
+            with open(target, "wb") as handle:
+                handle.write(base64.b64decode(entry[f"{key}-data"]))
+            return target
+        return ""
+
+    ca = material(cluster, "certificate-authority")
+    cert, key = material(user, "client-certificate"), material(user, "client-key")
+    return Connection(str(cluster["server"]).rstrip("/"), str(user.get("tokenFile", "")), str(user.get("token", "")),
+                      False if cluster.get("insecure-skip-tls-verify") else (ca or True),
+                      (cert, key) if cert and key else None)
+
+
+def _named(data: dict, section: str, name: object) -> dict:
+    for entry in data.get(section) or []:
+        if entry.get("name") == name:
+            return entry
+    raise KeyError(f"no {section[:-1]} named {name!r}")
+
+
 class KubernetesApi:
     """Nodes through the API server: GET /api/v1/nodes, PATCH /api/v1/nodes/<name> (merge patch)."""
 
     def __init__(self, settings: Kubernetes, timeout: float = 10.0) -> None:
-        import os
-
         import requests  # the remediate extra; Slurm users never need it
 
         self._settings = settings
         self._requests = requests
         self._timeout = timeout
-        host, port = os.environ.get("KUBERNETES_SERVICE_HOST", ""), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        self._base = (settings.api or (f"https://{host}:{port}" if host else "")).rstrip("/")
-        if not self._base:
-            raise SchedulerError("kubernetes: no API server (set kubernetes.api, or run in a pod)")
+        self._scratch = tempfile.TemporaryDirectory(prefix="gpuscope-kube-")
+        self._connection = (from_kubeconfig(settings.kubeconfig, self._scratch.name) if settings.kubeconfig
+                            else in_cluster(settings))
 
     def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        connection = self._connection
         headers = {"Accept": "application/json"}
-        try:
-            with open(self._settings.token_file, encoding="utf-8") as handle:
-                headers["Authorization"] = f"Bearer {handle.read().strip()}"
-        except OSError:
-            pass  # an API server that needs no token (a test double, a local proxy)
+        token = connection.token
+        if connection.token_file:
+            try:
+                with open(connection.token_file, encoding="utf-8") as handle:
+                    token = handle.read().strip()
+            except OSError:
+                pass  # an API server that needs no token (a local proxy)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         if body is not None:
             headers["Content-Type"] = "application/merge-patch+json"
-        verify = self._settings.ca_file if self._base.startswith("https") else True
         try:
-            response = self._requests.request(method, self._base + path, json=body, headers=headers,
-                                              timeout=self._timeout, verify=verify)
+            response = self._requests.request(method, connection.base + path, json=body, headers=headers,
+                                              timeout=self._timeout, verify=connection.verify, cert=connection.cert)
         except self._requests.RequestException as exc:
             raise SchedulerError(f"kubernetes {method} {path}: {exc}") from None
         if response.status_code >= 300:
