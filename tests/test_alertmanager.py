@@ -32,7 +32,8 @@ def test_amtool_accepts_the_config():
 
 
 @pytest.mark.parametrize(("labels", "receiver"), [
-    (["severity=critical", "alertname=GpuLost"], "pager"),
+    (["severity=critical", "alertname=GpuLost"], "remediate,pager"),  # a node to drain, and a page
+    (["severity=critical", "alertname=CollectiveStall"], "pager"),  # nothing on the node to take out
     (["severity=warning", "alertname=GpuStraggler"], "ticket"),
     (["severity=info", "alertname=GpuXidWarning"], "nowhere"),
     (["alertname=SomethingUnlabelled"], "ticket"),
@@ -67,7 +68,7 @@ def test_real_alertmanager_routes_and_inhibits():
              {"alertname": "GpuscopeExporterDown", "severity": "critical", "instance": "n5"},
              {"alertname": "LustreIoStalled", "severity": "critical", "instance": "n5", "fs": "fsx"},
              {"alertname": "GpuXidWarning", "severity": "info", "instance": "n6", "xid": "13"})
-        expected = {("pager", "GpuLost", "n1"), ("ticket", "GpuStraggler", "n2"),
+        expected = {("pager", "GpuLost", "n1"), ("remediate", "GpuLost", "n1"), ("ticket", "GpuStraggler", "n2"),
                     ("pager", "GpuThermalThrottling", "n3"), ("ticket", "GpuStraggler", "n3"),
                     ("pager", "CollectiveStall", "n4"), ("pager", "GpuscopeExporterDown", "n5")}
         deadline = time.monotonic() + 20

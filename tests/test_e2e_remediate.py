@@ -46,8 +46,6 @@ def routing(hook_url: str, receiver_url: str, token_file: str) -> dict:
     remediate = next(r for r in config["receivers"] if r["name"] == "remediate")
     remediate["webhook_configs"] = [{"url": f"{receiver_url}/alerts", "send_resolved": True,
                                      "http_config": {"authorization": {"credentials_file": token_file}}}]
-    for route in config["route"]["routes"]:
-        route.pop("group_wait", None)
     return config
 
 

@@ -180,6 +180,9 @@ def routed_to_webhook(config: dict, url: str) -> dict:
     grouping waits cut to a second."""
     out = copy.deepcopy(config)
     out["route"].update(group_wait="1s", group_interval="1s")
+    for route in out["route"].get("routes", []):
+        if "group_wait" in route:
+            route["group_wait"] = "1s"
     for receiver in out["receivers"]:
         for key in [k for k in receiver if k.endswith("_configs")]:
             del receiver[key]
