@@ -34,6 +34,7 @@ class Alert:
     summary: str
     description: str
     labels: tuple[tuple[str, str], ...] = ()  # tells apart two rules of one alert with the same severity
+    cost: str = ""  # the `cost` annotation (Prometheus formats only: Grafana's templates cannot query)
 
     def runbook(self, settings: Settings) -> str:
         return f"{settings.runbook_base_url}/README.md#{self.alert.lower()}"
@@ -108,6 +109,29 @@ TARGET_CLIENTS_UNHEALTHY = "cluster_fs_target:gpuscope_lustre_import_unhealthy:c
 TARGET_RPCS_IN_FLIGHT = "cluster_fs_target:gpuscope_lustre_import_rpcs_in_flight:sum"
 TARGET_RECONNECTS = "cluster_fs_target:gpuscope_lustre_import_connection_attempts:increase5m"
 QUANTILES = (0.05, 0.5, 0.95)
+# Goodput (issue 18, docs/goodput.md): GPU-seconds lost per second, i.e. GPUs' worth of time lost, by
+# cause. The node-level records exist for every node and job of the moment (0 when nothing is lost),
+# so their 5-minute averages are true averages.
+NODE_JOB_GPUS = "instance_job_id:gpuscope_gpus:count"
+NODE_GPU_LOST = "instance:gpuscope_gpu_lost:bool"
+NODE_STALLED = "instance:gpuscope_node_stalled:bool"
+JOB_GPU_LOST = "job_id:gpuscope_job_gpu_lost:bool"
+JOB_STALLED = "job_id:gpuscope_job_stalled:bool"
+JOB_WAIT_SHARE = "job_id:gpuscope_job_waiting:ratio"
+LOST_NOW = "instance_job_id_cause:gpuscope_gpu_seconds_lost:sum"
+LOST_JOB = "job_id_cause:gpuscope_gpu_seconds_lost:rate5m"
+LOST_CLUSTER = "cluster_cause:gpuscope_gpu_seconds_lost:rate5m"
+ALLOCATED = "cluster:gpuscope_gpus_allocated:count"
+GOODPUT = "cluster:gpuscope_goodput:ratio5m"
+GPU_PRICE = "instance:gpuscope_gpu_hour_price:dollars"
+JOB_PRICE = "job_id:gpuscope_gpu_hour_price:dollars"
+COST_JOB = "job_id_cause:gpuscope_gpu_lost:dollars_per_hour"
+COST_CLUSTER = "cluster_cause:gpuscope_gpu_lost:dollars_per_hour"
+CAUSES = ("lost_gpu", "stall", "straggler", "throttle", "idle_allocated")  # in precedence order
+# Alerts about faults that cost the jobs on their node: their `cost` annotation says how much.
+COSTLY_ALERTS = frozenset({"CollectiveStall", "EfaTrafficStalled", "GpuStraggler", "NodeStraggler",
+                           "NcclBandwidthDegraded", "GpuThermalThrottling", "GpuPowerBrakeSlowdown", "GpuLost",
+                           "GpuXidCritical", "GpuMissing", "EfaDeviceMissing", "NvlinkInactive", "LustreIoStalled"})
 
 
 def fleet_quantiles(metric: str) -> str:
@@ -279,31 +303,44 @@ def straggler_alerts(s: Settings) -> list[Group]:
     ]
 
 
+def _whole_job_busy(s: Settings) -> str:
+    return f"on (job_id) ({JOB_BUSY_GPUS} == {JOB_GPUS} and {JOB_GPUS} >= {s.straggler_min_gpus})"
+
+
+def busiest_rank(s: Settings) -> str:
+    """Hardware evidence of the rank a job waits for: alone at the top of the job's SM activity while
+    the job's median fell below its recent level, the whole job busy."""
+    return (f"({near_busiest(s)}) / on (job_id) group_left {JOB_ACTIVE_MEDIAN} > {s.busiest_ratio}"
+            f" and on (job_id) {JOB_NEAR_BUSIEST} == 1"
+            f" and on (job_id) {JOB_ACTIVE_MEDIAN} < {s.job_slowdown_ratio} * {JOB_ACTIVE_BASELINE}"
+            f" and {_whole_job_busy(s)}")
+
+
+def early_rank(s: Settings) -> str:
+    """NCCL's evidence: a rank whose collectives are far shorter than its communicator's median while
+    that median rose above its recent low (the others wait inside NCCL for it)."""
+    exec_time = nccl_ranks(c.NCCL_EXEC_TIME.name, s)
+    return (f"min by (cluster, instance, gpu, uuid, job_id) ({exec_time} / on ({COMM}) group_left {NCCL_EXEC_MEDIAN}"
+            f" < {s.nccl_fast_rank_ratio} and on ({COMM}) {NCCL_EXEC_MEDIAN} > {s.nccl_rise_ratio} * "
+            f"{NCCL_EXEC_BASELINE}) and {_whole_job_busy(s)}")
+
+
 def job_wait_alerts(s: Settings) -> list[Group]:
     """The rank a synchronous job waits for, from the hardware and from NCCL, and a communicator's
     bandwidth collapse. Each needs the whole job busy (a checkpoint or an evaluation idles GPUs)
     and a change against the job's own recent level; a job whose ranks all wait is CollectiveStall,
     not this. The hardware evidence also needs the GPU to stand alone at the top: the busier first
     and last stages of a pipeline stay above the median through any slowdown, but they are many."""
-    whole_job_busy = f"on (job_id) ({JOB_BUSY_GPUS} == {JOB_GPUS} and {JOB_GPUS} >= {s.straggler_min_gpus})"
-    exec_time, bandwidth = nccl_ranks(c.NCCL_EXEC_TIME.name, s), nccl_ranks(c.NCCL_BUS_BANDWIDTH.name, s)
-    rank = "cluster, instance, gpu, uuid, job_id"
+    bandwidth = nccl_ranks(c.NCCL_BUS_BANDWIDTH.name, s)
     return [Group("gpuscope-job-waits-alerts", (
-        Alert("GpuStraggler",
-              f"({near_busiest(s)}) / on (job_id) group_left {JOB_ACTIVE_MEDIAN} > {s.busiest_ratio}"
-              f" and on (job_id) {JOB_NEAR_BUSIEST} == 1"
-              f" and on (job_id) {JOB_ACTIVE_MEDIAN} < {s.job_slowdown_ratio} * {JOB_ACTIVE_BASELINE}"
-              f" and {whole_job_busy}",
-              s.straggler_for, "critical", "The job waits for this GPU: it is the busiest while its peers idle",
+        Alert("GpuStraggler", busiest_rank(s), s.straggler_for,
+              "critical", "The job waits for this GPU: it is the busiest while its peers idle",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} runs {{ $value | humanize }} times the median SM "
               "activity of job {{ $labels.job_id }}, whose other GPUs slowed down waiting for it (full clocks: "
               "look at HBM, ECC, row remapping, PCIe and the host, not thermals).",
               (("scope", "job"), ("evidence", "busiest_gpu"))),
-        Alert("GpuStraggler",
-              f"min by ({rank}) ({exec_time} / on ({COMM}) group_left {NCCL_EXEC_MEDIAN} < {s.nccl_fast_rank_ratio}"
-              f" and on ({COMM}) {NCCL_EXEC_MEDIAN} > {s.nccl_rise_ratio} * {NCCL_EXEC_BASELINE})"
-              f" and {whole_job_busy}",
-              s.straggler_for, "critical", "NCCL says the job waits for this GPU: its collectives are the shortest",
+        Alert("GpuStraggler", early_rank(s), s.straggler_for,
+              "critical", "NCCL says the job waits for this GPU: its collectives are the shortest",
               "The collectives of GPU {{ $labels.gpu }} on {{ $labels.instance }} take {{ $value | humanizePercentage "
               "}} of their communicator's median in job {{ $labels.job_id }}: the other ranks wait in NCCL for it.",
               (("scope", "job"), ("evidence", "nccl_early_rank"))),
@@ -364,27 +401,36 @@ def link_degraded(current: str, maximum: str, signal: str, s: Settings) -> Alert
                  f"{signal} it supports (idle GPUs may downshift; this one is busy).", (("signal", signal),))
 
 
+def collective_stall(s: Settings) -> str:
+    """The NCCL hang signature on a node: every GPU pinned at 100 % utilization at near-idle power,
+    and the node's EFA traffic flat."""
+    return (f"min by (instance) ({c.GPU_UTILIZATION.name}) >= {s.stall_utilization}"
+            f" and on (instance) max by (instance) ({c.GPU_POWER.name} / {c.GPU_POWER_LIMIT.name})"
+            f" < {s.stall_power_fraction}"
+            f" and on (instance) {EFA_RATE} < {s.stall_network_bytes_per_second:g}")
+
+
+def efa_stall(s: Settings) -> str:
+    """A busy node's EFA traffic collapsed while the median node's keeps moving."""
+    return (f"{EFA_RATE} < {s.efa_stall_fraction} * scalar({EFA_MEDIAN})"
+            f" and on () {EFA_MEDIAN} > {s.efa_busy_bytes_per_second:g}"
+            f" and on (instance) {BUSY_GPUS} > 0")
+
+
 def communication_alerts(s: Settings) -> list[Group]:
     """The network (collective and EFA, per node) and the GPU links (NVLink, PCIe, per GPU)."""
     efa = c.EFA_NODE_COUNTERS
     nvlink = c.GPU_NVLINK_ERRORS.name
     return [
         Group("gpuscope-collective", (
-            Alert("CollectiveStall",
-                  f"min by (instance) ({c.GPU_UTILIZATION.name}) >= {s.stall_utilization}"
-                  f" and on (instance) max by (instance) ({c.GPU_POWER.name} / {c.GPU_POWER_LIMIT.name})"
-                  f" < {s.stall_power_fraction}"
-                  f" and on (instance) {EFA_RATE} < {s.stall_network_bytes_per_second:g}",
-                  s.stall_for, "critical", "A collective operation hangs (NCCL hang signature)",
+            Alert("CollectiveStall", collective_stall(s), s.stall_for,
+                  "critical", "A collective operation hangs (NCCL hang signature)",
                   "Every GPU of {{ $labels.instance }} shows 100 % utilization at near-idle power and the node's "
                   "EFA traffic is flat: the job is stuck in a collective, not computing."),
         )),
         Group("gpuscope-network", (
-            Alert("EfaTrafficStalled",
-                  f"{EFA_RATE} < {s.efa_stall_fraction} * scalar({EFA_MEDIAN})"
-                  f" and on () {EFA_MEDIAN} > {s.efa_busy_bytes_per_second:g}"
-                  f" and on (instance) {BUSY_GPUS} > 0",
-                  s.efa_stall_for, "critical", "A busy node's EFA traffic collapsed while its peers keep going",
+            Alert("EfaTrafficStalled", efa_stall(s), s.efa_stall_for,
+                  "critical", "A busy node's EFA traffic collapsed while its peers keep going",
                   "{{ $labels.instance }} moves {{ $value | humanize }}B/s over EFA while the median node moves "
                   "more than a GB/s, and its GPUs are busy."),
             # EFA errors per node, from the exporter's node totals: one series per node instead of 32 keeps

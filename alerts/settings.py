@@ -110,6 +110,14 @@ class Settings:
     lustre_health_for: str = "5m"
     exporter_down_for: str = "5m"
     collector_failing_for: str = "10m"
+    # Goodput (docs/goodput.md). A job's GPU counts as idle below this utilization averaged over 5
+    # minutes: a 30 s checkpoint every 10 minutes stays above it, a job that stopped computing does not.
+    idle_utilization: float = 0.05
+    # Dollars per GPU-hour by instance type, for the cost records. Defaults: AWS's EC2 Capacity Blocks
+    # for ML pricing page (aws.amazon.com/ec2/capacityblocks/pricing/), "Effective Accelerator Hourly
+    # Rate", US East, as listed for reservations until 2025-01-01. Put your own rate (on-demand, Savings
+    # Plan, reservation) per type: `gpu_hour_prices: {p5.48xlarge: 6.88}`; a type without one has no cost.
+    gpu_hour_prices: tuple[tuple[str, float], ...] = (("p5.48xlarge", 4.916), ("p4d.24xlarge", 1.844))
     runbook_base_url: str = "https://github.com/gpuscope/gpuscope/blob/main/alerts/runbooks"
 
     @property
@@ -136,7 +144,7 @@ def duration_seconds(duration: str) -> float:
 
 
 # Keys of the settings file that are not plain fields.
-_SPECIAL = {"disabled_alerts", "severities"}
+_SPECIAL = {"disabled_alerts", "severities", "gpu_hour_prices"}
 
 
 def load_settings(path: str = "", alert_names: frozenset[str] = frozenset()) -> Settings:
@@ -155,6 +163,8 @@ def load_settings(path: str = "", alert_names: frozenset[str] = frozenset()) -> 
     for key, value in data.items():
         if key == "alerts":
             overrides.update(_alert_overrides(path, value, alert_names))
+        elif key == "gpu_hour_prices":
+            overrides[key] = _prices(path, value)
         elif key in known:
             overrides[key] = _field_value(path, key, value)
         else:
@@ -174,6 +184,15 @@ def _field_value(path: str, key: str, value: Any) -> Any:
         raise SettingsError(f"settings {path}: {key}: {converted!r} is not a list of label matchers "
                             'such as job="gpuscope" (rules need it to tell gpuscope\'s `up` series apart)')
     return converted
+
+
+def _prices(path: str, value: Any) -> tuple[tuple[str, float], ...]:
+    """`gpu_hour_prices: {instance type: dollars per GPU-hour}`, replacing the defaults."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, (int, float))
+                                              and not isinstance(v, bool) and v >= 0 for k, v in value.items()):
+        raise SettingsError(f"settings {path}: gpu_hour_prices: must map instance types to dollars per GPU-hour "
+                            "(numbers, 0 or more), e.g. {p5.48xlarge: 6.88}")
+    return tuple((kind, float(price)) for kind, price in value.items())
 
 
 def _alert_overrides(path: str, value: Any, alert_names: frozenset[str]) -> dict[str, Any]:
