@@ -81,13 +81,11 @@ def firing(prom) -> tuple[set[tuple[str, str, str]], list[dict]]:
     return {key(a["labels"]) for a in alerts}, alerts
 
 
-@pytest.fixture(scope="module")
-def stack(request, tmp_path_factory):
-    """The cluster, Prometheus and Alertmanager; the nodes are of the profile given as parameter
-    (a scenario's own, p5.48xlarge unless it names one)."""
+def _stack(tmp_path_factory, profile: str):
+    """The cluster of `profile` nodes, Prometheus and Alertmanager."""
     root = tmp_path_factory.mktemp("alerts-e2e")
     rules = write_shortened_rules(str(root / "rules.yml"), 60)
-    cluster = Cluster(str(root), nodes=4, profile=request.param, exporter_args=("--collector.gpu.gpm-interval=1s",))
+    cluster = Cluster(str(root), nodes=4, profile=profile, exporter_args=("--collector.gpu.gpm-interval=1s",))
     with cluster, webhook_receiver() as (url, hook), alertmanager(for_test(url)) as am:
         jobs = [{"job_name": "gpuscope",  # the default selector's job
                  "file_sd_configs": [{"files": [cluster.write_targets()], "refresh_interval": "1s"}]}]
@@ -97,9 +95,29 @@ def stack(request, tmp_path_factory):
             yield cluster, prom, hook
 
 
-@pytest.mark.parametrize(("stack", "name"), [(load_scenario(name).profile, name) for name in TABLE],
-                         indirect=["stack"])
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Four p5.48xlarge nodes: every scenario that names no profile, one stack for all of them."""
+    yield from _stack(tmp_path_factory, DEFAULT_PROFILE)
+
+
+@pytest.fixture(scope="module")
+def dgx_stack(tmp_path_factory):
+    """Four DGX H100 nodes on InfiniBand, for the scenarios that need their ports."""
+    yield from _stack(tmp_path_factory, "dgx-h100")
+
+
+@pytest.mark.parametrize("name", [name for name in TABLE if load_scenario(name).profile == DEFAULT_PROFILE])
 def test_scenario_fires_exactly_the_expected_alerts(stack, name):
+    play(stack, name)
+
+
+def test_every_scenario_of_the_table_runs_on_one_of_the_stacks():
+    assert {load_scenario(name).profile for name in TABLE} == {DEFAULT_PROFILE, "dgx-h100"}
+
+
+def play(stack, name: str) -> None:
+    """Injects the scenario's faults: exactly the expected alerts fire and are notified, then resolve."""
     cluster, prom, hook = stack
     expected, notified = TABLE[name]
     wait_until(lambda: not firing(prom)[0], 60, f"alerts still firing before {name}: {firing(prom)[0]}")
@@ -145,7 +163,6 @@ def test_scenario_fires_exactly_the_expected_alerts(stack, name):
     assert requests.get(f"{prom.base}/-/ready", timeout=5).status_code == 200
 
 
-@pytest.mark.parametrize("stack", [DEFAULT_PROFILE], indirect=True)
 def test_a_restart_pages_nothing_and_a_gpu_missing_at_boot_pages_once_restarted(stack):
     """A healthy node's kernel log holds hours-old XIDs and driver noise: read again by a restarted
     exporter it pages nothing. A GPU that does not come up when the node (here its exporter and
@@ -170,3 +187,9 @@ def test_a_restart_pages_nothing_and_a_gpu_missing_at_boot_pages_once_restarted(
         cluster.clear(1)
         cluster.restart(1)
     wait_until(lambda: not firing(prom)[0], 90, f"alerts did not resolve: {firing(prom)[0]}")
+
+
+# Last: the p5 stack's scenarios are over before the DGX stack starts (both stay up until the module ends).
+@pytest.mark.parametrize("name", [name for name in TABLE if load_scenario(name).profile == "dgx-h100"])
+def test_infiniband_scenario_fires_exactly_the_expected_alerts(dgx_stack, name):
+    play(dgx_stack, name)
