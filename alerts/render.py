@@ -43,6 +43,8 @@ def _rule(rule: Record | Alert, settings: Settings) -> dict[str, Any]:
     out["labels"] = {"severity": rule.severity, **dict(rule.labels)}
     out["annotations"] = {"summary": rule.summary, "description": rule.description,
                           "runbook_url": rule.runbook(settings)}
+    if rule.cost:
+        out["annotations"]["cost"] = rule.cost
     return out
 
 
