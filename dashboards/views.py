@@ -1,4 +1,4 @@
-"""gpuscope's dashboards: fleet, job, node, GPU, network and storage, from the fleet down to one GPU.
+"""gpuscope's dashboards: fleet, job, node, GPU, network, storage and goodput, from the fleet down to one GPU.
 
 Metric names come from the exporter's catalog and the alert rules' recording rules, so a renamed
 metric breaks the build, not a dashboard at 3 a.m. Panels listed as `empty_when_healthy` show
@@ -17,7 +17,7 @@ CLUSTER = 'cluster=~"$cluster"'
 NODE = f'{CLUSTER}, instance=~"$instance"'
 GPU = f'{NODE}, gpu=~"$gpu"'
 LINKS = (("gpuscope-fleet", "Fleet"), ("gpuscope-job", "Job"), ("gpuscope-node", "Node"), ("gpuscope-gpu", "GPU"),
-         ("gpuscope-network", "Network"), ("gpuscope-storage", "Storage"))
+         ("gpuscope-network", "Network"), ("gpuscope-storage", "Storage"), ("gpuscope-goodput", "Goodput"))
 # The job's GPUs: those of the chosen Slurm job and of the chosen Kubernetes pods. A cluster has one
 # kind of attribution, so the other picker is empty and matches nothing; max dedupes a GPU in both.
 JOB = (f'max by (instance, gpu, uuid) ({c.GPU_JOB_INFO.name}{{{CLUSTER}, job_id="$job_id"}} '
@@ -233,4 +233,30 @@ def storage():
     ], LINKS)
 
 
-DASHBOARDS = (fleet, job, node, gpu, network, storage)
+def goodput():
+    """What faults cost: GPU time and dollars lost by cause, for the cluster and per job (docs/goodput.md)."""
+    stacked = {"stacking": {"mode": "normal", "group": "A"}, "fillOpacity": 40}
+    cost, lost = f"{rules.COST_CLUSTER}{{{CLUSTER}}}", f"{rules.LOST_CLUSTER}{{{CLUSTER}}}"
+    job_lost = f'{rules.LOST_JOB}{{{CLUSTER}, job_id="$job_id"}}'
+    return dashboard("gpuscope-goodput", "gpuscope / Goodput",
+                     "GPU time and money lost to faults, by cause: which page to work first.", ("cluster", "job_id"), [
+        Panel("stat", "Goodput: useful over allocated GPU time (5 min)", (q(f"{rules.GOODPUT}{{{CLUSTER}}}"),),
+              unit="percentunit", width=6, height=4),
+        Panel("stat", "GPUs' worth of time lost now", (q(f"sum({lost})"),), width=6, height=4),
+        Panel("stat", "Lost now, per hour", (q(f"sum({cost})"),), unit="currencyUSD", width=6, height=4),
+        Panel("stat", "Lost in the last 24 hours", (q(f"sum(sum_over_time({cost}[1d:1m])) / 60"),),
+              unit="currencyUSD", width=6, height=4,
+              description="Dollars per hour sampled every minute over the last day."),
+        Panel("timeseries", "GPU time lost by cause (GPUs' worth)", (q(lost, "{{cause}}"),), width=16, extra=stacked),
+        Panel("timeseries", "Goodput", (q(f"{rules.GOODPUT}{{{CLUSTER}}}", "{{cluster}}"),), unit="percentunit",
+              width=8),
+        Panel("table", "Jobs losing most, dollars per hour",
+              (q(f"topk(10, sum by (job_id) ({rules.COST_JOB}{{{CLUSTER}}}))"),), unit="currencyUSD", width=12),
+        Panel("table", "Jobs losing most GPU time, by cause",
+              (q(f"topk(10, sum by (job_id, cause) ({rules.LOST_JOB}{{{CLUSTER}}}))"),), width=12),
+        Panel("timeseries", "Job $job_id: GPU time lost by cause", (q(job_lost, "{{cause}}"),), width=24,
+              extra=stacked),
+    ], LINKS)
+
+
+DASHBOARDS = (fleet, job, node, gpu, network, storage, goodput)
