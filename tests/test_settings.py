@@ -89,6 +89,8 @@ def test_every_view_filters_by_cluster():
     ("node_label: node-name\n", "node_label: 'node-name' is not a Prometheus label name"),
     ("straggler_ratio: [1]\n", "straggler_ratio: expected float"),
     ("exporter_job: gpuscope\n", "unknown setting 'exporter_job'"),
+    ("gpu_hour_prices: {p5.48xlarge: cheap}\n", "gpu_hour_prices: must map instance types to dollars per GPU-hour"),
+    ("remediation_selector: remediate\n", "remediation_selector: 'remediate' is not a list of label matchers"),
 ])
 def test_bad_settings_are_one_line_naming_file_and_key(tmp_path, capsys, settings, message):
     for what in ("alerts", "dashboards"):
@@ -125,3 +127,19 @@ def test_the_node_agent_loads_no_simulator_grafanalib_or_requests():
     unwanted = {m for m in imported if m.split(".")[0] in ("grafanalib", "requests", "alerts", "dashboards")
                 or (m.startswith("exporter.sim.") and m not in ("exporter.sim.profiles", "exporter.sim.scenarios"))}
     assert unwanted == set()
+
+
+def test_gpu_hour_prices_replace_the_defaults(tmp_path):
+    from alerts.rules import GPU_PRICE, groups
+    from alerts.settings import Settings, load_settings
+
+    def price_rule(settings) -> str:
+        return next(rule.expr for group in groups(settings) for rule in group.rules
+                    if getattr(rule, "record", "") == GPU_PRICE)
+
+    assert 'instance_type="p5.48xlarge"' in price_rule(Settings()) and "4.916 *" in price_rule(Settings())
+    path = tmp_path / "settings.yml"
+    path.write_text("gpu_hour_prices: {p5en.48xlarge: 7.91}\n")
+    custom = price_rule(load_settings(str(path)))
+    assert custom == ('7.91 * max by (cluster, instance) '
+                      '(gpuscope_node_info{job="gpuscope", instance_type="p5en.48xlarge"})')
