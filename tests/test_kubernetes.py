@@ -10,6 +10,7 @@ import subprocess
 import pytest
 import yaml
 
+from dashboards.views import DASHBOARDS  # one ConfigMap each
 from tests.helpers import REPO
 
 BASE = REPO / "deploy" / "kubernetes" / "base"
@@ -57,7 +58,7 @@ def rendered(tmp_path_factory) -> tuple[str, list[dict]]:
 def test_manifests_pass_strict_validation(rendered, version):
     path, documents = rendered
     validate(path, version)
-    assert sorted(d["kind"] for d in documents) == ["ConfigMap"] * 6 + [
+    assert sorted(d["kind"] for d in documents) == ["ConfigMap"] * len(DASHBOARDS) + [
         "DaemonSet", "Namespace", "PrometheusRule", "Service", "ServiceAccount", "ServiceMonitor"]
 
 
@@ -153,7 +154,7 @@ def test_chart_renders_valid_manifests(tmp_path, values, version):
     if values is NOTHING_EXTRA:
         assert kinds == ["DaemonSet", "Service", "ServiceAccount"]
     else:
-        assert kinds == ["ConfigMap"] * 6 + ["DaemonSet", "PrometheusRule", "Service", "ServiceAccount",
+        assert kinds == ["ConfigMap"] * len(DASHBOARDS) + ["DaemonSet", "PrometheusRule", "Service", "ServiceAccount",
                                              "ServiceMonitor"]
     assert {d["metadata"]["namespace"] for d in documents} == {"monitoring"}
 
