@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from exporter import __version__, collectors, server
 from exporter.collectors import Roots
 from exporter.collectors.kmsg import KmsgOptions
-from exporter.config import ExporterSettings
+from exporter.config import ConfigError, ExporterSettings
 from exporter.registry import ScrapeRegistry
 from exporter.sdnotify import notify
 from exporter.webconfig import WebConfig
@@ -61,9 +61,14 @@ def node_roots(settings: ExporterSettings) -> Iterator[Roots]:
 
 
 def run(settings: ExporterSettings, web: WebConfig) -> int:
-    """Serve until SIGTERM or SIGINT; the caller has already checked the configuration."""
-    with node_roots(settings) as roots:
-        return _serve(settings, web, roots)
+    """Serve until SIGTERM or SIGINT; the caller has already checked the configuration (a simulated
+    node's directory is checked here, as the node is made: exit 2 when it is not ours to use)."""
+    try:
+        with node_roots(settings) as roots:
+            return _serve(settings, web, roots)
+    except ConfigError as exc:
+        log.error("cannot start", extra={"error": str(exc)})
+        return 2
 
 
 def _serve(settings: ExporterSettings, web: WebConfig, roots: Roots) -> int:

@@ -75,6 +75,14 @@ def parse_path(value: Any) -> str:
     return text
 
 
+def parse_directory(value: Any) -> str:
+    """A directory that exists or can be made, or empty; a file is refused."""
+    text = str(value or "")
+    if text and os.path.exists(text) and not os.path.isdir(text):
+        raise ValueError(f"{text} is not a directory")
+    return text
+
+
 def parse_names(value: Any) -> tuple[str, ...]:
     names = tuple(name.strip() for name in str(value).split(",") if name.strip())
     if not names:
@@ -157,9 +165,9 @@ OPTIONS: tuple[Option, ...] = (
            "also export each message-size bucket (message_size label), not only their aggregate", is_flag=True),
     Option("simulate", "", parse_profile,
            "serve a simulated node of this profile instead of the host's hardware: " + ", ".join(PROFILES)),
-    Option("simulate.dir", "", str,
+    Option("simulate.dir", "", parse_directory,
            "with --simulate: the node's directory (its sysfs tree, and faults.yaml read for injected faults); "
-           "empty: a temporary one"),
+           "a sys/ there that the simulator did not write is refused, never replaced; empty: a temporary one"),
     Option("simulate.interval", "2s", parse_duration, "with --simulate: how often the node's counters move on"),
     Option("simulate.efa-layout", "split", _choice("split", "combined"),
            "with --simulate: EFA counter layout, split (kernel >= 5.15) or combined (older kernels)"),

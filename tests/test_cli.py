@@ -8,12 +8,13 @@ import subprocess
 
 import bcrypt
 import pytest
+import requests
 import yaml
 
 from exporter import __version__
 from exporter.config import DEFAULT_PORT, ConfigError, resolve
 from tests.helpers import free_port
-from tests.procs import run_cli, run_gpuscope
+from tests.procs import exporter_process, run_cli, run_gpuscope
 
 
 def test_version():
@@ -195,3 +196,25 @@ def test_demo_shows_alerts_fire_and_resolve_and_leaves_nothing_behind(tmp_path):
     assert out.index("FIRING   GpuThermalThrottling") < out.index("RESOLVED GpuThermalThrottling")
     leftovers = subprocess.run(["pgrep", "-f", "gpuscope-demo-"], capture_output=True, text=True).stdout
     assert leftovers == ""
+
+
+def test_a_simulated_node_never_deletes_what_the_user_owns(tmp_path):
+    """--simulate.dir replaces only a tree the simulator wrote (it carries a marker): the user's
+    own `sys` directory is refused and kept, a file is refused, and the simulator's own tree is
+    reused across restarts (issue 21: `--simulate.dir=DIR` used to delete DIR/sys)."""
+    (tmp_path / "sys").mkdir()
+    (tmp_path / "sys" / "notes.txt").write_text("mine\n")
+    refused = run_cli("--simulate=p5.48xlarge", f"--simulate.dir={tmp_path}", "--web.listen-address=127.0.0.1:0")
+    assert refused.returncode == 2
+    assert f"{tmp_path}/sys exists and was not written by gpuscope's simulator: refusing to replace it" \
+        in refused.stderr and refused.stderr.count("\n") == 1
+    assert (tmp_path / "sys" / "notes.txt").read_text() == "mine\n"
+    not_a_directory = run_cli("--simulate=p5.48xlarge", f"--simulate.dir={tmp_path / 'sys' / 'notes.txt'}")
+    assert not_a_directory.returncode == 2
+    assert not_a_directory.stderr == (f"gpuscope exporter: error: flag --simulate.dir: {tmp_path}/sys/notes.txt "
+                                      "is not a directory\n")
+    own = tmp_path / "node"
+    for _ in range(2):  # the second start replaces the first one's tree
+        with exporter_process("--simulate=p5.48xlarge", f"--simulate.dir={own}") as base:
+            assert "gpuscope_gpu_up" in requests.get(f"{base}/metrics", timeout=10).text
+    assert (own / "sys" / ".gpuscope-simulated").exists()

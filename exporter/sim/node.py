@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from exporter.config import ConfigError
 from exporter.sim.faults import NodeEffects, ScenarioError, check_fault, node_effects
 from exporter.sim.files import relative_symlink
 from exporter.sim.inspector import rank_buckets, write_rank_files
@@ -62,6 +63,7 @@ LUSTRE_READ_RATE = 400e6  # steady data loading, bytes/s
 CHECKPOINT_EVERY, CHECKPOINT_SECONDS, CHECKPOINT_RATE = 600.0, 30.0, 2e9  # write bursts
 # NCCL Inspector dumps every this many updates (it enforces 30 s or more on a real node).
 INSPECTOR_EVERY = 3
+MARKER = ".gpuscope-simulated"  # in a sysfs tree the simulator wrote and may replace
 
 
 def efa_devices(count: int) -> list[RdmaDevice]:
@@ -102,8 +104,7 @@ class SimulatedNode:
         self._logged: set[tuple] = set()
         self.kernel_log = KernelLog(root)
         self.kmsg_file, self.procfs = self.kernel_log.path, self.kernel_log.procfs
-        if os.path.exists(self.sysfs):
-            shutil.rmtree(self.sysfs)
+        _replace_own_tree(self.sysfs)
         os.makedirs(self._staging, exist_ok=True)
         self.devices = efa_devices(int(profile.get("efa_devices", 32)))
         self._efa = [{**d.port_counters, **d.device_counters} for d in self.devices]
@@ -307,6 +308,19 @@ def _version(path: str) -> tuple[float, int] | None:
     except FileNotFoundError:
         return None
     return stat.st_mtime, stat.st_size
+
+
+def _replace_own_tree(sysfs: str) -> None:
+    """Removes a sysfs tree this simulator wrote before (it carries MARKER); anything else at that
+    path is the user's, and is refused, never deleted."""
+    if os.path.lexists(sysfs) and not os.path.isfile(os.path.join(sysfs, MARKER)):
+        raise ConfigError(f"{sysfs} exists and was not written by gpuscope's simulator: refusing to replace it "
+                          "(give --simulate.dir an empty or new directory)")
+    if os.path.exists(sysfs):
+        shutil.rmtree(sysfs)
+    os.makedirs(sysfs)
+    with open(os.path.join(sysfs, MARKER), "w", encoding="ascii") as handle:
+        handle.write("written by gpuscope's simulator; replaced at its next start\n")
 
 
 def write_dmi(sysfs: str, profile: dict[str, Any], root: str) -> None:
