@@ -27,17 +27,30 @@ from exporter.webconfig import WebConfig
 
 REQUEST_TIMEOUT_SECONDS = 30.0
 _AUTH_CACHE_SIZE = 64
+# Python's default listen backlog is 5: a burst of new connections overflowed it and waited seconds
+# for SYN retries (issue 21). The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
+BCRYPT_MAX_BYTES = 72  # bcrypt's limit; a longer password made checkpw raise and the connection drop
+ALLOWED_METHODS = "GET, HEAD"
 
 log = logging.getLogger("gpuscope")
 
 
 class BasicAuth:
-    """Checks bcrypt credentials, caching verdicts: bcrypt costs ~50 ms and Prometheus asks every 15 s."""
+    """Checks bcrypt credentials, caching verdicts: bcrypt costs ~50 ms and Prometheus asks every 15 s.
+
+    An unknown user costs the same bcrypt as a known one (no probing user names by time), and one
+    bcrypt runs at a time: a flood of wrong passwords takes one core, not all, and a scraper whose
+    verdict is cached never waits for it."""
 
     def __init__(self, users: dict[str, bytes]) -> None:
         self._users = users
         self._verdicts: dict[bytes, bool] = {}
         self._lock = threading.Lock()
+        self._bcrypt = threading.Semaphore(1)
+        # same cost as the users' hashes, so an unknown name takes as long as a wrong password
+        cost = next(iter(users.values()))[4:6] if users else b"10"
+        self._dummy = bcrypt.hashpw(b"unknown user", bcrypt.gensalt(int(cost))) if users else b""
 
     @property
     def enabled(self) -> bool:
@@ -50,14 +63,16 @@ class BasicAuth:
             user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
             return False
-        hashed = self._users.get(user)
-        if hashed is None:
+        secret = password.encode()
+        if len(secret) > BCRYPT_MAX_BYTES:
             return False
-        key = hashlib.sha256(b"\0".join((user.encode(), password.encode(), hashed))).digest()
+        hashed = self._users.get(user)
+        key = hashlib.sha256(b"\0".join((user.encode(), secret, hashed or b""))).digest()
         with self._lock:
             verdict = self._verdicts.get(key)
         if verdict is None:
-            verdict = bcrypt.checkpw(password.encode(), hashed)
+            with self._bcrypt:
+                verdict = bcrypt.checkpw(secret, hashed or self._dummy) and hashed is not None
             with self._lock:
                 if len(self._verdicts) >= _AUTH_CACHE_SIZE:
                     self._verdicts.clear()
@@ -70,6 +85,7 @@ class WebServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], web: WebConfig) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -85,6 +101,8 @@ class WebServer(ThreadingHTTPServer):
     def finish_request(self, request, client_address) -> None:
         """Runs on the connection's own thread: TLS handshake here, bounded by the socket timeout."""
         request.settimeout(REQUEST_TIMEOUT_SECONDS)
+        if request.family in (socket.AF_INET, socket.AF_INET6):  # small replies leave at once (no Nagle delay)
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         context = self.web.ssl_context
         if context is None:
             super().finish_request(request, client_address)
@@ -117,6 +135,18 @@ class Handler(BaseHTTPRequestHandler):
     server: ExporterHTTPServer
     server_version = f"gpuscope/{__version__}"
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"  # a garbled request line still gets a status line back
+    _head = False
+
+    def do_HEAD(self) -> None:
+        """GET's status and headers, without the body."""
+        self._head = True
+        self.do_GET()
+
+    def _not_allowed(self) -> None:
+        self._send(405, "text/plain; charset=utf-8", b"Method Not Allowed\n", {"Allow": ALLOWED_METHODS})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 
     def do_GET(self) -> None:
         if self.server.auth.enabled and not self.server.auth.allows(self.headers.get("Authorization")):
@@ -138,8 +168,8 @@ class Handler(BaseHTTPRequestHandler):
     def _metrics(self) -> None:
         # Always the 0.0.4 text format: every Prometheus version accepts it, whatever it asks first.
         body = self.server.scrapes.render().encode() + generate_latest(self.server.process_registry)
-        extra = {}
-        if "gzip" in self.headers.get("Accept-Encoding", ""):
+        extra = {"Vary": "Accept-Encoding"}
+        if accepts_gzip(self.headers.get("Accept-Encoding", "")):
             body = gzip.compress(body, compresslevel=1)
             extra["Content-Encoding"] = "gzip"
         self._send(200, CONTENT_TYPE, body, extra)
@@ -172,10 +202,24 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in {**self.server.web.headers, **(extra or {})}.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if not self._head:
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args) -> None:
         log.debug(format % args, extra={"client": self.client_address[0]})
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether Accept-Encoding allows gzip: listed (or `*`) without `q=0`."""
+    for item in header.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            q = params.replace(" ", "").lower().removeprefix("q=")
+            try:
+                return not params or float(q) > 0
+            except ValueError:
+                return False
+    return False
 
 
 def serve(address: tuple[str, int], *, process_registry: CollectorRegistry, scrapes: ScrapeRegistry,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import gzip
 import ipaddress
+import select
 import socket
 import threading
 import time
@@ -190,3 +191,84 @@ def test_basic_auth(efa_sysfs, pki):
             .status_code == 401
         good = requests.get(f"{base}/metrics", verify=pki["ca"], auth=("prometheus", "s3cret"), timeout=5)
         assert good.status_code == 200 and "gpuscope_collector_success" in good.text
+
+
+# --- issue 21: the endpoint under bursts and hostile clients ----------------------------------------
+
+def test_a_burst_of_new_connections_is_queued_not_dropped(in_process, efa_sysfs):
+    """200 clients connect at once to a server that has not accepted any yet: all are queued (the
+    listen backlog was Python's 5, and the rest waited seconds for SYN retries)."""
+    from exporter.collectors.rdma import RdmaCollector
+
+    host, port = in_process([RdmaCollector(efa_sysfs)]).split(":")
+    sockets = [socket.socket() for _ in range(200)]
+    try:
+        for sock in sockets:
+            sock.setblocking(False)
+            sock.connect_ex((host, int(port)))
+        deadline, pending = time.monotonic() + 1.0, list(sockets)
+        while pending and time.monotonic() < deadline:
+            _, writable, _ = select.select([], pending, [], 0.1)
+            pending = [s for s in pending if s not in writable]
+        assert len(pending) == 0, f"{len(pending)} of 200 connections not established within 1 s"
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_small_replies_on_a_kept_alive_connection_are_fast(in_process, efa_sysfs):
+    """No Nagle delay between headers and body: `/-/healthy` on a kept-alive connection took 44 ms."""
+    from exporter.collectors.rdma import RdmaCollector
+
+    address = in_process([RdmaCollector(efa_sysfs)])
+    with requests.Session() as session:
+        session.get(f"http://{address}/-/healthy", timeout=5)
+        times = []
+        for _ in range(20):
+            start = time.perf_counter()
+            assert session.get(f"http://{address}/-/healthy", timeout=5).status_code == 200
+            times.append(time.perf_counter() - start)
+    assert sorted(times)[10] < 0.02, f"median {sorted(times)[10] * 1000:.1f} ms"
+
+
+def test_http_edges(in_process, efa_sysfs):
+    from exporter.collectors.rdma import RdmaCollector
+
+    address = in_process([RdmaCollector(efa_sysfs)])
+    head = requests.head(f"http://{address}/metrics", timeout=5)
+    assert head.status_code == 200 and int(head.headers["Content-Length"]) > 0 and head.content == b""
+    for method in ("POST", "PUT", "DELETE", "OPTIONS", "PATCH"):
+        refused = requests.request(method, f"http://{address}/metrics", timeout=5)
+        assert (refused.status_code, refused.headers.get("Allow")) == (405, "GET, HEAD"), method
+    plain = requests.get(f"http://{address}/metrics", headers={"Accept-Encoding": "gzip;q=0"}, timeout=5)
+    assert "Content-Encoding" not in plain.headers and plain.headers["Vary"] == "Accept-Encoding"
+    zipped = requests.get(f"http://{address}/metrics", headers={"Accept-Encoding": "gzip"}, timeout=5)
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    host, port = address.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"GARBAGE\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 400 ")  # a status line, not a bare error page
+
+
+def test_basic_auth_resists_long_passwords_and_user_probing(in_process, efa_sysfs):
+    """A password over bcrypt's 72 bytes is refused (it used to drop the connection unanswered);
+    an unknown user costs the same bcrypt as a known one with a wrong password (names could be
+    probed by time: 46 ms against 354 ms)."""
+    from exporter.collectors.rdma import RdmaCollector
+
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(10))
+    address = in_process([RdmaCollector(efa_sysfs)], webconfig.WebConfig(basic_auth_users={"prometheus": hashed}))
+    url = f"http://{address}/metrics"
+    assert requests.get(url, auth=("prometheus", "x" * 100), timeout=10).status_code == 401
+    assert requests.get(url, auth=("prometheus", "s3cret"), timeout=10).status_code == 200
+
+    def median_seconds(user: str) -> float:
+        times = []
+        for n in range(5):
+            start = time.perf_counter()
+            assert requests.get(url, auth=(user, f"wrong-{user}-{n}"), timeout=10).status_code == 401
+            times.append(time.perf_counter() - start)
+        return sorted(times)[2]
+
+    known, unknown = median_seconds("prometheus"), median_seconds("nobody")
+    assert unknown > 0.5 * known, f"unknown user {unknown * 1000:.0f} ms, known {known * 1000:.0f} ms"
