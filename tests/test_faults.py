@@ -209,20 +209,27 @@ def as_nobody(work) -> str:
     return b"".join(chunks).decode()
 
 
-def test_permission_denied_costs_only_that_device_and_target(fixtures):
+def readable_tree(fixtures) -> tuple[str, str, str]:
+    """A p5's EFA tree and HPE's Lustre capture that an unprivileged process can read:
+    (root to remove, sysfs, lustre)."""
     import tempfile
 
     root = tempfile.mkdtemp(prefix="gpuscope-perm-")
+    os.chmod(root, 0o755)
+    sysfs = os.path.join(root, "sys")
+    write_rdma_tree(sysfs, p5_efa_devices())
+    lustre = os.path.join(root, "lustre")
+    shutil.copytree(fixtures / HPE, lustre, symlinks=True)
+    for directory, _, files in os.walk(root):
+        os.chmod(directory, 0o755)
+        for name in files:
+            os.chmod(os.path.join(directory, name), 0o644)
+    return root, sysfs, lustre
+
+
+def test_permission_denied_costs_only_that_device_and_target(fixtures):
+    root, sysfs, lustre = readable_tree(fixtures)
     try:
-        os.chmod(root, 0o755)
-        sysfs = os.path.join(root, "sys")
-        write_rdma_tree(sysfs, p5_efa_devices())
-        lustre = os.path.join(root, "lustre")
-        shutil.copytree(fixtures / HPE, lustre, symlinks=True)
-        for directory, _, files in os.walk(root):
-            os.chmod(directory, 0o755)
-            for name in files:
-                os.chmod(os.path.join(directory, name), 0o644)
         os.chmod(port_counter(Path(sysfs), "rdmap98s0", "rdma_read_bytes"), 0)
         os.chmod(os.path.join(lustre, "proc/fs/lustre/osc/lustrefs-OST0001-osc-ffff88105db50000/import"), 0)
 
@@ -236,5 +243,25 @@ def test_permission_denied_costs_only_that_device_and_target(fixtures):
         assert len(series(parsed, "gpuscope_lustre_import_state")) == 7
         assert value(parsed, "gpuscope_collector_success", collector="rdma") == 1
         assert value(parsed, "gpuscope_collector_success", collector="lustre") == 1
+    finally:
+        shutil.rmtree(root)
+
+
+def test_an_unreadable_counter_directory_costs_only_its_device_and_recovers(fixtures):
+    """chmod 000 on one device's ports/1/hw_counters used to fail the whole RDMA collector (all 32
+    EFA devices gone, issue 21); now that device alone reads as failed, and comes back by itself."""
+    root, sysfs, _ = readable_tree(fixtures)
+    counters = os.path.join(sysfs, "class", "infiniband", "rdmap113s0", "ports", "1", "hw_counters")
+    try:
+        collector = RdmaCollector(sysfs)
+        os.chmod(counters, 0)
+        parsed = samples(scrape_as_nobody([collector]))
+        assert value(parsed, "gpuscope_collector_success", collector="rdma") == 1
+        assert value(parsed, "gpuscope_rdma_device_read_success", device="rdmap113s0") == 0
+        assert len(series(parsed, "gpuscope_efa_transmit_bytes_total")) == 31
+        os.chmod(counters, 0o755)
+        parsed = samples(scrape_as_nobody([collector]))
+        assert value(parsed, "gpuscope_rdma_device_read_success", device="rdmap113s0") == 1
+        assert len(series(parsed, "gpuscope_efa_transmit_bytes_total")) == 32
     finally:
         shutil.rmtree(root)

@@ -93,8 +93,8 @@ class RdmaCollector:
         path = f"{self._class_dir}/{device}"
         try:
             plan = self._plan(device, path)
-        except FileNotFoundError:
-            return False  # removed between listing and reading
+        except OSError:
+            return False  # removed between listing and reading, or a directory it may not list
         scrape.add(catalog.RDMA_DEVICE_INFO, 1, *plan.info)
         for port, port_dir in plan.ports:
             rate = _RATE.match(read_optional(f"{port_dir}/rate"))
