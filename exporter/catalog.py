@@ -274,6 +274,10 @@ LUSTRE_TARGET_READ_SUCCESS = gauge(
     "lustre", "gpuscope_lustre_target_read_success",
     "1 if the target's files were read and parsed; 0 if one failed or an earlier read is still "
     "blocked (a dead server).", _TARGET)
+LUSTRE_FS_READ_SUCCESS = gauge(
+    "lustre", "gpuscope_lustre_stats_read_success",
+    "1 if the filesystem's llite stats were read and parsed; 0 if the read failed or an earlier one is "
+    "still blocked (its I/O series are missing then).", _FS, "llite/*/stats")
 LUSTRE_HEALTH_CHECK = gauge("lustre", "gpuscope_lustre_health_check_healthy",
                             "1 if the client's health_check reads 'healthy', 0 for NOT HEALTHY or LBUG.",
                             (), "fs/lustre/health_check")

@@ -111,6 +111,30 @@ def test_lustre_target_on_a_dead_server_costs_only_that_target(fixtures, fifos, 
     assert value(later, "gpuscope_lustre_write_bytes_total", fs="lustrefs") == 93813797294080
 
 
+def test_a_hung_llite_stats_read_costs_only_that_filesystems_io_and_recovers(fixtures, fifos, tmp_path):
+    """A filesystem's llite stats that block (a hung mount) used to fail the whole Lustre collector
+    on every scrape, healthy targets included, until the read returned (issue 21)."""
+    root = tmp_path / "lustre"
+    shutil.copytree(fixtures / HPE, root, symlinks=True)
+    stats = root / "proc/fs/lustre/llite/lustrefs-ffff88105db50000/stats"
+    saved = stats.read_text()
+    fifos(stats)
+    scrapes = ScrapeRegistry([LustreCollector(str(root / "sys"), str(root / "proc"))], TIMEOUT)
+    assert value(samples_of(scrapes), "gpuscope_collector_success", collector="lustre") == 0  # the read hangs
+    later = samples_of(scrapes)
+    assert value(later, "gpuscope_collector_success", collector="lustre") == 1
+    assert value(later, "gpuscope_lustre_stats_read_success", fs="lustrefs") == 0
+    assert not series(later, "gpuscope_lustre_read_bytes_total")
+    assert len(series(later, "gpuscope_lustre_import_state")) == 8  # every target still there
+    os.close(os.open(stats, os.O_WRONLY))  # the mount answers: the blocked read returns (empty)
+    stats.unlink()
+    stats.write_text(saved)
+    deadline = time.monotonic() + 5
+    while value(samples_of(scrapes), "gpuscope_lustre_stats_read_success", fs="lustrefs") != 1:
+        assert time.monotonic() < deadline, "the filesystem's stats did not come back"
+    assert value(samples_of(scrapes), "gpuscope_lustre_write_bytes_total", fs="lustrefs") == 93813797294080
+
+
 class Exploding:
     name = "exploding"
 

@@ -134,11 +134,19 @@ class LustreCollector:
                 continue  # the same filesystem mounted twice: the first mount speaks for it
             fs = match["fs"]
             seen.add(fs)
-            try:
-                rows = parse_stats(self._find("llite", instance, "stats"))
-            except OSError:
-                continue
-            _add_llite_rows(scrape, fs, rows)
+            rows = None
+            if not self._in_flight.busy(instance):  # a read still blocked (a hung mount) costs this fs only
+                with self._in_flight.hold(instance):
+                    rows = self._read_llite(instance)
+            scrape.add(catalog.LUSTRE_FS_READ_SUCCESS, 0.0 if rows is None else 1.0, fs)
+            if rows is not None:
+                _add_llite_rows(scrape, fs, rows)
+
+    def _read_llite(self, instance: str) -> dict[str, StatRow] | None:
+        try:
+            return parse_stats(self._find("llite", instance, "stats"))
+        except (OSError, ValueError):
+            return None
 
     def _collect_targets(self, scrape: Scrape) -> None:
         seen: set[tuple[str, str]] = set()
