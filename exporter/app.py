@@ -21,6 +21,8 @@ from exporter.sdnotify import notify
 from exporter.webconfig import WebConfig
 
 log = logging.getLogger("gpuscope")
+# After SIGTERM, scrapes in progress get this long to finish (a scrape is bounded by --collector.timeout).
+STOP_GRACE_SECONDS = 10.0
 
 
 def build_registries(settings: ExporterSettings, roots: Roots) -> tuple[CollectorRegistry, ScrapeRegistry]:
@@ -95,10 +97,16 @@ def _serve(settings: ExporterSettings, web: WebConfig, roots: Roots) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, lambda *_: log.info(
+        "SIGHUP: nothing to reload by signal; a renewed TLS certificate is read when its files change, "
+        "other settings need a restart"))
     host, port = httpd.server_address[:2]
     log.info("listening", extra={"address": f"{host}:{port}", "tls": web.ssl_context is not None,
                                  "collectors": ",".join(settings.collectors), "version": __version__})
     httpd.serve_forever()
+    left = httpd.wait_idle(STOP_GRACE_SECONDS)  # scrapes in progress finish; no new ones are accepted
+    if left:
+        log.warning("stopping with connections still open", extra={"connections": left})
     httpd.server_close()
     collectors.close(runner.collector for runner in scrapes.runners)
     return 0

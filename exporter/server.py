@@ -11,10 +11,13 @@ import gzip
 import hashlib
 import html
 import logging
+import os
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import bcrypt
@@ -80,8 +83,46 @@ class BasicAuth:
         return verdict
 
 
+class Certificate:
+    """Re-reads the TLS certificate and key when their files change (a renewal), checked at most
+    once a second on a handshake, as exporter-toolkit does; a pair that fails to load (half
+    written) leaves the old one serving and is logged."""
+
+    def __init__(self, context: ssl.SSLContext | None, files: tuple[str, str]) -> None:
+        self._context, self._files = context, files
+        self._lock = threading.Lock()
+        self._next_check = 0.0
+        self._stamp = self._read_stamp()
+
+    def _read_stamp(self) -> tuple:
+        try:
+            return tuple((st.st_mtime_ns, st.st_size, st.st_ino) for st in map(os.stat, self._files))
+        except OSError:
+            return ()
+
+    def current(self) -> ssl.SSLContext | None:
+        if self._context is None or not self._files[0]:
+            return self._context
+        with self._lock:
+            now = time.monotonic()
+            if now >= self._next_check:
+                self._next_check = now + 1.0
+                stamp = self._read_stamp()
+                if stamp and stamp != self._stamp:
+                    self._stamp = stamp
+                    try:
+                        self._context.load_cert_chain(*self._files)
+                        log.info("TLS certificate reloaded", extra={"cert_file": self._files[0]})
+                    except (ssl.SSLError, OSError) as exc:
+                        log.warning("TLS certificate not reloaded; the old one still serves",
+                                    extra={"cert_file": self._files[0], "error": str(exc)})
+        return self._context
+
+
 class WebServer(ThreadingHTTPServer):
-    """A threaded HTTP server with the web config's TLS and basic auth (also the remediation receiver's)."""
+    """A threaded HTTP server with the web config's TLS and basic auth (also the remediation receiver's).
+
+    It counts the requests in progress, so a stop can let them finish (`handling`, `wait_idle`)."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -91,7 +132,28 @@ class WebServer(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.web = web
         self.auth = BasicAuth(web.basic_auth_users)
+        self.certificate = Certificate(web.ssl_context, web.certificate)
+        self._busy = 0
+        self._idle = threading.Condition()
         super().__init__(address, handler)
+
+    @contextmanager
+    def handling(self) -> Iterator[None]:
+        """Marks a request in progress (not an idle kept-alive connection) for `wait_idle`."""
+        with self._idle:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, grace: float) -> int:
+        """Waits up to `grace` seconds for the requests in progress; returns how many remain."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0, timeout=grace)
+            return self._busy
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
@@ -103,7 +165,7 @@ class WebServer(ThreadingHTTPServer):
         request.settimeout(REQUEST_TIMEOUT_SECONDS)
         if request.family in (socket.AF_INET, socket.AF_INET6):  # small replies leave at once (no Nagle delay)
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        context = self.web.ssl_context
+        context = self.certificate.current()
         if context is None:
             super().finish_request(request, client_address)
             return
@@ -149,6 +211,10 @@ class Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 
     def do_GET(self) -> None:
+        with self.server.handling():
+            self._get()
+
+    def _get(self) -> None:
         if self.server.auth.enabled and not self.server.auth.allows(self.headers.get("Authorization")):
             self._send(401, "text/plain; charset=utf-8", b"Unauthorized\n",
                        {"WWW-Authenticate": 'Basic realm="gpuscope"'})

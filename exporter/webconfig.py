@@ -34,6 +34,7 @@ class WebConfig:
     ssl_context: ssl.SSLContext | None = None
     basic_auth_users: dict[str, bytes] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    certificate: tuple[str, str] = ("", "")  # cert_file and key_file, re-read when they change
 
 
 def load(path: str) -> WebConfig:
@@ -43,10 +44,13 @@ def load(path: str) -> WebConfig:
     data = load_yaml(path, "web config")
     _check_mapping(path, "", data, _TOP_KEYS)
     base = os.path.dirname(os.path.abspath(path))
+    tls = data.get("tls_server_config")
+    context = _tls(path, base, tls)
     return WebConfig(
-        ssl_context=_tls(path, base, data.get("tls_server_config")),
+        ssl_context=context,
         basic_auth_users=_users(path, data.get("basic_auth_users")),
         headers=_headers(path, data.get("http_server_config")),
+        certificate=(_resolve(base, tls["cert_file"]), _resolve(base, tls["key_file"])) if context else ("", ""),
     )
 
 

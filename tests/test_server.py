@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gzip
 import ipaddress
+import os
 import select
 import socket
 import threading
@@ -24,7 +26,7 @@ from exporter import webconfig
 from exporter.registry import ScrapeRegistry
 from exporter.server import serve
 from exporter.sim.rdma_tree import p5_efa_devices, write_rdma_tree
-from tests.helpers import samples, value
+from tests.helpers import free_port, samples, value
 from tests.procs import exporter_process
 from tests.test_faults import Exploding
 
@@ -272,3 +274,101 @@ def test_basic_auth_resists_long_passwords_and_user_probing(in_process, efa_sysf
 
     known, unknown = median_seconds("prometheus"), median_seconds("nobody")
     assert unknown > 0.5 * known, f"unknown user {unknown * 1000:.0f} ms, known {known * 1000:.0f} ms"
+
+
+def _served_certificate(base: str) -> x509.Certificate:
+    host, port = base.removeprefix("https://").split(":")
+    import ssl
+
+    return x509.load_pem_x509_certificate(ssl.get_server_certificate((host, int(port))).encode())
+
+
+def test_a_renewed_certificate_is_served_without_a_restart_and_sighup_is_harmless(efa_sysfs, tmp_path):
+    """exporter-toolkit reads a renewed certificate at the next handshake; gpuscope read it once at
+    start, and SIGHUP killed the process without a log line (issue 21)."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    key = _key()
+    first, second = _cert("127.0.0.1", key, san_ip="127.0.0.1"), _cert("127.0.0.1", key, san_ip="127.0.0.1")
+    _write_pem(tmp_path / "server.pem", first)
+    _write_pem(tmp_path / "server.key", key=key)
+    (tmp_path / "web.yml").write_text("tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n")
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{port}",
+                                f"--web.config.file={tmp_path / 'web.yml'}", *exporter_flags(efa_sysfs)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                assert _served_certificate(base).serial_number == first.serial_number
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "exporter did not come up"
+                time.sleep(0.1)
+        renewed = tmp_path / "renewed.pem"
+        _write_pem(renewed, second)
+        shutil.move(renewed, tmp_path / "server.pem")  # as certificate tools renew: a new file moved in place
+        deadline = time.monotonic() + 5
+        while _served_certificate(base).serial_number != second.serial_number:
+            assert time.monotonic() < deadline, "the renewed certificate was not served"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert process.poll() is None, "SIGHUP stopped the exporter"
+        assert _served_certificate(base).serial_number == second.serial_number
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=15)
+    assert process.returncode == 0
+    assert "TLS certificate reloaded" in err and "SIGHUP" in err
+
+
+def test_sigterm_lets_a_scrape_in_progress_finish(fixtures, tmp_path):
+    """A scrape that takes a while (a hung Lustre mount holds it until the collector timeout) still
+    gets its answer when SIGTERM arrives in the middle; it used to be cut."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    root = tmp_path / "lustre"
+    shutil.copytree(fixtures / "HewlettPackard-lustre_exporter", root, symlinks=True)
+    stats = root / "proc/fs/lustre/llite/lustrefs-ffff88105db50000/stats"
+    stats.unlink()
+    os.mkfifo(stats)
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{port}",
+                                f"--path.sysfs={root / 'sys'}", f"--path.procfs={root / 'proc'}",
+                                "--collector.timeout=2s", "--no-collector.gpu", "--no-collector.kmsg"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                requests.get(f"http://127.0.0.1:{port}/-/healthy", timeout=1)
+                break
+            except requests.RequestException:
+                assert time.monotonic() < deadline, "exporter did not come up"
+                time.sleep(0.1)
+        result: dict = {}
+        scrape = threading.Thread(target=lambda: result.update(
+            response=requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10)))
+        scrape.start()
+        time.sleep(0.5)  # the scrape is waiting on the hung read
+        process.send_signal(signal.SIGTERM)
+        scrape.join(10)
+        assert result["response"].status_code == 200
+        assert 'gpuscope_collector_success{collector="lustre"} 0' in result["response"].text
+        process.wait(timeout=15)
+        assert process.returncode == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        with contextlib.suppress(OSError):
+            os.close(os.open(stats, os.O_WRONLY | os.O_NONBLOCK))
+        process.communicate(timeout=15)
