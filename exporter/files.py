@@ -30,7 +30,8 @@ def read_bytes(path: str) -> bytes:
 
 
 def read_numbers(directory: str, names: Sequence[str]) -> list[int | None]:
-    """The integer in each named file of one directory, in order; None where a read or parse failed.
+    """The counter in each named file of one directory, in order; None where a read or parse failed,
+    or the file holds a negative number (garbage for a counter, never exported as one).
 
     Files are opened relative to the directory, so the kernel resolves one name per file instead
     of the whole sysfs path again: this is the hot loop of a scrape. A directory that is gone
@@ -47,9 +48,10 @@ def read_numbers(directory: str, names: Sequence[str]) -> list[int | None]:
             try:
                 fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
                 try:
-                    append(int(os.read(fd, 64)))
+                    number = int(os.read(fd, 64))
                 finally:
                     os.close(fd)
+                append(number if number >= 0 else None)
             except (OSError, ValueError):
                 append(None)
     finally:

@@ -180,6 +180,7 @@ def test_concurrent_scrapes_share_one_run_and_all_answer(efa_sysfs):
 
 def test_garbage_vanished_and_removed(efa_sysfs):
     port_counter(efa_sysfs, "rdmap130s0", "tx_bytes").write_text("garbage\n")
+    port_counter(efa_sysfs, "rdmap132s0", "rx_drops").write_text("-5\n")  # never a negative counter (issue 21)
     vanished = port_counter(efa_sysfs, "rdmap131s0", "rx_bytes")
     vanished.unlink()
     vanished.symlink_to("gone")  # listed by readdir, gone when opened
@@ -187,6 +188,8 @@ def test_garbage_vanished_and_removed(efa_sysfs):
     parsed = samples_of(scrapes)
     assert value(parsed, "gpuscope_rdma_device_read_success", device="rdmap130s0") == 0
     assert value(parsed, "gpuscope_rdma_device_read_success", device="rdmap131s0") == 0
+    assert value(parsed, "gpuscope_rdma_device_read_success", device="rdmap132s0") == 0
+    assert ("gpuscope_efa_receive_drops_total", frozenset({("device", "rdmap132s0"), ("port", "1")})) not in parsed
     assert ("gpuscope_efa_transmit_bytes_total", frozenset({("device", "rdmap130s0"), ("port", "1")})) not in parsed
     assert value(parsed, "gpuscope_efa_receive_bytes_total", device="rdmap130s0", port="1") > 0
     assert value(parsed, "gpuscope_efa_transmit_bytes_total", device="rdmap131s0", port="1") > 0
