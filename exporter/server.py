@@ -35,6 +35,7 @@ _AUTH_CACHE_SIZE = 64
 LISTEN_BACKLOG = 1024
 BCRYPT_MAX_BYTES = 72  # bcrypt's limit; a longer password made checkpw raise and the connection drop
 ALLOWED_METHODS = "GET, HEAD"
+MAX_DISCARDED_BODY = 65536
 
 log = logging.getLogger("gpuscope")
 
@@ -214,7 +215,19 @@ class Handler(BaseHTTPRequestHandler):
         with self.server.handling():
             self._get()
 
+    def _discard_body(self) -> None:
+        """A GET may carry a body; left unread, it would be parsed as the next request on the connection.
+        Small ones are read and dropped; a large or malformed length closes the connection after this reply."""
+        length = self.headers.get("Content-Length")
+        if length is None:
+            return
+        if length.isdigit() and int(length) <= MAX_DISCARDED_BODY:
+            self.rfile.read(int(length))
+        else:
+            self.close_connection = True
+
     def _get(self) -> None:
+        self._discard_body()
         if self.server.auth.enabled and not self.server.auth.allows(self.headers.get("Authorization")):
             self._send(401, "text/plain; charset=utf-8", b"Unauthorized\n",
                        {"WWW-Authenticate": 'Basic realm="gpuscope"'})

@@ -247,6 +247,16 @@ def test_http_edges(in_process, efa_sysfs):
     zipped = requests.get(f"http://{address}/metrics", headers={"Accept-Encoding": "gzip"}, timeout=5)
     assert zipped.headers["Content-Encoding"] == "gzip"
     host, port = address.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:  # a GET's body is not a second request
+        sock.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+                     b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+        replies = b""
+        while replies.count(b"Healthy\n") < 2 and b" 400 " not in replies:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            replies += chunk
+        assert replies.count(b"HTTP/1.1 200 OK") == 2, replies
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(b"GARBAGE\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 400 ")  # a status line, not a bare error page
