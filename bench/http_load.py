@@ -1,0 +1,133 @@
+"""The HTTP endpoint under load: gpuscope against node_exporter, on loopback, bounded in count and time.
+
+Two measurements, each run against both exporters in turn, for several rounds (interleaved, so
+machine noise hits both alike):
+
+- burst: CLIENTS threads each open a new connection per request for SECONDS (the connection storm
+  of many Prometheus servers or a restart); errors, p50, p99 and max latency;
+- kept-alive: one connection, 200 small requests in a row; the median latency.
+
+The small endpoint is gpuscope's `/-/healthy` and node_exporter's landing page `/`. Run:
+
+    python bench/http_load.py [--clients 50] [--seconds 5] [--rounds 3]
+
+It needs Debian's prometheus-node-exporter (apt-get install prometheus-node-exporter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+from bench.rdma_scrape import wait_up
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get(port: int, path: str, connection: http.client.HTTPConnection | None = None) -> float:
+    """One GET; its latency in seconds (raises on any error)."""
+    own = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    start = time.perf_counter()
+    own.request("GET", path)
+    response = own.getresponse()
+    response.read()
+    elapsed = time.perf_counter() - start
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}")
+    if connection is None:
+        own.close()
+    return elapsed
+
+
+def burst(port: int, path: str, clients: int, seconds: float) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client() -> None:
+        while time.monotonic() < deadline:
+            try:
+                elapsed = get(port, path)
+                with lock:
+                    latencies.append(elapsed)
+            except (OSError, RuntimeError, http.client.HTTPException):
+                with lock:
+                    errors[0] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, errors[0]
+
+
+def kept_alive(port: int, path: str, requests: int = 200) -> float:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    get(port, path, connection)
+    median = statistics.median(get(port, path, connection) for _ in range(requests))
+    connection.close()
+    return median
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    node_exporter = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
+    if not node_exporter:
+        print("needs prometheus-node-exporter (apt-get install prometheus-node-exporter)", file=sys.stderr)
+        return 2
+    ports = {"gpuscope": free_port(), "node_exporter": free_port()}
+    commands = {
+        "gpuscope": [sys.executable, "-m", "exporter", "--simulate=p5.48xlarge",
+                     f"--web.listen-address=127.0.0.1:{ports['gpuscope']}"],
+        "node_exporter": [node_exporter, f"--web.listen-address=127.0.0.1:{ports['node_exporter']}"],
+    }
+    paths = {"gpuscope": "/-/healthy", "node_exporter": "/"}
+    processes = {name: subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for name, cmd in commands.items()}
+    try:
+        for name, port in ports.items():
+            wait_up(f"http://127.0.0.1:{port}{paths[name]}")
+        print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
+              f"Python {platform.python_version()}; {args.clients} clients x {args.seconds:g} s, {args.rounds} rounds")
+        print(f"{'round':>5} {'exporter':<14} {'requests':>8} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7} "
+              f"{'max ms':>7} {'kept-alive ms':>13}")
+        for round_number in range(1, args.rounds + 1):
+            for name, port in ports.items():
+                latencies, errors = burst(port, paths[name], args.clients, args.seconds)
+                alive = kept_alive(port, paths[name])
+                print(f"{round_number:>5} {name:<14} {len(latencies):>8} {errors:>6} "
+                      f"{quantile(latencies, 0.5) * 1e3:>7.1f} {quantile(latencies, 0.99) * 1e3:>7.1f} "
+                      f"{max(latencies, default=0) * 1e3:>7.1f} {alive * 1e3:>13.2f}", flush=True)
+    finally:
+        for process in processes.values():
+            process.terminate()
+            process.wait(timeout=15)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
