@@ -17,7 +17,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import bcrypt
@@ -36,6 +36,9 @@ LISTEN_BACKLOG = 1024
 BCRYPT_MAX_BYTES = 72  # bcrypt's limit; a longer password made checkpw raise and the connection drop
 ALLOWED_METHODS = "GET, HEAD"
 MAX_DISCARDED_BODY = 65536
+# Open connections at most; past it the oldest idle one is closed for the newcomer (issue 21: 1,000
+# idle clients held a thread each, unbounded).
+MAX_CONNECTIONS = 256
 
 log = logging.getLogger("gpuscope")
 
@@ -123,7 +126,10 @@ class Certificate:
 class WebServer(ThreadingHTTPServer):
     """A threaded HTTP server with the web config's TLS and basic auth (also the remediation receiver's).
 
-    It counts the requests in progress, so a stop can let them finish (`handling`, `wait_idle`)."""
+    It knows its open connections and which are handling a request: past MAX_CONNECTIONS a new
+    connection evicts the oldest one that is not (idle kept-alive, or still sending its headers),
+    so idle or dribbling clients cannot pile up threads or crowd out a scraper; and a stop can let
+    the requests in progress finish (`handling`, `wait_idle`)."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -134,27 +140,59 @@ class WebServer(ThreadingHTTPServer):
         self.web = web
         self.auth = BasicAuth(web.basic_auth_users)
         self.certificate = Certificate(web.ssl_context, web.certificate)
-        self._busy = 0
+        self._open: dict[object, list] = {}  # client address -> [socket, handling a request?], oldest first
         self._idle = threading.Condition()
         super().__init__(address, handler)
 
-    @contextmanager
-    def handling(self) -> Iterator[None]:
-        """Marks a request in progress (not an idle kept-alive connection) for `wait_idle`."""
+    def process_request(self, request, client_address) -> None:
         with self._idle:
-            self._busy += 1
+            if len(self._open) >= MAX_CONNECTIONS and not self._evict_one():
+                self.shutdown_request(request)  # every connection is busy with a request: refuse this one
+                return
+            self._open[client_address] = [request, False]
+        super().process_request(request, client_address)
+
+    def _evict_one(self) -> bool:
+        """Closes the oldest connection not handling a request (caller holds the lock)."""
+        for address, (sock, busy) in self._open.items():
+            if not busy:
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)  # its thread reads EOF and ends
+                del self._open[address]
+                return True
+        return False
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._idle:
+                if self._open.get(client_address, [None])[0] is request:
+                    del self._open[client_address]
+
+    @contextmanager
+    def handling(self, client_address) -> Iterator[None]:
+        """Marks the connection's request in progress: it is not evicted, and a stop waits for it."""
+        self._set_busy(client_address, True)
         try:
             yield
         finally:
-            with self._idle:
-                self._busy -= 1
-                self._idle.notify_all()
+            self._set_busy(client_address, False)
+
+    def _set_busy(self, client_address, busy: bool) -> None:
+        with self._idle:
+            if client_address in self._open:
+                self._open[client_address][1] = busy
+            self._idle.notify_all()
 
     def wait_idle(self, grace: float) -> int:
         """Waits up to `grace` seconds for the requests in progress; returns how many remain."""
+        def busy() -> int:
+            return sum(1 for _, handling in self._open.values() if handling)
+
         with self._idle:
-            self._idle.wait_for(lambda: self._busy == 0, timeout=grace)
-            return self._busy
+            self._idle.wait_for(lambda: busy() == 0, timeout=grace)
+            return busy()
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
@@ -212,7 +250,7 @@ class Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 
     def do_GET(self) -> None:
-        with self.server.handling():
+        with self.server.handling(self.client_address):
             self._get()
 
     def _discard_body(self) -> None:

@@ -382,3 +382,30 @@ def test_sigterm_lets_a_scrape_in_progress_finish(fixtures, tmp_path):
         with contextlib.suppress(OSError):
             os.close(os.open(stats, os.O_WRONLY | os.O_NONBLOCK))
         process.communicate(timeout=15)
+
+
+def test_idle_connections_cannot_pile_up_threads_or_crowd_out_a_scraper(in_process, efa_sysfs):
+    """300 clients connect and say nothing (or start a request and stall): the exporter keeps at
+    most MAX_CONNECTIONS of them, closing the oldest idle ones, and a scraper is served at once
+    (each used to hold a thread, unbounded)."""
+    from exporter import server as server_module
+    from exporter.collectors.rdma import RdmaCollector
+
+    address = in_process([RdmaCollector(efa_sysfs)])
+    host, port = address.split(":")
+    before = threading.active_count()
+    idle = []
+    try:
+        for n in range(300):
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            if n % 2:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+            idle.append(sock)
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert requests.get(f"http://{address}/metrics", timeout=5).status_code == 200
+        assert time.monotonic() - started < 2.0
+        assert threading.active_count() - before <= server_module.MAX_CONNECTIONS + 5
+    finally:
+        for sock in idle:
+            sock.close()
