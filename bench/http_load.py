@@ -7,9 +7,11 @@ machine noise hits both alike):
   of many Prometheus servers or a restart); errors, p50, p99 and max latency;
 - kept-alive: one connection, 200 small requests in a row; the median latency.
 
-The small endpoint is gpuscope's `/-/healthy` and node_exporter's landing page `/`. Run:
+The small endpoint is gpuscope's `/-/healthy` and node_exporter's landing page `/`. With `--auth`
+both serve basic auth from the same web config (one bcrypt user, cost 10), and the measurement is a
+legitimate scraper's `/metrics` latency, quiet and while CLIENTS/6 threads send wrong passwords. Run:
 
-    python bench/http_load.py [--clients 50] [--seconds 5] [--rounds 3]
+    python bench/http_load.py [--clients 50] [--seconds 5] [--rounds 3] [--auth]
 
 It needs Debian's prometheus-node-exporter (apt-get install prometheus-node-exporter).
 """
@@ -17,6 +19,8 @@ It needs Debian's prometheus-node-exporter (apt-get install prometheus-node-expo
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import http.client
 import os
 import platform
@@ -25,10 +29,15 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
+import bcrypt
+
 from bench.rdma_scrape import wait_up
+
+PASSWORD = "legitimate-scraper"
 
 
 def free_port() -> int:
@@ -37,15 +46,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def get(port: int, path: str, connection: http.client.HTTPConnection | None = None) -> float:
-    """One GET; its latency in seconds (raises on any error)."""
+def get(port: int, path: str, connection: http.client.HTTPConnection | None = None, password: str = "",
+        expect: int = 200) -> float:
+    """One GET (as `user` with `password` if given); its latency in seconds (raises on another status)."""
     own = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Authorization": "Basic " + base64.b64encode(f"user:{password}".encode()).decode()} if password else {}
     start = time.perf_counter()
-    own.request("GET", path)
+    own.request("GET", path, headers=headers)
     response = own.getresponse()
     response.read()
     elapsed = time.perf_counter() - start
-    if response.status != 200:
+    if response.status != expect:
         raise RuntimeError(f"HTTP {response.status}")
     if connection is None:
         own.close()
@@ -84,6 +95,39 @@ def kept_alive(port: int, path: str, requests: int = 200) -> float:
     return median
 
 
+def flooded(port: int, path: str, flooders: int, seconds: float) -> tuple[list[float], list[float]]:
+    """A legitimate scraper's latencies (a kept-alive connection, as Prometheus), quiet and then while
+    `flooders` threads send wrong passwords on new connections."""
+    def scrape_for(duration: float) -> list[float]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        end, times = time.monotonic() + duration, []
+        while time.monotonic() < end:
+            times.append(get(port, path, connection, PASSWORD))
+        connection.close()
+        return times
+
+    quiet = scrape_for(seconds)
+    stop = threading.Event()
+
+    def flood(number: int) -> None:
+        attempt = 0
+        while not stop.is_set():
+            attempt += 1
+            with contextlib.suppress(OSError, RuntimeError, http.client.HTTPException):
+                get(port, path, password=f"wrong-{number}-{attempt}", expect=401)
+
+    threads = [threading.Thread(target=flood, args=(n,)) for n in range(flooders)]
+    for thread in threads:
+        thread.start()
+    try:
+        loud = scrape_for(seconds)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    return quiet, loud
+
+
 def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -94,6 +138,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--auth", action="store_true", help="measure a scraper under a failed-auth flood instead")
     args = parser.parse_args()
     node_exporter = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
     if not node_exporter:
@@ -106,9 +151,20 @@ def main() -> int:
         "node_exporter": [node_exporter, f"--web.listen-address=127.0.0.1:{ports['node_exporter']}"],
     }
     paths = {"gpuscope": "/-/healthy", "node_exporter": "/"}
+    work = tempfile.mkdtemp(prefix="gpuscope-http-load-")
+    if args.auth:
+        web = os.path.join(work, "web.yml")
+        with open(web, "w", encoding="utf-8") as handle:
+            hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(10)).decode()
+            handle.write(f"basic_auth_users:\n  user: '{hashed}'\n")
+        for command in commands.values():
+            command.append(f"--web.config.file={web}")
+        paths = {"gpuscope": "/metrics", "node_exporter": "/metrics"}
     processes = {name: subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for name, cmd in commands.items()}
     try:
+        if args.auth:
+            return auth_rounds(args, ports, paths)
         for name, port in ports.items():
             wait_up(f"http://127.0.0.1:{port}{paths[name]}")
         print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
@@ -126,6 +182,30 @@ def main() -> int:
         for process in processes.values():
             process.terminate()
             process.wait(timeout=15)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def auth_rounds(args, ports: dict[str, int], paths: dict[str, str]) -> int:
+    flooders = max(1, args.clients // 6)
+    for name, port in ports.items():
+        deadline = time.monotonic() + 20
+        while True:  # up, and answering the user
+            try:
+                get(port, paths[name], password=PASSWORD)
+                break
+            except (OSError, RuntimeError, http.client.HTTPException):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{name} did not come up") from None
+                time.sleep(0.1)
+    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs; a scraper on /metrics, quiet "
+          f"and with {flooders} threads sending wrong passwords, {args.seconds:g} s each, {args.rounds} rounds")
+    print(f"{'round':>5} {'exporter':<14} {'quiet p50':>9} {'quiet p99':>9} {'flood p50':>9} {'flood p99':>9}  ms")
+    for round_number in range(1, args.rounds + 1):
+        for name, port in ports.items():
+            quiet, loud = flooded(port, paths[name], flooders, args.seconds)
+            figures = [quantile(times, q) * 1e3 for times in (quiet, loud) for q in (0.5, 0.99)]
+            print(f"{round_number:>5} {name:<14} " + " ".join(f"{f:>9.1f}" for f in figures), flush=True)
     return 0
 
 
