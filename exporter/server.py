@@ -39,6 +39,7 @@ MAX_DISCARDED_BODY = 65536
 # Open connections at most; past it the oldest idle one is closed for the newcomer (issue 21: 1,000
 # idle clients held a thread each, unbounded).
 MAX_CONNECTIONS = 256
+HEADER_SECONDS = 10.0  # a request's header lines, all of them, must arrive within this
 
 log = logging.getLogger("gpuscope")
 
@@ -140,21 +141,24 @@ class WebServer(ThreadingHTTPServer):
         self.web = web
         self.auth = BasicAuth(web.basic_auth_users)
         self.certificate = Certificate(web.ssl_context, web.certificate)
-        self._open: dict[object, list] = {}  # client address -> [socket, handling a request?], oldest first
+        # client address -> [socket, handling a request?, when it began sending headers (or None)], oldest first
+        self._open: dict[object, list] = {}
         self._idle = threading.Condition()
         super().__init__(address, handler)
+        self._closed = threading.Event()
+        threading.Thread(target=self._cut_slow_headers, name="http-header-deadline", daemon=True).start()
 
     def process_request(self, request, client_address) -> None:
         with self._idle:
             if len(self._open) >= MAX_CONNECTIONS and not self._evict_one():
                 self.shutdown_request(request)  # every connection is busy with a request: refuse this one
                 return
-            self._open[client_address] = [request, False]
+            self._open[client_address] = [request, False, None]
         super().process_request(request, client_address)
 
     def _evict_one(self) -> bool:
         """Closes the oldest connection not handling a request (caller holds the lock)."""
-        for address, (sock, busy) in self._open.items():
+        for address, (sock, busy, _) in self._open.items():
             if not busy:
                 with suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)  # its thread reads EOF and ends
@@ -179,6 +183,27 @@ class WebServer(ThreadingHTTPServer):
         finally:
             self._set_busy(client_address, False)
 
+    def headers_started(self, client_address, started: bool) -> None:
+        """The connection began (True) or finished (False) sending a request's header lines."""
+        with self._idle:
+            if client_address in self._open:
+                self._open[client_address][2] = time.monotonic() if started else None
+
+    def _cut_slow_headers(self) -> None:
+        """Closes connections whose header lines take longer than HEADER_SECONDS in all: the socket
+        timeout restarts with every line, so a client sending one a while could hold on for ever."""
+        while not self._closed.wait(1.0):
+            now = time.monotonic()
+            with self._idle:
+                for sock, _, since in self._open.values():
+                    if since is not None and now - since > HEADER_SECONDS:
+                        with suppress(OSError):
+                            sock.shutdown(socket.SHUT_RDWR)
+
+    def server_close(self) -> None:
+        self._closed.set()
+        super().server_close()
+
     def _set_busy(self, client_address, busy: bool) -> None:
         with self._idle:
             if client_address in self._open:
@@ -188,7 +213,7 @@ class WebServer(ThreadingHTTPServer):
     def wait_idle(self, grace: float) -> int:
         """Waits up to `grace` seconds for the requests in progress; returns how many remain."""
         def busy() -> int:
-            return sum(1 for _, handling in self._open.values() if handling)
+            return sum(1 for _, handling, _ in self._open.values() if handling)
 
         with self._idle:
             self._idle.wait_for(lambda: busy() == 0, timeout=grace)
@@ -238,6 +263,14 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     default_request_version = "HTTP/1.0"  # a garbled request line still gets a status line back
     _head = False
+
+    def parse_request(self) -> bool:
+        """Reads the header lines, under the server's overall deadline for them."""
+        self.server.headers_started(self.client_address, True)
+        try:
+            return super().parse_request()
+        finally:
+            self.server.headers_started(self.client_address, False)
 
     def do_HEAD(self) -> None:
         """GET's status and headers, without the body."""

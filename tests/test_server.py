@@ -409,3 +409,21 @@ def test_idle_connections_cannot_pile_up_threads_or_crowd_out_a_scraper(in_proce
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_a_client_dribbling_header_lines_is_cut_off(in_process, efa_sysfs, monkeypatch):
+    """One header line every half second: each line restarts the socket timeout, so the client used
+    to stay connected for ever; the header lines now have an overall deadline."""
+    from exporter import server as server_module
+    from exporter.collectors.rdma import RdmaCollector
+
+    monkeypatch.setattr(server_module, "HEADER_SECONDS", 1.0)
+    host, port = in_process([RdmaCollector(efa_sysfs)]).split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+        started = time.monotonic()
+        with pytest.raises(OSError):  # the server shuts the connection: a write fails (EPIPE or reset)
+            for n in range(20):
+                sock.sendall(f"X-Slow-{n}: 1\r\n".encode())
+                time.sleep(0.5)
+        assert time.monotonic() - started < 5
