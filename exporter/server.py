@@ -144,8 +144,8 @@ class WebServer(ThreadingHTTPServer):
         # client address -> [socket, handling a request?, when it began sending headers (or None)], oldest first
         self._open: dict[object, list] = {}
         self._idle = threading.Condition()
+        self._closed = threading.Event()  # before binding: a failed bind calls server_close()
         super().__init__(address, handler)
-        self._closed = threading.Event()
         threading.Thread(target=self._cut_slow_headers, name="http-header-deadline", daemon=True).start()
 
     def process_request(self, request, client_address) -> None:
