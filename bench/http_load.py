@@ -9,9 +9,11 @@ machine noise hits both alike):
 
 The small endpoint is gpuscope's `/-/healthy` and node_exporter's landing page `/`. With `--auth`
 both serve basic auth from the same web config (one bcrypt user, cost 10), and the measurement is a
-legitimate scraper's `/metrics` latency, quiet and while CLIENTS/6 threads send wrong passwords. Run:
+legitimate scraper's `/metrics` latency, quiet and while CLIENTS/6 threads send wrong passwords.
+With `--idle N`, N connections that stay idle or send half a request are opened to each exporter,
+and the scraper's latency, the exporter's threads and resident memory are read with them open. Run:
 
-    python bench/http_load.py [--clients 50] [--seconds 5] [--rounds 3] [--auth]
+    python bench/http_load.py [--clients 50] [--seconds 5] [--rounds 3] [--auth | --idle 1000]
 
 It needs Debian's prometheus-node-exporter (apt-get install prometheus-node-exporter).
 """
@@ -128,6 +130,57 @@ def flooded(port: int, path: str, flooders: int, seconds: float) -> tuple[list[f
     return quiet, loud
 
 
+def process_status(pid: int) -> tuple[int, float]:
+    """(threads, resident MiB) of a process, from /proc."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        fields = dict(line.split(":", 1) for line in handle)
+    return int(fields["Threads"]), int(fields["VmRSS"].split()[0]) / 1024
+
+
+def idle_rounds(args, ports: dict[str, int], paths: dict[str, str], pids: dict[str, int]) -> int:
+    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs; {args.idle} connections held "
+          f"open (half idle, half a request line and no more), {args.rounds} rounds")
+    print(f"{'round':>5} {'exporter':<14} {'threads':>7} {'RSS MiB':>7} {'held':>5} {'scrape p50':>10} "
+          f"{'scrape p99':>10} {'errors':>6}  ms")
+    for round_number in range(1, args.rounds + 1):
+        for name, port in ports.items():
+            held = []
+            for n in range(args.idle):
+                try:
+                    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                    if n % 2:
+                        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                    held.append(sock)
+                except OSError:
+                    break
+            time.sleep(1)
+            times, errors = [], 0
+            for _ in range(50):
+                try:
+                    times.append(get(port, paths[name]))
+                except (OSError, RuntimeError, http.client.HTTPException):
+                    errors += 1
+            threads, rss = process_status(pids[name])
+            alive = sum(1 for sock in held if _open(sock))
+            print(f"{round_number:>5} {name:<14} {threads:>7} {rss:>7.1f} {alive:>5} "
+                  f"{quantile(times, 0.5) * 1e3:>10.1f} {quantile(times, 0.99) * 1e3:>10.1f} {errors:>6}", flush=True)
+            for sock in held:
+                sock.close()
+            time.sleep(1)
+    return 0
+
+
+def _open(sock: socket.socket) -> bool:
+    """Whether the server still holds the connection (no EOF or reset waiting on it)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
 def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -138,7 +191,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--auth", action="store_true", help="measure a scraper under a failed-auth flood instead")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--auth", action="store_true", help="measure a scraper under a failed-auth flood instead")
+    mode.add_argument("--idle", type=int, default=0, metavar="N", help="hold N idle or half-sent connections instead")
     args = parser.parse_args()
     node_exporter = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
     if not node_exporter:
@@ -165,6 +220,10 @@ def main() -> int:
     try:
         if args.auth:
             return auth_rounds(args, ports, paths)
+        if args.idle:
+            for name, port in ports.items():
+                wait_up(f"http://127.0.0.1:{port}{paths[name]}")
+            return idle_rounds(args, ports, paths, {name: p.pid for name, p in processes.items()})
         for name, port in ports.items():
             wait_up(f"http://127.0.0.1:{port}{paths[name]}")
         print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
