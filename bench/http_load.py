@@ -37,8 +37,6 @@ import time
 
 import bcrypt
 
-from bench.rdma_scrape import wait_up
-
 PASSWORD = "legitimate-scraper"
 
 
@@ -138,10 +136,8 @@ def process_status(pid: int) -> tuple[int, float]:
 
 
 def idle_rounds(args, ports: dict[str, int], paths: dict[str, str], pids: dict[str, int]) -> int:
-    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs; {args.idle} connections held "
-          f"open (half idle, half a request line and no more), {args.rounds} rounds")
-    print(f"{'round':>5} {'exporter':<14} {'threads':>7} {'RSS MiB':>7} {'held':>5} {'scrape p50':>10} "
-          f"{'scrape p99':>10} {'errors':>6}  ms")
+    header(f"{args.idle} connections held open (half idle, half a request line and no more), {args.rounds} rounds",
+           f"{'threads':>7} {'RSS MiB':>7} {'held':>5} {'scrape p50':>10} {'scrape p99':>10} {'errors':>6}  ms")
     for round_number in range(1, args.rounds + 1):
         for name, port in ports.items():
             held = []
@@ -218,48 +214,57 @@ def main() -> int:
     processes = {name: subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for name, cmd in commands.items()}
     try:
+        for name, port in ports.items():
+            wait_answers(name, port, paths[name], PASSWORD if args.auth else "")
         if args.auth:
             return auth_rounds(args, ports, paths)
         if args.idle:
-            for name, port in ports.items():
-                wait_up(f"http://127.0.0.1:{port}{paths[name]}")
             return idle_rounds(args, ports, paths, {name: p.pid for name, p in processes.items()})
-        for name, port in ports.items():
-            wait_up(f"http://127.0.0.1:{port}{paths[name]}")
-        print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
-              f"Python {platform.python_version()}; {args.clients} clients x {args.seconds:g} s, {args.rounds} rounds")
-        print(f"{'round':>5} {'exporter':<14} {'requests':>8} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7} "
-              f"{'max ms':>7} {'kept-alive ms':>13}")
-        for round_number in range(1, args.rounds + 1):
-            for name, port in ports.items():
-                latencies, errors = burst(port, paths[name], args.clients, args.seconds)
-                alive = kept_alive(port, paths[name])
-                print(f"{round_number:>5} {name:<14} {len(latencies):>8} {errors:>6} "
-                      f"{quantile(latencies, 0.5) * 1e3:>7.1f} {quantile(latencies, 0.99) * 1e3:>7.1f} "
-                      f"{max(latencies, default=0) * 1e3:>7.1f} {alive * 1e3:>13.2f}", flush=True)
+        return burst_rounds(args, ports, paths)
     finally:
         for process in processes.values():
             process.terminate()
             process.wait(timeout=15)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def wait_answers(name: str, port: int, path: str, password: str) -> None:
+    """Until the exporter answers `path` with 200 (as the user, when there is a password)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            get(port, path, password=password)
+            return
+        except (OSError, RuntimeError, http.client.HTTPException):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{name} did not come up") from None
+            time.sleep(0.1)
+
+
+def header(what: str, columns: str) -> None:
+    """The machine, what the rounds measure, and the table's column titles."""
+    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}; "
+          f"{what}")
+    print(f"{'round':>5} {'exporter':<14} {columns}")
+
+
+def burst_rounds(args, ports: dict[str, int], paths: dict[str, str]) -> int:
+    header(f"{args.clients} clients x {args.seconds:g} s, {args.rounds} rounds",
+           f"{'requests':>8} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'kept-alive ms':>13}")
+    for round_number in range(1, args.rounds + 1):
+        for name, port in ports.items():
+            latencies, errors = burst(port, paths[name], args.clients, args.seconds)
+            alive = kept_alive(port, paths[name])
+            print(f"{round_number:>5} {name:<14} {len(latencies):>8} {errors:>6} "
+                  f"{quantile(latencies, 0.5) * 1e3:>7.1f} {quantile(latencies, 0.99) * 1e3:>7.1f} "
+                  f"{max(latencies, default=0) * 1e3:>7.1f} {alive * 1e3:>13.2f}", flush=True)
     return 0
 
 
 def auth_rounds(args, ports: dict[str, int], paths: dict[str, str]) -> int:
     flooders = max(1, args.clients // 6)
-    for name, port in ports.items():
-        deadline = time.monotonic() + 20
-        while True:  # up, and answering the user
-            try:
-                get(port, paths[name], password=PASSWORD)
-                break
-            except (OSError, RuntimeError, http.client.HTTPException):
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{name} did not come up") from None
-                time.sleep(0.1)
-    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs; a scraper on /metrics, quiet "
-          f"and with {flooders} threads sending wrong passwords, {args.seconds:g} s each, {args.rounds} rounds")
-    print(f"{'round':>5} {'exporter':<14} {'quiet p50':>9} {'quiet p99':>9} {'flood p50':>9} {'flood p99':>9}  ms")
+    header(f"a scraper on /metrics, quiet and with {flooders} threads sending wrong passwords, {args.seconds:g} s "
+           f"each, {args.rounds} rounds", f"{'quiet p50':>9} {'quiet p99':>9} {'flood p50':>9} {'flood p99':>9}  ms")
     for round_number in range(1, args.rounds + 1):
         for name, port in ports.items():
             quiet, loud = flooded(port, paths[name], flooders, args.seconds)
