@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import bcrypt
@@ -56,9 +57,9 @@ class BasicAuth:
         self._verdicts: dict[bytes, bool] = {}
         self._lock = threading.Lock()
         self._bcrypt = threading.Semaphore(1)
-        # same cost as the users' hashes, so an unknown name takes as long as a wrong password
-        cost = next(iter(users.values()))[4:6] if users else b"10"
-        self._dummy = bcrypt.hashpw(b"unknown user", bcrypt.gensalt(int(cost))) if users else b""
+        # the first user's cost ("$2b$10$..."), so an unknown name takes as long as a wrong password
+        self._dummy = bcrypt.hashpw(b"unknown user", bcrypt.gensalt(int(next(iter(users.values()))[4:6]))) \
+            if users else b""
 
     @property
     def enabled(self) -> bool:
@@ -124,6 +125,13 @@ class Certificate:
         return self._context
 
 
+@dataclass
+class _Connection:
+    sock: socket.socket
+    busy: bool = False  # handling a request: never evicted, and a stop waits for it
+    headers_since: float | None = None  # when it began sending a request's header lines
+
+
 class WebServer(ThreadingHTTPServer):
     """A threaded HTTP server with the web config's TLS and basic auth (also the remediation receiver's).
 
@@ -141,8 +149,7 @@ class WebServer(ThreadingHTTPServer):
         self.web = web
         self.auth = BasicAuth(web.basic_auth_users)
         self.certificate = Certificate(web.ssl_context, web.certificate)
-        # client address -> [socket, handling a request?, when it began sending headers (or None)], oldest first
-        self._open: dict[object, list] = {}
+        self._open: dict[object, _Connection] = {}  # by client address, oldest first
         self._idle = threading.Condition()
         self._closed = threading.Event()  # before binding: a failed bind calls server_close()
         super().__init__(address, handler)
@@ -153,15 +160,15 @@ class WebServer(ThreadingHTTPServer):
             if len(self._open) >= MAX_CONNECTIONS and not self._evict_one():
                 self.shutdown_request(request)  # every connection is busy with a request: refuse this one
                 return
-            self._open[client_address] = [request, False, None]
+            self._open[client_address] = _Connection(request)
         super().process_request(request, client_address)
 
     def _evict_one(self) -> bool:
         """Closes the oldest connection not handling a request (caller holds the lock)."""
-        for address, (sock, busy, _) in self._open.items():
-            if not busy:
+        for address, connection in self._open.items():
+            if not connection.busy:
                 with suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)  # its thread reads EOF and ends
+                    connection.sock.shutdown(socket.SHUT_RDWR)  # its thread reads EOF and ends
                 del self._open[address]
                 return True
         return False
@@ -171,7 +178,8 @@ class WebServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             with self._idle:
-                if self._open.get(client_address, [None])[0] is request:
+                connection = self._open.get(client_address)
+                if connection is not None and connection.sock is request:
                     del self._open[client_address]
 
     @contextmanager
@@ -187,7 +195,7 @@ class WebServer(ThreadingHTTPServer):
         """The connection began (True) or finished (False) sending a request's header lines."""
         with self._idle:
             if client_address in self._open:
-                self._open[client_address][2] = time.monotonic() if started else None
+                self._open[client_address].headers_since = time.monotonic() if started else None
 
     def _cut_slow_headers(self) -> None:
         """Closes connections whose header lines take longer than HEADER_SECONDS in all: the socket
@@ -195,10 +203,11 @@ class WebServer(ThreadingHTTPServer):
         while not self._closed.wait(1.0):
             now = time.monotonic()
             with self._idle:
-                for sock, _, since in self._open.values():
+                for connection in self._open.values():
+                    since = connection.headers_since
                     if since is not None and now - since > HEADER_SECONDS:
                         with suppress(OSError):
-                            sock.shutdown(socket.SHUT_RDWR)
+                            connection.sock.shutdown(socket.SHUT_RDWR)
 
     def server_close(self) -> None:
         self._closed.set()
@@ -207,13 +216,13 @@ class WebServer(ThreadingHTTPServer):
     def _set_busy(self, client_address, busy: bool) -> None:
         with self._idle:
             if client_address in self._open:
-                self._open[client_address][1] = busy
+                self._open[client_address].busy = busy
             self._idle.notify_all()
 
     def wait_idle(self, grace: float) -> int:
         """Waits up to `grace` seconds for the requests in progress; returns how many remain."""
         def busy() -> int:
-            return sum(1 for _, handling, _ in self._open.values() if handling)
+            return sum(1 for connection in self._open.values() if connection.busy)
 
         with self._idle:
             self._idle.wait_for(lambda: busy() == 0, timeout=grace)
