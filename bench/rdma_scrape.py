@@ -1,11 +1,13 @@
-"""CPU cost per scrape: gpuscope's rdma collector vs node_exporter's infiniband collector.
+"""CPU cost per scrape: gpuscope's rdma collector vs node_exporter's infiniband collector, and the floor.
 
 Both exporters serve the same synthetic 32-device Mellanox-style sysfs tree (ports/1/counters and
-ports/1/hw_counters, about 1,900 counter files) on loopback. The script scrapes them in turn and
-reads each process's CPU time from /proc/<pid>/stat, then measures the floor: the same files read
-with os.open/os.read/os.close in a bare loop. Run:
+ports/1/hw_counters, about 1,900 counter files) on loopback, each with only that collector. The
+script scrapes them in turn (interleaved, so both see the same machine) and reads each process's
+CPU time from /proc/<pid>/stat; then it times the floor, bare Python loops over the same files:
+by path, relative to a directory fd, and kept open and re-read with pread. Each of `--rounds`
+rounds gives a figure; the table shows minimum / median / maximum. Run:
 
-    python bench/rdma_scrape.py [--scrapes 300]
+    python bench/rdma_scrape.py [--scrapes 150] [--rounds 3]
 
 It needs Debian's prometheus-node-exporter (apt-get install prometheus-node-exporter).
 """
@@ -14,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 
 from exporter.sim.rdma_tree import mlx5_devices, write_rdma_tree
 
@@ -72,7 +77,7 @@ def raw_read_seconds(sysfs: str, rounds: int) -> float:
 
 
 def raw_relative_read_seconds(sysfs: str, rounds: int) -> float:
-    """The same reads opened relative to each directory's fd: the cheapest way Python has."""
+    """The same reads opened relative to each directory's fd."""
     directories = sorted({os.path.dirname(path) for path in counter_files(sysfs)})
     start = time.process_time()
     for _ in range(rounds):
@@ -84,6 +89,41 @@ def raw_relative_read_seconds(sysfs: str, rounds: int) -> float:
                 os.close(fd)
             os.close(dir_fd)
     return (time.process_time() - start) / rounds
+
+
+def raw_kept_read_seconds(sysfs: str, rounds: int) -> float:
+    """Every file kept open and re-read with pread at offset 0 and parsed: the cheapest way Python has."""
+    fds = [os.open(path, os.O_RDONLY) for path in counter_files(sysfs)]
+    try:
+        start = time.process_time()
+        for _ in range(rounds):
+            for fd in fds:
+                int(os.pread(fd, 64, 0))
+        return (time.process_time() - start) / rounds
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+FLOORS: dict[str, Callable[[str, int], float]] = {
+    "floor: open by path, read, close": raw_read_seconds,
+    "floor: open by dir fd, read, close": raw_relative_read_seconds,
+    "floor: kept open, pread": raw_kept_read_seconds,
+}
+
+
+def machine() -> str:
+    """What the figures were taken on: CPU model, cores, kernel, Python."""
+    model = ""
+    with open("/proc/cpuinfo") as handle:
+        model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+    return (f"machine: {model or platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def spread(values: list[float], scale: float = 1000.0) -> str:
+    """min / median / max, in ms by default."""
+    return " / ".join(f"{v * scale:.2f}" for v in (min(values), statistics.median(values), max(values)))
 
 
 def rss_mib(pid: int) -> float:
@@ -98,7 +138,8 @@ def series_count(text: bytes, prefix: str) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scrapes", type=int, default=300)
+    parser.add_argument("--scrapes", type=int, default=150, help="scrapes of each exporter per round")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     node_exporter = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
     if not node_exporter:
@@ -107,17 +148,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gpuscope-bench-") as work:
         sysfs = os.path.join(work, "sys")
         write_rdma_tree(sysfs, mlx5_devices(32), driver="mlx5_core", vendor="0x15b3", firmware="28.39.1002")
-        files = counter_files(sysfs)
+        others = [f"--no-collector.{name}" for name in ("gpu", "lustre", "host", "identity", "kmsg")]
         procs = {
             "node_exporter": subprocess.Popen(
                 [node_exporter, f"--path.sysfs={sysfs}", "--collector.disable-defaults", "--collector.infiniband",
                  "--web.listen-address=127.0.0.1:19491"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
             "gpuscope": subprocess.Popen(
-                [sys.executable, "-m", "exporter", f"--path.sysfs={sysfs}", "--no-collector.lustre",
-                 "--no-collector.host", "--web.listen-address=127.0.0.1:19492", "--log.level=warn"],
+                [sys.executable, "-m", "exporter", f"--path.sysfs={sysfs}", *others,
+                 "--web.listen-address=127.0.0.1:19492", "--log.level=warn"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         }
         urls = {"node_exporter": "http://127.0.0.1:19491/metrics", "gpuscope": "http://127.0.0.1:19492/metrics"}
+        cpu: dict[str, list[float]] = {name: [] for name in urls}
+        rss: dict[str, list[float]] = {name: [] for name in urls}
+        floors: dict[str, list[float]] = {name: [] for name in FLOORS}
         try:
             for url in urls.values():
                 wait_up(url)
@@ -125,34 +169,38 @@ def main() -> int:
             for name, url in urls.items():
                 for _ in range(20):  # warm-up: imports, caches, Go GC sizing
                     bodies[name] = fetch(url)
-            cpu = {name: 0.0 for name in urls}
-            wall = {name: 0.0 for name in urls}
-            for _ in range(args.scrapes):
-                for name, url in urls.items():  # interleaved, so both see the same machine state
-                    before, started = cpu_seconds(procs[name].pid), time.perf_counter()
-                    fetch(url)
-                    wall[name] += time.perf_counter() - started
-                    cpu[name] += cpu_seconds(procs[name].pid) - before
-            rss = {name: rss_mib(proc.pid) for name, proc in procs.items()}
+            for _ in range(args.rounds):
+                used = {name: 0.0 for name in urls}
+                for _ in range(args.scrapes):
+                    for name, url in urls.items():  # interleaved, so both see the same machine state
+                        before = cpu_seconds(procs[name].pid)
+                        fetch(url)
+                        used[name] += cpu_seconds(procs[name].pid) - before
+                for name, proc in procs.items():
+                    cpu[name].append(used[name] / args.scrapes)
+                    rss[name].append(rss_mib(proc.pid))
+                for name, floor in FLOORS.items():
+                    floors[name].append(floor(sysfs, 20))
         finally:
             for proc in procs.values():
                 proc.terminate()
                 proc.wait()
-        raw = raw_read_seconds(sysfs, 50)
-        relative = raw_relative_read_seconds(sysfs, 50)
+        files = len(counter_files(sysfs))
 
-    per = {name: cpu[name] / args.scrapes for name in urls}
-    print(f"tree: 32 mlx5 devices, {len(files)} counter files; {args.scrapes} scrapes each, interleaved")
+    print(machine())
+    print(f"tree: 32 mlx5 devices, {files} counter files; {args.rounds} rounds of {args.scrapes} scrapes each, "
+          "interleaved; min / median / max over the rounds")
     print(f"series: node_exporter node_infiniband_* {series_count(bodies['node_exporter'], 'node_infiniband_')}, "
           f"gpuscope gpuscope_rdma_* {series_count(bodies['gpuscope'], 'gpuscope_rdma_')}")
-    print(f"{'':<34}{'CPU ms/scrape':>14}{'wall ms/scrape':>16}{'RSS MiB':>9}")
+    print(f"{'':<36}{'CPU ms/scrape':>24}{'RSS MiB':>26}")
     for name in urls:
-        print(f"{name:<34}{per[name] * 1000:>14.2f}{wall[name] / args.scrapes * 1000:>16.2f}{rss[name]:>9.1f}")
-    print(f"{'raw reads by path (Python)':<34}{raw * 1000:>14.2f}")
-    print(f"{'raw reads dir-relative (Python)':<34}{relative * 1000:>14.2f}")
-    print(f"gpuscope / node_exporter CPU: {per['gpuscope'] / per['node_exporter']:.2f}x; "
-          f"gpuscope / raw reads by path: {per['gpuscope'] / raw:.2f}x; "
-          f"gpuscope / dir-relative reads: {per['gpuscope'] / relative:.2f}x")
+        print(f"{name:<36}{spread(cpu[name]):>24}{spread(rss[name], 1.0):>26}")
+    for name, values in floors.items():
+        print(f"{name:<36}{spread(values):>24}")
+    ratios = [g / n for g, n in zip(cpu["gpuscope"], cpu["node_exporter"], strict=True)]
+    kept = [g / f for g, f in zip(cpu["gpuscope"], floors["floor: kept open, pread"], strict=True)]
+    print(f"gpuscope / node_exporter CPU, round by round: {spread(ratios, 1.0)}x; "
+          f"gpuscope / kept-open floor: {spread(kept, 1.0)}x")
     return 0
 
 

@@ -10,12 +10,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, PlatformCollector
 
-from exporter import __version__, collectors, server
+from exporter import __version__, collectors, files, server
 from exporter.collectors import Roots
 from exporter.collectors.kmsg import KmsgOptions
 from exporter.config import ConfigError, ExporterSettings
+from exporter.process import ProcessCollector
 from exporter.registry import ScrapeRegistry
 from exporter.sdnotify import notify
 from exporter.webconfig import WebConfig
@@ -29,7 +30,7 @@ def build_registries(settings: ExporterSettings, roots: Roots) -> tuple[Collecto
     """The process self-metrics (prometheus_client's collectors) and the gpuscope collectors."""
     scrapes = ScrapeRegistry(collectors.build(settings.collectors, roots), settings.timeout)
     process = CollectorRegistry(auto_describe=False)
-    ProcessCollector(registry=process)
+    process.register(ProcessCollector())
     PlatformCollector(registry=process)
     return process, scrapes
 
@@ -74,6 +75,7 @@ def run(settings: ExporterSettings, web: WebConfig) -> int:
 
 
 def _serve(settings: ExporterSettings, web: WebConfig, roots: Roots) -> int:
+    files.raise_descriptor_limit()  # before the collectors open the files they keep
     process_registry, scrapes = build_registries(settings, roots)
     try:
         httpd = server.serve(settings.listen_address, process_registry=process_registry, scrapes=scrapes, web=web,

@@ -6,8 +6,9 @@ device `hw_counters/`; each name is taken only from the directory where it belon
 combined layout exports exactly what the split layout does.
 
 A device's set of counter files is fixed while it exists, so the first scrape lists the
-directories and works out which metric each file feeds (its plan); later scrapes only read the
-files. Any failed read drops the plan, and the next scrape lists the device again.
+directories, works out which series each file feeds and opens the files (its plan); later scrapes
+only re-read the kept files. Any failed read drops the plan and closes its files, and the next
+scrape lists the device again; so does a device directory with a new inode (a re-probed device).
 
 A few EFA counters are also summed over the node's devices (a target without label values), so
 fleet-wide rules read one series per node instead of one per device; the totals appear only when
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 from exporter import catalog
 from exporter.catalog import Family, Metric, Scrape
-from exporter.files import InFlight, list_dir, read_numbers, read_optional
+from exporter.files import CounterFiles, InFlight, list_dir, read_optional
 
 EFA_PCI_VENDOR = "0x1d0f"
 NVIDIA_PCI_VENDOR = "0x10de"
@@ -41,11 +42,10 @@ Target = tuple[Metric, tuple[str, ...]]  # a metric and the label values of one 
 
 @dataclass(frozen=True)
 class _CounterDir:
-    """One counter directory: the files to read and, for each, the series it adds to."""
+    """One counter directory: its kept files and, for each file, the plan's series it adds to."""
 
-    path: str
-    names: tuple[str, ...]
-    targets: tuple[tuple[Target, ...], ...]
+    files: CounterFiles
+    slots: tuple[tuple[int, ...], ...]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,11 @@ class _Plan:
     is_efa: bool
     ports: tuple[tuple[str, str], ...]  # (port, port dir)
     counter_dirs: tuple[_CounterDir, ...]
+    series: tuple[Target, ...]  # what the slots index; a target without label values is a node total
+
+    def close(self) -> None:
+        for counter_dir in self.counter_dirs:
+            counter_dir.files.close()
 
 
 class RdmaCollector:
@@ -85,7 +90,7 @@ class RdmaCollector:
             for metric, value in totals.items():
                 scrape.add(metric, value)
         for gone in set(self._plans) - set(devices):
-            self._plans.pop(gone, None)
+            self._drop(gone)
         yield from scrape.families.values()
 
     def _read_device(self, device: str, scrape: Scrape, totals: dict[Metric, int]) -> bool:
@@ -93,8 +98,9 @@ class RdmaCollector:
         path = f"{self._class_dir}/{device}"
         try:
             plan = self._plan(device, path)
-        except OSError:
-            return False  # removed between listing and reading, or a directory it may not list
+        except OSError:  # removed between listing and reading, or a directory it may not list
+            self._drop(device)
+            return False
         scrape.add(catalog.RDMA_DEVICE_INFO, 1, *plan.info)
         for port, port_dir in plan.ports:
             rate = _RATE.match(read_optional(f"{port_dir}/rate"))
@@ -105,24 +111,30 @@ class RdmaCollector:
                     state = _STATE.match(read_optional(f"{port_dir}/{name}"))
                     if state:
                         scrape.add(metric, int(state.group(1)), device, port)
-        ok = True
-        sums: dict[Target, int] = {}
+        sums = [0] * len(plan.series)
+        failed: set[int] = set()  # slots a failed file feeds: a partial sum would look like a counter reset
         for counter_dir in plan.counter_dirs:
-            values = read_numbers(counter_dir.path, counter_dir.names)
-            for targets, value in zip(counter_dir.targets, values, strict=True):
+            for slots, value in zip(counter_dir.slots, counter_dir.files.read(), strict=True):
                 if value is None:
-                    ok = False
+                    failed.update(slots)
                     continue
-                for target in targets:
-                    sums[target] = sums.get(target, 0) + value
-        for (metric, labels), value in sums.items():
+                for slot in slots:
+                    sums[slot] += value
+        for slot, ((metric, labels), value) in enumerate(zip(plan.series, sums, strict=True)):
+            if slot in failed:
+                continue
             if labels:
                 scrape.family(metric).samples.append((labels, value))
             else:  # a node total
                 totals[metric] = totals.get(metric, 0) + value
-        if not ok:
-            self._plans.pop(device, None)
-        return ok
+        if failed:
+            self._drop(device)
+        return not failed
+
+    def _drop(self, device: str) -> None:
+        plan = self._plans.pop(device, None)
+        if plan:
+            plan.close()
 
     def _plan(self, device: str, path: str) -> _Plan:
         """The device's plan, rebuilt when the device directory is new (a re-probed device has a new inode)."""
@@ -130,8 +142,14 @@ class RdmaCollector:
         key = (stat.st_dev, stat.st_ino)
         plan = self._plans.get(device)
         if plan is None or plan.key != key:
+            self._drop(device)
             plan = self._plans[device] = self._make_plan(device, path, key)
         return plan
+
+    def close(self) -> None:
+        """Closes every kept file (the exporter is stopping)."""
+        for device in list(self._plans):
+            self._drop(device)
 
     def _make_plan(self, device: str, path: str, key: tuple[int, int]) -> _Plan:
         pci = f"{path}/device"
@@ -148,26 +166,32 @@ class RdmaCollector:
                 read_optional(f"{path}/ports/{port_names[0]}/link_layer") if port_names else "",
                 nearest_gpu(pci_path) if pci_path else "")
         efa_device = self._efa_device if is_efa else {}
-        dirs = [_counter_dir(f"{path}/hw_counters", lambda name: _device_targets(device, name, is_efa, efa_device))]
+        listed = [(f"{path}/hw_counters", lambda name: _device_targets(device, name, is_efa, efa_device))]
         ports = []
         for port in port_names:
             port_dir = f"{path}/ports/{port}"
             ports.append((port, port_dir))
             for sub in ("counters", "counters_ext"):
-                dirs.append(_counter_dir(f"{port_dir}/{sub}",
-                                         lambda name, p=port: ((catalog.RDMA_PORT_COUNTER, (device, p, name)),)))
-            dirs.append(_counter_dir(f"{port_dir}/hw_counters",
-                                     lambda name, p=port: _port_targets(device, p, name, is_efa)))
-        return _Plan(key, info, is_efa, tuple(ports), tuple(d for d in dirs if d.names))
+                listed.append((f"{port_dir}/{sub}",
+                               lambda name, p=port: ((catalog.RDMA_PORT_COUNTER, (device, p, name)),)))
+            listed.append((f"{port_dir}/hw_counters", lambda name, p=port: _port_targets(device, p, name, is_efa)))
+        series: dict[Target, int] = {}
+        dirs = []
+        for directory, targets_of in listed:
+            names, targets = _counters(directory, targets_of)
+            if names:
+                slots = tuple(tuple(series.setdefault(t, len(series)) for t in feeds) for feeds in targets)
+                dirs.append(_CounterDir(CounterFiles(directory, names), slots))
+        return _Plan(key, info, is_efa, tuple(ports), tuple(dirs), tuple(series))
 
 
-def _counter_dir(path: str, targets_of: Callable[[str], tuple[Target, ...]]) -> _CounterDir:
-    """Lists a counter directory, leaving out non-counters, files the hardware reports as N/A and
-    files that feed no series."""
+def _counters(path: str, targets_of: Callable[[str], tuple[Target, ...]]) -> tuple[list[str], list[tuple[Target, ...]]]:
+    """A counter directory's files and the series each feeds, leaving out non-counters, files the
+    hardware reports as N/A and files that feed no series."""
     names = [name for name in list_dir(path) if name not in _SKIP and not _not_available(f"{path}/{name}")]
     targets = [targets_of(name) for name in names]
     keep = [i for i, t in enumerate(targets) if t]
-    return _CounterDir(path, tuple(names[i] for i in keep), tuple(targets[i] for i in keep))
+    return [names[i] for i in keep], [targets[i] for i in keep]
 
 
 def _not_available(path: str) -> bool:

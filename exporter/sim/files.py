@@ -32,6 +32,26 @@ def write_file(path: str, text: str, staging: str | None = None) -> None:
     os.replace(tmp, path)
 
 
+def rewrite_in_place(path: str, text: str, staging: str | None = None) -> None:
+    """Changes a counter file's text without replacing the file, as a sysfs attribute changes, so a
+    reader that keeps it open (exporter/files.py) reads the new value; a file not there yet is
+    written as `write_file` would.
+
+    One pwrite at offset 0 and never a truncation: text shorter than the file is padded with leading
+    spaces (a number's parser skips them), so a reader never finds the file empty or half cut.
+    """
+    data = (text + "\n").encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        write_file(path, text, staging)
+        return
+    try:
+        os.pwrite(fd, data.rjust(os.fstat(fd).st_size), 0)
+    finally:
+        os.close(fd)
+
+
 def relative_symlink(target: str, link: str) -> None:
     """A relative symlink, as sysfs uses, so the tree can be moved."""
     os.makedirs(os.path.dirname(link), exist_ok=True)

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from exporter.sim.files import relative_symlink, write_file
+from exporter.sim.files import relative_symlink, rewrite_in_place, write_file
 
 # Counter names the EFA driver exports (amzn-drivers efa_verbs.c; REFERENCE.md §1).
 EFA_PORT_COUNTERS = (
@@ -158,6 +158,8 @@ def write_counters(sysfs: str, dev: RdmaDevice, layout: str = "split", staging: 
 
 def _write_counters(directory: str, values: Mapping[str, int], staging: str | None = None,
                     unchanged: Mapping[str, int] | None = None) -> None:
+    """A live node (`staging` given) changes its files in place, as sysfs does; a new tree writes them."""
+    write = rewrite_in_place if staging is not None else write_file
     for name, value in values.items():
         if unchanged is None or unchanged.get(name) != value:
-            write_file(os.path.join(directory, name), str(value), staging)
+            write(os.path.join(directory, name), str(value), staging)
