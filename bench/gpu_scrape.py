@@ -42,6 +42,24 @@ def cpu_ms(fn, rounds: int) -> float:
     return (time.process_time() - start) / rounds * 1000
 
 
+def nvml_handles(nvml: SimulatedNvml, collector: GpuCollector) -> tuple[list, object]:
+    """The GPUs' handles and the collector's view of the first (its field list)."""
+    gpu = collector._ensure_initialized()[0]  # initializes NVML
+    return [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())], gpu
+
+
+def nvml_call_ms(profile: str, rounds: int) -> float:
+    """CPU of the NVML calls one scrape makes on the simulated `profile`, with nothing around them:
+    what a whole-node figure subtracts to show gpuscope's own cost."""
+    nvml = SimulatedNvml(profile)
+    collector = GpuCollector(nvml, GpuOptions(gpm_interval=3600))
+    try:
+        handles, gpu = nvml_handles(nvml, collector)
+        return cpu_ms(lambda: bare_calls(nvml, handles, gpu.fields), rounds)
+    finally:
+        collector.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="p5.48xlarge")
@@ -55,8 +73,7 @@ def main() -> int:
         text = registry.render()
     try:
         scrape = cpu_ms(registry.render, args.scrapes)
-        handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
-        gpu = collector._ensure_initialized()[0]
+        handles, gpu = nvml_handles(nvml, collector)
         calls = cpu_ms(lambda: bare_calls(nvml, handles, gpu.fields), args.scrapes)
     finally:
         collector.close()

@@ -1,11 +1,12 @@
 """Series, bytes, CPU and memory of one exporter serving a simulated p5.48xlarge with default flags.
 
 Starts `gpuscope exporter --simulate p5.48xlarge` on loopback (its node counters frozen, so the
-simulation adds no CPU of its own), scrapes it back to back, and reports: series and bytes per
-scrape (plain and gzip), CPU per scrape from /proc/<pid>/stat, and resident memory at the half
-and at the end, so growth shows. Run:
+simulation adds no CPU of its own), scrapes it back to back in `--rounds` rounds, and reports:
+series and bytes per scrape (plain and gzip), CPU per scrape from /proc/<pid>/stat, gpuscope's own
+share (the CPU of the simulated NVML's calls, timed in this process between rounds, taken off), and
+resident memory after each round, so growth shows. Run:
 
-    python bench/node_cost.py [--scrapes 10000] [--profile p5.48xlarge]
+    python bench/node_cost.py [--scrapes 10000] [--rounds 3] [--profile p5.48xlarge]
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import sys
 import time
 import urllib.request
 
-from bench.rdma_scrape import cpu_seconds, fetch, rss_mib, wait_up
+from bench.gpu_scrape import nvml_call_ms
+from bench.rdma_scrape import cpu_seconds, fetch, machine, rss_mib, spread, wait_up
 from exporter.sim.cluster import free_port
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scrapes", type=int, default=10_000)
+    parser.add_argument("--scrapes", type=int, default=10_000, help="scrapes per round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", default="p5.48xlarge")
     args = parser.parse_args()
     port = free_port()
@@ -32,6 +35,9 @@ def main() -> int:
                              "--simulate.interval=1h", "--collector.gpu.gpm-interval=15s",
                              f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cpu: list[float] = []
+    nvml: list[float] = []
+    rss: list[float] = []
     try:
         wait_up(url)
         time.sleep(16)  # two GPM samples, so the profiling series are there
@@ -40,23 +46,28 @@ def main() -> int:
         request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
         with urllib.request.urlopen(request, timeout=10) as response:
             zipped = len(response.read())
-        cpu_start, wall_start = cpu_seconds(proc.pid), time.perf_counter()
-        half = 0.0
-        for number in range(args.scrapes):
-            fetch(url)
-            if number == args.scrapes // 2:
-                half = rss_mib(proc.pid)
-        cpu = (cpu_seconds(proc.pid) - cpu_start) / args.scrapes
-        wall = (time.perf_counter() - wall_start) / args.scrapes
-        end = rss_mib(proc.pid)
+        rss.append(rss_mib(proc.pid))
+        for _ in range(args.rounds):
+            start = cpu_seconds(proc.pid)
+            for _ in range(args.scrapes):
+                fetch(url)
+            cpu.append((cpu_seconds(proc.pid) - start) / args.scrapes)
+            rss.append(rss_mib(proc.pid))
+            nvml.append(nvml_call_ms(args.profile, 200) / 1000)
     finally:
         proc.terminate()
         proc.wait()
-    print(f"{args.profile} (simulated), default flags")
-    print(f"series per scrape     {series}")
-    print(f"bytes per scrape      {len(body)} plain, {zipped} gzip ({len(gzip.compress(body))} at level 9)")
-    print(f"CPU per scrape        {cpu * 1000:.2f} ms   wall {wall * 1000:.2f} ms   over {args.scrapes} scrapes")
-    print(f"resident memory       {half:.1f} MiB after {args.scrapes // 2} scrapes, {end:.1f} MiB after {args.scrapes}")
+    own = [c - n for c, n in zip(cpu, nvml, strict=True)]
+    print(machine())
+    print(f"{args.profile} (simulated), default flags; {args.rounds} rounds of {args.scrapes} scrapes, "
+          "min / median / max over the rounds")
+    print(f"series per scrape       {series}")
+    print(f"bytes per scrape        {len(body)} plain, {zipped} gzip ({len(gzip.compress(body))} at level 9)")
+    print(f"CPU per scrape          {spread(cpu)} ms")
+    print(f"  simulated NVML calls  {spread(nvml)} ms")
+    print(f"  gpuscope's own        {spread(own)} ms")
+    print("resident memory         " + ", ".join(f"{value:.1f}" for value in rss)
+          + f" MiB (after the first scrape, then after each round of {args.scrapes})")
     return 0
 
 
