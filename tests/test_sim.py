@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import threading
 import time
 
 import pytest
@@ -376,3 +379,25 @@ def test_a_gpu_missing_at_boot_is_not_enumerated_until_the_next_start(tmp_path):
         assert len(series(made.step(1), "gpuscope_gpu_up")) == 7  # a booted node stays as it booted
     finally:
         close(made.collectors)
+
+
+def test_stop_waits_for_the_update_in_progress_so_the_tree_can_be_removed(tmp_path, monkeypatch):
+    """Issue 21: a SIGTERM while the node wrote its counters left `.staging` non-empty under the
+    temporary directory's removal (exit 1, the tree left behind; 2 of 12 runs with
+    --simulate.interval=50ms before stop() waited for the writer)."""
+    node = SimulatedNode(str(tmp_path / "root"), PROFILE, SimulatedNvml(PROFILE))
+    started, finished = threading.Event(), threading.Event()
+
+    def slow_update() -> None:
+        started.set()
+        time.sleep(0.3)
+        (tmp_path / "root" / ".staging" / "late").write_text("1\n")  # what the writer leaves while it runs
+        os.unlink(tmp_path / "root" / ".staging" / "late")
+        finished.set()
+
+    monkeypatch.setattr(node, "advance", slow_update)
+    node.start(0.01)
+    assert started.wait(5)
+    node.stop()
+    assert finished.is_set()
+    shutil.rmtree(tmp_path / "root")  # what TemporaryDirectory does next: nothing writes into it any more
