@@ -25,7 +25,6 @@ import base64
 import contextlib
 import http.client
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -36,6 +35,8 @@ import threading
 import time
 
 import bcrypt
+
+from bench.rdma_scrape import machine
 
 PASSWORD = "legitimate-scraper"
 
@@ -243,8 +244,7 @@ def wait_answers(name: str, port: int, path: str, password: str) -> None:
 
 def header(what: str, columns: str) -> None:
     """The machine, what the rounds measure, and the table's column titles."""
-    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}; "
-          f"{what}")
+    print(f"{machine()}; {what}")
     print(f"{'round':>5} {'exporter':<14} {columns}")
 
 

@@ -117,7 +117,7 @@ def machine() -> str:
     model = ""
     with open("/proc/cpuinfo") as handle:
         model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
-    return (f"machine: {model or platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
+    return (f"machine: {model or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, Linux {platform.release()}, "
             f"Python {platform.python_version()}")
 
 
