@@ -140,6 +140,19 @@ def fleet_quantiles(metric: str) -> str:
                        for q in QUANTILES)
 
 
+def counter_rise(counter: str, window: str) -> str:
+    """How much `counter` rose within the window: the same answer on Prometheus and VictoriaMetrics.
+
+    Not `increase()`: MetricsQL's counts a new series' first sample as an increase when it is small
+    (VictoriaMetrics 1.79: a Lustre target's connection counter starts at 1, so every healthy target
+    looked evicted at startup), and both engines count the value after a reset as new (a remount's
+    first connection, an error counter back from a driver reload). The rise above the window's
+    lowest sample has neither trap: a new, restarted or reset series rises only from where it was
+    first seen again.
+    """
+    return f"({counter} - min_over_time({counter}[{window}]))"
+
+
 def nccl_ranks(metric: str, s: Settings) -> str:
     """A collective's per-rank series (message-size buckets aggregated) in communicators large enough
     to have peers."""
@@ -247,7 +260,7 @@ def recording_rules(s: Settings) -> list[Group]:
                    f"sum by (cluster, fs, target) ({c.LUSTRE_IMPORT_HEALTHY.name} == bool 0)"),
             Record(TARGET_RPCS_IN_FLIGHT, f"sum by (cluster, fs, target) ({c.LUSTRE_RPCS_IN_FLIGHT.name})"),
             Record(TARGET_RECONNECTS,
-                   f"sum by (cluster, fs, target) (increase({c.LUSTRE_CONNECT_ATTEMPTS.name}[5m]))"),
+                   f"sum by (cluster, fs, target) {counter_rise(c.LUSTRE_CONNECT_ATTEMPTS.name, '5m')}"),
         )),
     ]
 
@@ -549,7 +562,7 @@ def communication_alerts(s: Settings) -> list[Group]:
         )),
         # One rule a group from here on: each reads two or three series of every GPU.
         Group("gpuscope-nvlink-retries", (
-            Alert("NvlinkErrors", f'increase({nvlink}{{type=~"{NVLINK_ERROR_CLASSES["retries"]}"}}[5m]) > 0',
+            Alert("NvlinkErrors", counter_rise(f'{nvlink}{{type=~"{NVLINK_ERROR_CLASSES["retries"]}"}}', "5m") + " > 0",
                   "0m", "warning", "NVLink replay or recovery errors",
                   "GPU {{ $labels.gpu }} on {{ $labels.instance }} logged {{ $value }} NVLink {{ $labels.type }} "
                   "errors in 5 minutes.", (("signal", "link_retries"),)),
@@ -584,7 +597,7 @@ def _new_xids(xids: tuple[int, ...], window: str) -> str:
     kernel = f"{c.KERNEL_LAST_XID.name}{selected}"
     kmsg_running = f'{c.COLLECTOR_SUCCESS.name}{{collector="kmsg"}} == 1'
     return (f"({_recent_event(kernel, window)})"
-            f" or (increase({nvml}[{window}]) > 0 or ({nvml} unless {nvml} offset {window}))"
+            f" or ({counter_rise(nvml, window)} > 0 or ({nvml} unless {nvml} offset {window}))"
             f" unless on (instance) ({kmsg_running})")
 
 
@@ -616,7 +629,7 @@ def gpu_health_alerts(s: Settings) -> list[Group]:
               "NVSwitch {{ $labels.switch }} ({{ $labels.pci_address }}) on {{ $labels.instance }} logged fatal SXID "
               "{{ $labels.sxid }}: NVLink traffic through it is broken until the node is reset."),
         Alert("NvswitchErrors",
-              f'increase({c.NVSWITCH_SXID_ERRORS.name}{{severity="non_fatal"}}[{s.xid_window}]) > 0', "0m",
+              counter_rise(f'{c.NVSWITCH_SXID_ERRORS.name}{{severity="non_fatal"}}', s.xid_window) + " > 0", "0m",
               "warning", "An NVSwitch logs non-fatal errors",
               "NVSwitch {{ $labels.switch }} on {{ $labels.instance }} logged non-fatal SXID {{ $labels.sxid }} "
               f"{{{{ $value | humanize }}}} times in {s.xid_window}."),
@@ -634,7 +647,7 @@ def gpu_health_alerts(s: Settings) -> list[Group]:
               "(1 GPU reset, 2 node reboot, 3 drain P2P, 4 drain and reset)."),
     )), Group("gpuscope-gpu-memory", (
         Alert("GpuUncorrectableEccErrors",
-              f'increase({c.GPU_ECC_ERRORS.name}{{type="uncorrected", scope="volatile"}}[10m]) > 0',
+              counter_rise(f'{c.GPU_ECC_ERRORS.name}{{type="uncorrected", scope="volatile"}}', "10m") + " > 0",
               "0m", "critical", "A GPU had uncorrectable memory errors",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} had {{ $value }} uncorrectable ECC errors in 10 "
               "minutes."),
@@ -690,7 +703,7 @@ def storage_alerts(s: Settings) -> list[Group]:
               "it blocks."),
         Alert("LustreClientEvicted",
               f"{c.LUSTRE_IMPORT_STATE.name} == 9"
-              f" or increase({c.LUSTRE_CONNECT_ATTEMPTS.name}[10m]) > 0",
+              f" or {counter_rise(c.LUSTRE_CONNECT_ATTEMPTS.name, '10m')} > 0",
               "0m", "warning", "A Lustre client was evicted or had to reconnect",
               "{{ $labels.instance }} was evicted by or reconnected to {{ $labels.fs }} {{ $labels.target }}."),
         Alert("LustreHealthCheckFailed", f"{c.LUSTRE_HEALTH_CHECK.name} == 0", s.lustre_health_for, "warning",
@@ -698,7 +711,7 @@ def storage_alerts(s: Settings) -> list[Group]:
               "health_check on {{ $labels.instance }} is not 'healthy'."),
     )), Group("gpuscope-storage-io", (
         Alert("LustreIoStalled",
-              f"({c.LUSTRE_RPCS_IN_FLIGHT.name} > 0 or increase({c.LUSTRE_RPC_TIMEOUTS.name}[5m]) > 0)"
+              f"({c.LUSTRE_RPCS_IN_FLIGHT.name} > 0 or {counter_rise(c.LUSTRE_RPC_TIMEOUTS.name, '5m')} > 0)"
               f" and on (instance, fs) (rate({read}[5m]) + rate({write}[5m])) == 0",
               s.lustre_stall_for, "critical", "Lustre I/O is stalled",
               "{{ $labels.instance }} has RPCs outstanding or timing out on {{ $labels.fs }} {{ $labels.target }} "
@@ -724,7 +737,7 @@ def remediation_alerts(s: Settings) -> Group:
     decision series starts at 0 in the receiver, so the first refusal is an increase."""
     refused = f'{c.REMEDIATION_DECISIONS.name}{{outcome="refused"}}'
     return Group("gpuscope-remediation", (
-        Alert("GpuscopeRemediationRefused", f"sum by (instance, action, reason) (increase({refused}[15m])) > 0",
+        Alert("GpuscopeRemediationRefused", f"sum by (instance, action, reason) {counter_rise(refused, '15m')} > 0",
               "0m", "warning", "The remediation receiver refused to act",
               "gpuscope remediate on {{ $labels.instance }} refused to {{ $labels.action }} "
               "{{ $value | humanize }} times in 15 minutes ({{ $labels.reason }}): its audit log says which nodes "

@@ -75,7 +75,7 @@ def fleet():
                  f"{rules.SM_CLOCK_MEDIAN})"),), unit="percentunit", width=12),
         Panel("table", "Throttled GPUs", (q(f"{rules.THROTTLED}{{{CLUSTER}}}"),), width=12, empty_when_healthy=True),
         Panel("table", "XIDs in the last day",
-              (q(f"increase({XIDS}[1d]) > 0 or ({XIDS} unless {XIDS} offset 1d)"),),  # first ones count too
+              (q(f"{rules.counter_rise(XIDS, '1d')} > 0 or ({XIDS} unless {XIDS} offset 1d)"),),  # first ones count too
               width=12, empty_when_healthy=True),
         Panel("timeseries", "EFA and Lustre throughput",
               (q(f"sum({rules.FLEET_EFA['tx_bytes']}{{{CLUSTER}}})", "EFA transmit"),
@@ -138,7 +138,7 @@ def node():
               (q(f'{c.GPU_CLOCK_EVENT.name}{{{GPU}, reason!="gpu_idle"}}', "GPU {{gpu}} {{reason}}"),), width=12),
         Panel("timeseries", "NVLink traffic", (q(f"rate({c.GPU_NVLINK_TX.name}{{{GPU}}}[{RATE}])", "GPU {{gpu}}"),),
               unit="Bps", width=8),
-        Panel("timeseries", "NVLink errors", (q(f"increase({c.GPU_NVLINK_ERRORS.name}{{{GPU}}}[{RATE}])",
+        Panel("timeseries", "NVLink errors", (q(rules.counter_rise(f"{c.GPU_NVLINK_ERRORS.name}{{{GPU}}}", RATE),
                                                 "GPU {{gpu}} {{type}}"),), width=8),
         Panel("timeseries", "EFA traffic per device, by the GPU it serves",
               (q(f"sum by (gpu, device) ({EFA_BY_GPU})", "GPU {{gpu}} {{device}}"),), unit="Bps", width=8),

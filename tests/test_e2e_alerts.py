@@ -1,17 +1,22 @@
-"""Every fault scenario on a simulated cluster, through the real rules, Prometheus and Alertmanager.
+"""Every fault scenario on a simulated cluster, through the real rules on two engines side by side.
 
 Four simulated p5.48xlarge nodes (the peer medians need three or more; DGX H100s on InfiniBand for
-the scenario that needs their ports), Prometheus evaluating the
-generated rules with their durations divided by 60 (`shorten_durations`: 5m becomes 5s; timing
-only, the expressions are the generated ones), and Alertmanager with the reference routes and
-inhibitions delivering to a webhook. For each scenario: exactly the expected alerts fire in
-Prometheus with the right node and GPU/device/target, the non-inhibited ones reach the webhook,
-and everything resolves once the fault is cleared. The table is also in docs/alerts.md.
+the scenario that needs their ports), scraped twice: by Prometheus evaluating the generated rules,
+and by two Prometheus agents, each keeping half the targets (hashmod), remote-writing to
+VictoriaMetrics, where vmalert evaluates the same rule file and writes its records back
+(docs/scale-out.md). Durations are divided by 60 (`shorten_durations`: 5m becomes 5s; timing
+only, the expressions are the generated ones). Each engine notifies its own Alertmanager with the
+reference routes and inhibitions, delivering to a webhook. For each scenario, on both engines:
+exactly the expected alerts fire with the right node and GPU/device/target, the non-inhibited ones
+reach the webhook, and everything resolves once the fault is cleared; nothing fires while the
+stack starts. The table is also in docs/alerts.md.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 
 import pytest
 import requests
@@ -19,7 +24,18 @@ import requests
 from alerts.render import write_shortened_rules
 from exporter.sim.cluster import Cluster, load_scenario
 from exporter.sim.profiles import DEFAULT_PROFILE
-from exporter.sim.stack import alertmanager, prometheus, webhook_receiver
+from exporter.sim.stack import (
+    Prometheus,
+    Vmalert,
+    Webhook,
+    alertmanager,
+    prometheus,
+    prometheus_agent,
+    shard_config,
+    victoria_metrics,
+    vmalert,
+    webhook_receiver,
+)
 from tests.helpers import wait_until
 from tests.test_alertmanager import for_test
 
@@ -76,23 +92,61 @@ def key(labels: dict[str, str]) -> tuple[str, str, str]:
     return labels["alertname"], labels["instance"], where
 
 
-def firing(prom) -> tuple[set[tuple[str, str, str]], list[dict]]:
-    alerts = [a for a in prom.alerts() if a["state"] == "firing"]
+def firing(engine) -> tuple[set[tuple[str, str, str]], list[dict]]:
+    alerts = [a for a in engine.alerts() if a["state"] == "firing"]
     return {key(a["labels"]) for a in alerts}, alerts
 
 
+@dataclass
+class Engine:
+    """Where rules are evaluated (Prometheus, or vmalert over VictoriaMetrics) and what it notified."""
+
+    name: str
+    rules: Prometheus | Vmalert
+    hook: Webhook
+    store: Prometheus  # the Prometheus API holding its series (Prometheus itself, or VictoriaMetrics)
+    startup: set[tuple[str, str, str]] = field(default_factory=set)  # alerts fired while the stack started
+
+
+@dataclass
+class Stack:
+    cluster: Cluster
+    engines: list[Engine]
+    agents: list[str]
+
+
+SHARDS = 2
+STARTUP_SECONDS = 15  # longer than every shortened window (10m -> 10 s): a counter's first sample has left them
+
+
 def _stack(tmp_path_factory, profile: str):
-    """The cluster of `profile` nodes, Prometheus and Alertmanager."""
+    """The cluster of `profile` nodes; Prometheus with its Alertmanager; two agents, VictoriaMetrics
+    and vmalert with theirs. Everything either engine fires while starting is kept for a test."""
     root = tmp_path_factory.mktemp("alerts-e2e")
     rules = write_shortened_rules(str(root / "rules.yml"), 60)
     cluster = Cluster(str(root), nodes=4, profile=profile, exporter_args=("--collector.gpu.gpm-interval=1s",))
-    with cluster, webhook_receiver() as (url, hook), alertmanager(for_test(url)) as am:
-        jobs = [{"job_name": "gpuscope",  # the default selector's job
-                 "file_sd_configs": [{"files": [cluster.write_targets()], "refresh_interval": "1s"}]}]
-        with prometheus(jobs, rule_files=[rules], alertmanager=am) as prom:
-            prom.wait_for('count(up{job="gpuscope"} == 1) == 4')
-            time.sleep(12)  # rate windows and GPM samples fill
-            yield cluster, prom, hook
+    with ExitStack() as started:
+        started.enter_context(cluster)
+        targets = cluster.write_targets()
+        url, hook = started.enter_context(webhook_receiver())
+        prom = started.enter_context(prometheus(
+            [{"job_name": "gpuscope", "file_sd_configs": [{"files": [targets], "refresh_interval": "1s"}]}],
+            rule_files=[rules], alertmanager=started.enter_context(alertmanager(for_test(url)))))
+        vm = started.enter_context(victoria_metrics())
+        agents = [started.enter_context(prometheus_agent([shard_config("gpuscope", targets, shard, SHARDS, "instance")],
+                                                         f"{vm.base}/api/v1/write")) for shard in range(SHARDS)]
+        vm_url, vm_hook = started.enter_context(webhook_receiver())
+        vm_am = started.enter_context(alertmanager(for_test(vm_url)))
+        rules_vm = started.enter_context(vmalert([rules], vm.base, vm_am))
+        engines = [Engine("prometheus", prom, hook, prom), Engine("victoriametrics", rules_vm, vm_hook, vm)]
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:  # the exporters' first samples reach every window
+            for engine in engines:
+                engine.startup |= firing(engine.rules)[0]
+            time.sleep(0.5)
+        for engine in engines:
+            engine.store.wait_for('count(up{job="gpuscope"} == 1) == 4')
+        yield Stack(cluster, engines, agents)
 
 
 @pytest.fixture(scope="module")
@@ -116,58 +170,88 @@ def test_every_scenario_of_the_table_runs_on_one_of_the_stacks():
     assert {load_scenario(name).profile for name in TABLE} == {DEFAULT_PROFILE, "dgx-h100"}
 
 
-def play(stack, name: str) -> None:
-    """Injects the scenario's faults: exactly the expected alerts fire and are notified, then resolve."""
-    cluster, prom, hook = stack
+def test_nothing_fires_while_the_stack_starts_on_either_engine(stack):
+    """Issue 19: on VictoriaMetrics, increase() counted a new series' first sample, so every healthy
+    node's Lustre targets looked evicted at startup; the rules now read a counter's rise instead."""
+    assert {engine.name: engine.startup for engine in stack.engines} == {"prometheus": set(), "victoriametrics": set()}
+
+
+def test_the_agents_share_the_targets_and_vmalert_writes_records_back(stack):
+    agents = [requests_json(f"{agent}/api/v1/targets")["data"]["activeTargets"] for agent in stack.agents]
+    scraped = [sorted(t["labels"]["instance"] for t in targets) for targets in agents]
+    assert all(scraped) and sorted(name for names in scraped for name in names) == [f"node-{n}" for n in range(4)]
+    prom, vm = (engine.store for engine in stack.engines)
+    record = "cluster:gpuscope_gpus_allocated:count"  # vmalert's record, read back from VictoriaMetrics
+    assert vm.wait_for(record)[0]["value"][1] == prom.wait_for(record)[0]["value"][1]
+
+
+def requests_json(url: str) -> dict:
+    return requests.get(url, timeout=10).json()
+
+
+def play(stack: Stack, name: str) -> None:
+    """Injects the scenario's faults: on each engine exactly the expected alerts fire and are
+    notified, then resolve."""
     expected, notified = TABLE[name]
-    wait_until(lambda: not firing(prom)[0], 60, f"alerts still firing before {name}: {firing(prom)[0]}")
-    before = len(hook.received())
+    for engine in stack.engines:
+        wait_until(lambda e=engine: not firing(e.rules)[0], 60,
+                   f"{engine.name}: alerts still firing before {name}: {firing(engine.rules)[0]}")
+    before = {engine.name: len(engine.hook.received()) for engine in stack.engines}
     for step in load_scenario(name).steps:
         if step.fault:
-            cluster.inject(step.node, step.fault)
+            stack.cluster.inject(step.node, step.fault)
     try:
-        # Everything that fires from the injection until 6 s after the last expected alert fired:
-        # one-shot alerts (an ECC error, an XID) fire only for their window, so collect them all.
-        seen: set[tuple[str, str, str]] = set()
-        evidence: set[str] = set()
-        most = 0
+        # Everything that fires from the injection until 6 s after the last expected alert fired on
+        # both engines: one-shot alerts (an ECC error, an XID) fire only for their window.
+        seen = {engine.name: set() for engine in stack.engines}
+        evidence = {engine.name: set() for engine in stack.engines}
+        most = {engine.name: 0 for engine in stack.engines}
         deadline, settle = time.monotonic() + 60, None
         while settle is None or time.monotonic() < settle:
-            got, alerts = firing(prom)
-            seen |= got
-            evidence |= {a["labels"]["evidence"] for a in alerts if "evidence" in a["labels"]}
-            most = max(most, len(alerts))
-            if settle is None and seen >= expected:
+            for engine in stack.engines:
+                got, alerts = firing(engine.rules)
+                seen[engine.name] |= got
+                evidence[engine.name] |= {a["labels"]["evidence"] for a in alerts if "evidence" in a["labels"]}
+                most[engine.name] = max(most[engine.name], len(alerts))
+            if settle is None and all(found >= expected for found in seen.values()):
                 settle = time.monotonic() + 6
             assert time.monotonic() < deadline, f"{name}: expected {expected}, seen {seen}"
             time.sleep(0.5)
-        assert seen == expected, f"{name}: expected {expected}, got {seen}"
-        if name == "efa_retransmit_storm":
-            assert most == 2  # one alert per node and kind, not one per EFA device
+        assert seen == {engine.name: expected for engine in stack.engines}, f"{name}: expected {expected}, got {seen}"
+        if name == "efa_retransmit_storm":  # one alert per node and kind, not one per EFA device
+            assert set(most.values()) == {2}, most
         if name in EVIDENCE:  # which evidence named the waited-for rank
-            assert evidence == EVIDENCE[name], f"{name}: evidence {evidence}"
-        wait_until(lambda: {key(a["labels"]) for note in hook.received()[before:] for a in note["alerts"]
-                            if a["status"] == "firing"} >= notified, 30, f"{name}: notifications missing")
-        sent = {key(a["labels"]) for note in hook.received()[before:] for a in note["alerts"]
-                if a["status"] == "firing"}
-        assert sent == notified, f"{name}: notified {sent}, expected {notified} (the rest inhibited)"
-        for note in hook.received()[before:]:
-            for alert in note["alerts"]:
-                assert alert["labels"]["instance"] in alert["annotations"]["description"]
-                assert alert["annotations"]["runbook_url"].endswith("#" + alert["labels"]["alertname"].lower())
+            assert evidence == {engine.name: EVIDENCE[name] for engine in stack.engines}, f"{name}: {evidence}"
+        for engine in stack.engines:
+            _check_notified(engine, name, before[engine.name], notified)
     finally:
-        cluster.clear("job")
+        stack.cluster.clear("job")
         for node in range(4):
-            cluster.clear(node)
-    wait_until(lambda: not firing(prom)[0], 90, f"{name}: alerts did not resolve: {firing(prom)[0]}")
-    assert requests.get(f"{prom.base}/-/ready", timeout=5).status_code == 200
+            stack.cluster.clear(node)
+    for engine in stack.engines:
+        wait_until(lambda e=engine: not firing(e.rules)[0], 90,
+                   f"{engine.name}: {name}: alerts did not resolve: {firing(engine.rules)[0]}")
+        assert engine.rules.ready()
+
+
+def _check_notified(engine: Engine, name: str, before: int, notified: set[tuple[str, str, str]]) -> None:
+    def sent() -> set[tuple[str, str, str]]:
+        return {key(a["labels"]) for note in engine.hook.received()[before:] for a in note["alerts"]
+                if a["status"] == "firing"}
+
+    wait_until(lambda: sent() >= notified, 30, f"{engine.name}: {name}: notifications missing: {sent()}")
+    assert sent() == notified, f"{engine.name}: {name}: notified {sent()}, expected {notified} (the rest inhibited)"
+    for note in engine.hook.received()[before:]:
+        for alert in note["alerts"]:
+            assert alert["labels"]["instance"] in alert["annotations"]["description"]
+            assert alert["annotations"]["runbook_url"].endswith("#" + alert["labels"]["alertname"].lower())
 
 
 def test_a_restart_pages_nothing_and_a_gpu_missing_at_boot_pages_once_restarted(stack):
     """A healthy node's kernel log holds hours-old XIDs and driver noise: read again by a restarted
     exporter it pages nothing. A GPU that does not come up when the node (here its exporter and
     simulated NVML) starts pages GpuMissing from the first scrapes, with no history needed."""
-    cluster, prom, hook = stack
+    cluster, prom, hook = stack.cluster, stack.engines[0].rules, stack.engines[0].hook
     wait_until(lambda: not firing(prom)[0], 60, f"alerts firing before the restart: {firing(prom)[0]}")
     cluster.restart(0)
     deadline, seen = time.monotonic() + 15, set()
@@ -186,7 +270,8 @@ def test_a_restart_pages_nothing_and_a_gpu_missing_at_boot_pages_once_restarted(
     finally:
         cluster.clear(1)
         cluster.restart(1)
-    wait_until(lambda: not firing(prom)[0], 90, f"alerts did not resolve: {firing(prom)[0]}")
+    for engine in stack.engines:
+        wait_until(lambda e=engine: not firing(e.rules)[0], 90, f"{engine.name}: alerts did not resolve")
 
 
 # Last: the p5 stack's scenarios are over before the DGX stack starts (both stay up until the module ends).

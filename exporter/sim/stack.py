@@ -1,9 +1,10 @@
 """Real Prometheus and Alertmanager on loopback, and a webhook receiver: for `gpuscope demo` and the
-end-to-end tests.
+end-to-end tests; and the scale-out topology: Prometheus agents sharding the targets, remote-writing
+to VictoriaMetrics, vmalert evaluating the same rules (docs/scale-out.md).
 
-Debian's binaries are found on PATH (`apt-get install prometheus prometheus-alertmanager`). Every
-server listens on a free 127.0.0.1 port, is stopped by its own pid when the context exits (also
-when a test fails), and keeps its data in a temporary directory.
+Debian's binaries are found on PATH (`apt-get install prometheus prometheus-alertmanager
+victoria-metrics`). Every server listens on a free 127.0.0.1 port, is stopped by its own pid when the
+context exits (also when a test fails), and keeps its data in a temporary directory.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def find_binary(*names: str) -> str:
         if path:
             return path
     raise MissingBinary(f"{names[0]} not found on PATH: install it with "
-                        "`apt-get install prometheus prometheus-alertmanager` (Debian/Ubuntu)")
+                        "`apt-get install prometheus prometheus-alertmanager victoria-metrics` (Debian/Ubuntu)")
 
 
 @contextmanager
@@ -87,6 +88,9 @@ class Prometheus:
     def alerts(self) -> list[dict]:
         return requests.get(f"{self.base}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
 
+    def ready(self) -> bool:
+        return requests.get(f"{self.base}/-/ready", timeout=5).status_code == 200
+
     def targets(self) -> list[dict]:
         return requests.get(f"{self.base}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
 
@@ -109,6 +113,75 @@ def prometheus(scrape_configs: list[dict], interval: str = "1s", rule_files: Seq
                       f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
                      f"http://127.0.0.1:{port}", "/-/ready", ready_timeout):
             yield Prometheus(f"http://127.0.0.1:{port}")
+
+
+def shard_config(job: str, targets_file: str, shard: int, shards: int, by: str = "__address__") -> dict:
+    """A scrape job keeping the targets whose `by` label hashes to `shard` of `shards` (hashmod)."""
+    return {"job_name": job, "file_sd_configs": [{"files": [targets_file], "refresh_interval": "1s"}],
+            "relabel_configs": [
+                {"source_labels": [by], "modulus": shards, "target_label": "__tmp_shard",
+                 "action": "hashmod"},
+                {"source_labels": ["__tmp_shard"], "regex": str(shard), "action": "keep"}]}
+
+
+@contextmanager
+def prometheus_agent(scrape_configs: list[dict], remote_write: str, interval: str = "1s") -> Iterator[str]:
+    """Prometheus in agent mode (scrape and remote_write only), batches sent within 100 ms so a test's
+    shortened rule windows see fresh data; yields its base URL."""
+    binary = find_binary("prometheus")
+    with tempfile.TemporaryDirectory(prefix="gpuscope-agent-") as work:
+        config = {"global": {"scrape_interval": interval}, "scrape_configs": scrape_configs,
+                  "remote_write": [{"url": remote_write,
+                                    "queue_config": {"batch_send_deadline": "100ms", "min_backoff": "50ms"}}]}
+        path = Path(work) / "agent.yml"
+        path.write_text(yaml.safe_dump(config))
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        with _server([binary, "--enable-feature=agent", f"--config.file={path}",
+                      f"--storage.agent.path={work}/data", f"--web.listen-address=127.0.0.1:{port}",
+                      "--log.level=warn"], base, "/-/ready"):
+            yield base
+
+
+@contextmanager
+def victoria_metrics() -> Iterator[Prometheus]:
+    """Single-node VictoriaMetrics; queried through its Prometheus API like a Prometheus. Data is
+    searchable about a second after it arrives (the default hides the last 30 s)."""
+    binary = find_binary("victoria-metrics")
+    with tempfile.TemporaryDirectory(prefix="gpuscope-vm-") as work:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        with _server([binary, f"-storageDataPath={work}", f"-httpListenAddr=127.0.0.1:{port}",
+                      "-retentionPeriod=100y", "-search.latencyOffset=1s", "-search.disableCache",
+                      "-loggerLevel=ERROR"], base, "/health"):
+            yield Prometheus(base)
+
+
+class Vmalert:
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def alerts(self) -> list[dict]:
+        """Active alerts in Prometheus' format (labels, state); vmalert says null for none."""
+        return requests.get(f"{self.base}/api/v1/alerts", timeout=10).json()["data"]["alerts"] or []
+
+    def ready(self) -> bool:
+        return requests.get(f"{self.base}/health", timeout=5).status_code == 200
+
+
+@contextmanager
+def vmalert(rule_files: Sequence[str], datasource: str, alertmanager: str, interval: str = "1s") -> Iterator[Vmalert]:
+    """vmalert evaluating `rule_files` against `datasource` (VictoriaMetrics) every `interval`,
+    writing recorded series and alert state back to it and notifying `alertmanager` (host:port)."""
+    binary = find_binary("vmalert")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with _server([binary, *(f"-rule={path}" for path in rule_files), f"-datasource.url={datasource}",
+                  f"-remoteWrite.url={datasource}", f"-remoteRead.url={datasource}",
+                  f"-notifier.url=http://{alertmanager}", f"-evaluationInterval={interval}",
+                  "-remoteWrite.flushInterval=100ms", f"-httpListenAddr=127.0.0.1:{port}", "-loggerLevel=ERROR"],
+                 base, "/health"):
+        yield Vmalert(base)
 
 
 class Webhook:
