@@ -15,17 +15,13 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import yaml
 
 from alerts.settings import duration_seconds
-from exporter.sim.cluster import free_port
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _TERM = re.compile(rf"^(_|stale|{_NUMBER})(?:([-+])({_NUMBER}))?(?:x(\d+))?$")
@@ -57,6 +53,8 @@ def _labels(series: str) -> dict[str, str]:
 
 
 class VictoriaMetrics:
+    """The import, export and admin calls a rule test needs, on a running VictoriaMetrics at `url`."""
+
     def __init__(self, url: str) -> None:
         self.url = url
 
@@ -87,31 +85,6 @@ class VictoriaMetrics:
         """The label sets of the raw samples stamped exactly `at` (no lookback)."""
         body = self.get("/api/v1/export", **{"match[]": selector, "start": f"{at:.3f}", "end": f"{at:.3f}"})
         return [json.loads(line)["metric"] for line in body.decode().splitlines() if line]
-
-
-@contextmanager
-def victoria_metrics() -> Iterator[VictoriaMetrics]:
-    binary = shutil.which("victoria-metrics")
-    assert binary, "victoria-metrics missing: scripts/test installs Debian's victoria-metrics package"
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="gpuscope-vm-") as data:
-        proc = subprocess.Popen([binary, f"-storageDataPath={data}", f"-httpListenAddr=127.0.0.1:{port}",
-                                 "-retentionPeriod=100y", "-search.latencyOffset=1s", "-search.disableCache",
-                                 "-loggerLevel=ERROR"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        vm = VictoriaMetrics(f"http://127.0.0.1:{port}")
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    vm.get("/health")
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, "victoria-metrics did not start"
-                    time.sleep(0.1)
-            yield vm
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
 
 
 def _iso(at: float) -> str:

@@ -125,14 +125,15 @@ def shard_config(job: str, targets_file: str, shard: int, shards: int, by: str =
 
 
 @contextmanager
-def prometheus_agent(scrape_configs: list[dict], remote_write: str, interval: str = "1s") -> Iterator[str]:
+def prometheus_agent(scrape_configs: list[dict], remote_write: str, interval: str = "1s",
+                     max_samples_per_send: int = 500) -> Iterator[str]:
     """Prometheus in agent mode (scrape and remote_write only), batches sent within 100 ms so a test's
     shortened rule windows see fresh data; yields its base URL."""
     binary = find_binary("prometheus")
     with tempfile.TemporaryDirectory(prefix="gpuscope-agent-") as work:
+        queue = {"batch_send_deadline": "100ms", "min_backoff": "50ms", "max_samples_per_send": max_samples_per_send}
         config = {"global": {"scrape_interval": interval}, "scrape_configs": scrape_configs,
-                  "remote_write": [{"url": remote_write,
-                                    "queue_config": {"batch_send_deadline": "100ms", "min_backoff": "50ms"}}]}
+                  "remote_write": [{"url": remote_write, "queue_config": queue}]}
         path = Path(work) / "agent.yml"
         path.write_text(yaml.safe_dump(config))
         port = free_port()
