@@ -20,9 +20,7 @@ import yaml
 from alerts.render import FILES
 from exporter.sim.stack import victoria_metrics
 from tests.helpers import REPO
-from tests.victoria import VictoriaMetrics, play
-
-pytestmark = pytest.mark.e2e  # real VictoriaMetrics and vmalert
+from tests.victoria import VictoriaMetrics, expand, play
 
 CASES = ("counter_start", "storage", "agent", "remediation")
 
@@ -43,6 +41,11 @@ def rules():
     return loaded
 
 
+def test_promtool_series_notation_is_read_as_promtool_reads_it():
+    assert expand("1x2 _x1 0+60x2 5-1x1 stale 2.5e1") == [1, 1, 1, None, None, 0, 60, 120, 5, 4, None, 25]
+
+
+@pytest.mark.e2e  # real VictoriaMetrics and vmalert
 @pytest.mark.parametrize("case", CASES)
 def test_vmalert_fires_what_promtool_expects(vm, rules, case):
     with tempfile.TemporaryDirectory() as work:
