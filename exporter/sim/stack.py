@@ -42,12 +42,16 @@ def find_binary(*names: str) -> str:
 
 @contextmanager
 def _server(command: list[str], base: str, ready_path: str, ready_timeout: float = 30) -> Iterator[None]:
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    """Runs a server until the context exits. Its log goes to a file, not a pipe nobody drains: a
+    server that logs more than a pipe holds would block in its next write."""
+    errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in the finally below)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, text=True)
     try:
         deadline = time.monotonic() + ready_timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"{command[0]} exited {proc.returncode}: {proc.stderr.read()}")
+                errors.seek(0)
+                raise RuntimeError(f"{command[0]} exited {proc.returncode}: {errors.read()}")
             try:
                 if requests.get(base + ready_path, timeout=1).status_code == 200:
                     break
@@ -64,6 +68,7 @@ def _server(command: list[str], base: str, ready_path: str, ready_timeout: float
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        errors.close()
 
 
 class Prometheus:
