@@ -253,15 +253,15 @@ def webhook_only_config(url: str) -> dict:
             "receivers": [{"name": "webhook", "webhook_configs": [{"url": url, "send_resolved": True}]}]}
 
 
-def routed_to_webhook(config: dict, url: str) -> dict:
+def routed_to_webhook(config: dict, url: str, group_wait: str = "1s") -> dict:
     """An Alertmanager config with its own routes and inhibitions, every receiver replaced by the
     webhook at `url` (receiver names kept, so a notification still says which route it took) and
-    grouping waits cut to a second."""
+    grouping waits cut to `group_wait` (a second: test speed)."""
     out = copy.deepcopy(config)
-    out["route"].update(group_wait="1s", group_interval="1s")
+    out["route"].update(group_wait=group_wait, group_interval="1s")
     for route in out["route"].get("routes", []):
         if "group_wait" in route:
-            route["group_wait"] = "1s"
+            route["group_wait"] = group_wait
     for receiver in out["receivers"]:
         for key in [k for k in receiver if k.endswith("_configs")]:
             del receiver[key]
