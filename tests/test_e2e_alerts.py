@@ -122,9 +122,10 @@ SHARDS = 2
 # quiet machine, more under load), and an XID or SXID is a new series: the 10 m event window, 10 s
 # here, is widened to 30 m (30 s) so the event is inside it on both engines when vmalert first sees it.
 XID_WINDOW = "30m"
-# For the same reason an alert that reads a new record (the throttled-GPU record) can reach vmalert's
-# Alertmanager seconds after the straggler alert it inhibits: its Alertmanager waits 10 s before a
-# group's first notification (the reference routing waits 30 s), Prometheus's 1 s.
+# For the same reason an alert that reads a new record (the throttled-GPU record: 13 s after
+# Prometheus's once) can reach vmalert's Alertmanager after the straggler alert it inhibits, which
+# joins the straggler group a scenario before left: that Alertmanager waits 10 s before a group's
+# notifications (the reference routing waits 30 s and 5 min), Prometheus's 1 s.
 VM_GROUP_WAIT = "10s"
 STARTUP_SECONDS = 15  # longer than every shortened window (10m -> 10 s): a counter's first sample has left them
 

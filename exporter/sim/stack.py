@@ -256,9 +256,10 @@ def webhook_only_config(url: str) -> dict:
 def routed_to_webhook(config: dict, url: str, group_wait: str = "1s") -> dict:
     """An Alertmanager config with its own routes and inhibitions, every receiver replaced by the
     webhook at `url` (receiver names kept, so a notification still says which route it took) and
-    grouping waits cut to `group_wait` (a second: test speed)."""
+    grouping waits (a group's first notification and the next ones) cut to `group_wait` (a second:
+    test speed)."""
     out = copy.deepcopy(config)
-    out["route"].update(group_wait=group_wait, group_interval="1s")
+    out["route"].update(group_wait=group_wait, group_interval=group_wait)
     for route in out["route"].get("routes", []):
         if "group_wait" in route:
             route["group_wait"] = group_wait
