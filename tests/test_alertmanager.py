@@ -44,8 +44,8 @@ def test_each_severity_goes_where_the_docs_say(labels, receiver):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def for_test(url: str, group_wait: str = "1s") -> dict:
-    return routed_to_webhook(yaml.safe_load(CONFIG.read_text()), url, group_wait)
+def for_test(url: str) -> dict:
+    return routed_to_webhook(yaml.safe_load(CONFIG.read_text()), url)
 
 
 def post(am: str, *alerts: dict) -> None:

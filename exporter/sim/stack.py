@@ -253,16 +253,15 @@ def webhook_only_config(url: str) -> dict:
             "receivers": [{"name": "webhook", "webhook_configs": [{"url": url, "send_resolved": True}]}]}
 
 
-def routed_to_webhook(config: dict, url: str, group_wait: str = "1s") -> dict:
+def routed_to_webhook(config: dict, url: str) -> dict:
     """An Alertmanager config with its own routes and inhibitions, every receiver replaced by the
     webhook at `url` (receiver names kept, so a notification still says which route it took) and
-    grouping waits (a group's first notification and the next ones) cut to `group_wait` (a second:
-    test speed)."""
+    grouping waits cut to a second."""
     out = copy.deepcopy(config)
-    out["route"].update(group_wait=group_wait, group_interval=group_wait)
+    out["route"].update(group_wait="1s", group_interval="1s")
     for route in out["route"].get("routes", []):
         if "group_wait" in route:
-            route["group_wait"] = group_wait
+            route["group_wait"] = "1s"
     for receiver in out["receivers"]:
         for key in [k for k in receiver if k.endswith("_configs")]:
             del receiver[key]
