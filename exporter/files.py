@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import resource
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 
@@ -168,6 +169,19 @@ class CounterFiles:
         self._budget.give_back(len(fds))
 
     __del__ = close  # a collector dropped without close() (a test, a rebuilt plan) leaks no descriptors
+
+
+def boot_time(procfs: str) -> float:
+    """Wall time of boot from `<procfs>/stat` (btime): kernel log and process start times count from it.
+    Estimated from the clocks when the file cannot be read."""
+    try:
+        with open(os.path.join(procfs, "stat"), encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return time.time() - time.monotonic()
 
 
 def read_text(path: str) -> str:

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from exporter.files import boot_time
+
 _PAGE = resource.getpagesize()
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -24,17 +26,12 @@ def open_descriptors(procfs: str = "/proc") -> int:
     return os.stat(fd_dir).st_size or len(os.listdir(fd_dir)) - 1  # minus the listing's own descriptor
 
 
-def _boot_time(procfs: str) -> float:
-    with open(os.path.join(procfs, "stat"), "rb") as handle:
-        return next(float(line.split()[1]) for line in handle if line.startswith(b"btime "))
-
-
 class ProcessCollector(Collector):
     """CPU, memory, start time and descriptors of this process, named as every Prometheus client names them."""
 
     def __init__(self, procfs: str = "/proc") -> None:
         self._procfs = procfs
-        self._boot = _boot_time(procfs)
+        self._boot = boot_time(procfs)
 
     def collect(self) -> Iterator[Metric]:
         with open(os.path.join(self._procfs, "self", "stat"), "rb") as handle:

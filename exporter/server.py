@@ -131,6 +131,11 @@ class _Connection:
     busy: bool = False  # handling a request: never evicted, and a stop waits for it
     headers_since: float | None = None  # when it began sending a request's header lines
 
+    def cut(self) -> None:
+        """Shuts the socket down: its handler thread reads EOF and ends."""
+        with suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
 
 class WebServer(ThreadingHTTPServer):
     """A threaded HTTP server with the web config's TLS and basic auth (also the remediation receiver's).
@@ -167,8 +172,7 @@ class WebServer(ThreadingHTTPServer):
         """Closes the oldest connection not handling a request (caller holds the lock)."""
         for address, connection in self._open.items():
             if not connection.busy:
-                with suppress(OSError):
-                    connection.sock.shutdown(socket.SHUT_RDWR)  # its thread reads EOF and ends
+                connection.cut()
                 del self._open[address]
                 return True
         return False
@@ -206,8 +210,7 @@ class WebServer(ThreadingHTTPServer):
                 for connection in self._open.values():
                     since = connection.headers_since
                     if since is not None and now - since > HEADER_SECONDS:
-                        with suppress(OSError):
-                            connection.sock.shutdown(socket.SHUT_RDWR)
+                        connection.cut()
 
     def server_close(self) -> None:
         self._closed.set()

@@ -190,7 +190,8 @@ def test_nothing_fires_while_the_stack_starts_on_either_engine(stack):
 
 
 def test_the_agents_share_the_targets_and_vmalert_writes_records_back(stack):
-    agents = [requests_json(f"{agent}/api/v1/targets")["data"]["activeTargets"] for agent in stack.agents]
+    agents = [requests.get(f"{agent}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+              for agent in stack.agents]
     scraped = [sorted(t["labels"]["instance"] for t in targets) for targets in agents]
     assert all(scraped) and sorted(name for names in scraped for name in names) == [f"node-{n}" for n in range(4)]
     prom, vm = (engine.store for engine in stack.engines)
@@ -216,10 +217,6 @@ def test_every_dashboard_panel_answers_through_victoriametrics(stack):
                 and not all(math.isnan(float(r["value"][1])) for r in prom.query(expr))]
 
     wait_until(lambda: not unanswered(), 60, f"no answer from VictoriaMetrics: {unanswered()}")
-
-
-def requests_json(url: str) -> dict:
-    return requests.get(url, timeout=10).json()
 
 
 def play(stack: Stack, name: str) -> None:

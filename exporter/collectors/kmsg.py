@@ -35,11 +35,10 @@ import os
 import re
 import stat
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from exporter import catalog
+from exporter import catalog, files
 from exporter.catalog import Family, Scrape
 
 log = logging.getLogger("gpuscope")
@@ -194,7 +193,7 @@ class KmsgCollector:
 
     def _read(self, fd: int, device: bool) -> None:
         """Reads records until stopped: one per read() from /dev/kmsg, one per line from a file."""
-        boot_time = _boot_time(self._procfs)
+        boot_time = files.boot_time(self._procfs)
         with self._lock:
             self._error = ""
         pending = b""
@@ -224,15 +223,3 @@ class KmsgCollector:
                     record = parse_record(raw)
                     if record:
                         self._events.add(record, boot_time)
-
-
-def _boot_time(procfs: str) -> float:
-    """Wall time of boot from `<procfs>/stat` (btime): kmsg timestamps count from boot."""
-    try:
-        with open(os.path.join(procfs, "stat"), encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("btime "):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return time.time() - time.monotonic()
