@@ -8,26 +8,14 @@ writer, `scripts/generate`; a test fails when any of them is stale.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 from typing import Any
 
 import yaml
-from grafanalib._gen import DashboardEncoder
-from grafanalib.core import (
-    EXP_REDUCER_FUNC_LAST,
-    EXP_TYPE_MATH,
-    EXP_TYPE_REDUCE,
-    AlertExpression,
-    AlertFileBasedProvisioning,
-    AlertGroup,
-    AlertRulev9,
-    Target,
-)
 
 from alerts.rules import Alert, Group, Record, groups, load
-from alerts.settings import DURATION_UNITS, Settings
+from alerts.settings import DURATION_UNITS, MIN_SCRAPES_PER_WINDOW, Settings
 
 HEADER = ("# Generated from alerts/rules.py by `gpuscope alerts build` (in the gpuscope repository: "
           "scripts/generate); do not edit by hand.\n")
@@ -58,69 +46,54 @@ def prometheus_rule_manifest(rule_groups: list[Group], settings: Settings) -> di
             "spec": prometheus_rules(rule_groups, settings)}
 
 
-def grafana_provisioning(rule_groups: list[Group], settings: Settings, datasource_uid: str) -> dict[str, Any]:
-    """Grafana-managed alert rules. They query the Prometheus that evaluates the recording rules, so
-    load prometheus-rules.yml there too. Each query returns only alerting series; `* 0 + 1` makes them
-    1 so one threshold serves every rule."""
-    alert_groups = []
-    for group in rule_groups:
-        rules = [rule for rule in group.rules if isinstance(rule, Alert)]
-        if not rules:
-            continue
-        alert_groups.append(AlertGroup(name=group.name, folder="gpuscope", evaluateInterval="1m", rules=[
-            AlertRulev9(
-                title=rule.alert,
-                uid=f"gpuscope-{group.name.removeprefix('gpuscope-')}-{number}"[:40],
-                triggers=[
-                    Target(expr=f"({rule.expr}) * 0 + 1", refId="A", datasource=datasource_uid, instant=True),
-                    AlertExpression(refId="B", expression="A", expressionType=EXP_TYPE_REDUCE,
-                                    reduceFunction=EXP_REDUCER_FUNC_LAST),
-                    AlertExpression(refId="C", expression="$B > 0", expressionType=EXP_TYPE_MATH),
-                ],
-                condition="C",
-                evaluateFor="0s" if rule.for_ == "0m" else rule.for_,
-                noDataAlertState="OK",
-                errorAlertState="Error",
-                labels={"severity": rule.severity, **dict(rule.labels)},
-                annotations={"summary": rule.summary, "description": rule.description,
-                             "runbook_url": rule.runbook(settings)},
-            ) for number, rule in enumerate(rules)]))
-    provisioning = AlertFileBasedProvisioning(groups=alert_groups)
-    return json.loads(json.dumps(provisioning, cls=DashboardEncoder))  # nested grafanalib objects to plain data
-
-
 _DURATION = re.compile(r"(?<![\w.])(\d+)(ms|s|m|h|d)\b")
 
 
-def shorten_durations(rules: dict[str, Any], factor: float, floor_seconds: int = 5) -> dict[str, Any]:
-    """The rules with every duration (`for:`, range selectors, offsets) divided by `factor`, ranges
-    kept at `floor_seconds` or more so a rate still sees several samples at a 1 s scrape interval.
+def shorten_durations(rules: dict[str, Any], factor: float, scrape_seconds: float) -> dict[str, Any]:
+    """The rules with every duration (`for:`, range selectors, offsets) divided by `factor`, each range
+    kept at MIN_SCRAPES_PER_WINDOW scrape intervals of the shortened stack or more: a rate over one
+    sample is empty, and an alert joined on it flickers (issue 28: the demo's 1m became 6 s at a 5 s
+    scrape). Production windows hold four scrapes at SCRAPE_INTERVAL; a stack scraping every
+    SCRAPE_INTERVAL / factor keeps exactly the production rules' shape, a slower one floors the
+    shortest windows.
 
-    For the end-to-end tests and `gpuscope demo --fast` only: it changes timing, not logic.
+    For the end-to-end tests and `gpuscope demo` only: it changes timing, not logic.
     """
-    def scale(match: re.Match[str], floor: int) -> str:
+    floor = MIN_SCRAPES_PER_WINDOW * scrape_seconds
+
+    def scale(match: re.Match[str], least: float) -> str:
         seconds = int(match[1]) * DURATION_UNITS[match[2]] / factor
-        return f"{max(floor, round(seconds))}s" if seconds else "0s"
+        return prometheus_duration(max(least, seconds)) if seconds else "0s"
 
     out = copy.deepcopy(rules)
     for group in out["groups"]:
         for rule in group["rules"]:
-            rule["expr"] = _DURATION.sub(lambda m: scale(m, floor_seconds), rule["expr"])
+            rule["expr"] = _DURATION.sub(lambda m: scale(m, floor), rule["expr"])
             if "for" in rule:
-                rule["for"] = _DURATION.sub(lambda m: scale(m, 1), rule["for"])
+                rule["for"] = _DURATION.sub(lambda m: scale(m, 0), rule["for"])
     return out
 
 
-def write_shortened_rules(path: str, factor: float, settings: Settings | None = None) -> str:
-    """The rules file for a demo or an end-to-end test: every duration divided by `factor`."""
+def prometheus_duration(seconds: float) -> str:
+    """Seconds as a Prometheus duration, which takes no fractions: 4 -> 4s, 1.5 -> 1500ms."""
+    millis = round(seconds * 1000)
+    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
+
+
+def write_shortened_rules(path: str, factor: float, settings: Settings | None = None,
+                          scrape_seconds: float = 1.0) -> str:
+    """The rules file for a demo or an end-to-end test whose Prometheus scrapes and evaluates every
+    `scrape_seconds`: every duration divided by `factor` (see shorten_durations)."""
     settings = settings or Settings()
     with open(path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(shorten_durations(prometheus_rules(groups(settings), settings), factor), handle)
+        yaml.safe_dump(shorten_durations(prometheus_rules(groups(settings), settings), factor, scrape_seconds), handle)
     return path
 
 
 def render_all(settings: Settings, datasource_uid: str = "prometheus") -> dict[str, str]:
     """{file name: text} of every generated file."""
+    from alerts.grafana import grafana_provisioning  # grafanalib: the dashboards extra, which `alerts build` needs
+
     rule_groups = groups(settings)
     documents = {
         FILES[0]: prometheus_rules(rule_groups, settings),

@@ -21,6 +21,11 @@ from exporter.config import ConfigError, load_yaml
 SEVERITIES = ("critical", "warning", "info")
 # Prometheus duration units, as the settings' durations and the rules' range selectors use them.
 DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# The scrape (and rule evaluation) interval gpuscope ships (Helm's ServiceMonitor, the kustomize base,
+# docs/deployment.md). Every range a rule reads holds at least MIN_SCRAPES_PER_WINDOW of them: rate()
+# needs two samples, and four ride over one missed scrape. tests/test_alert_rules.py holds both.
+SCRAPE_INTERVAL = "15s"
+MIN_SCRAPES_PER_WINDOW = 4
 _LABEL_NAME = re.compile(r"^[a-zA-Z_]\w*$")
 
 

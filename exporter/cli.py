@@ -106,7 +106,7 @@ def _demo_parser(subparsers) -> None:
         description="Starts simulated nodes, Prometheus and Alertmanager (Debian's binaries from PATH) on "
                     "127.0.0.1 with the generated rules and the reference routing, plays a fault scenario and "
                     "shows which alerts go pending, fire and resolve. Ctrl-C stops every process.")
-    _cluster_arguments(parser, "demo", "60s", "keep running this long after the scenario's last step")
+    _cluster_arguments(parser, "demo", "90s", "keep running this long after the scenario's last step")
 
 
 def _alerts_parser(subparsers) -> None:
@@ -198,16 +198,20 @@ def _run_exporter(cli: dict) -> int:
     return app.run(settings, web)
 
 
-EXTRA = "needs the dashboards extra: pip install 'gpuscope[dashboards]'"
+def needs_extra(command: str, extra: str, exc: ImportError) -> int:
+    """One line naming the extra that brings a missing module (never a traceback); exit 1."""
+    print(f"gpuscope {command}: error: needs the {extra} extra: pip install 'gpuscope[{extra}]' "
+          f"(no module named {exc.name!r})", file=sys.stderr)
+    return 1
 
 
 def _build_alerts(args: dict) -> int:
     try:
+        import alerts.grafana  # noqa: F401 (grafanalib, for the Grafana-managed copy of the rules)
         from alerts.render import build
         from alerts.settings import SettingsError
     except ImportError as exc:
-        print(f"gpuscope alerts: error: {EXTRA} ({exc})", file=sys.stderr)
-        return 1
+        return needs_extra("alerts build", "dashboards", exc)
     try:
         paths = build(args["out"], args["config"], args["grafana_datasource_uid"])
     except SettingsError as exc:
@@ -218,6 +222,7 @@ def _build_alerts(args: dict) -> int:
 
 
 def _dashboards(args: dict) -> int:
+    command = f"dashboards {args['action']}"
     try:
         import requests
 
@@ -226,8 +231,7 @@ def _dashboards(args: dict) -> int:
         from dashboards.build import build
         from dashboards.push import PushError, push, read_token
     except ImportError as exc:
-        print(f"gpuscope dashboards: error: {EXTRA} ({exc})", file=sys.stderr)
-        return 1
+        return needs_extra(command, "render" if args["action"] == "render" else "dashboards", exc)
 
     if args["action"] in ("build", "push"):
         try:
@@ -239,13 +243,17 @@ def _dashboards(args: dict) -> int:
         print("\n".join(build(args["out"], settings)))
         return 0
     if args["action"] == "render":
-        from dashboards.render import render_all
+        try:
+            import matplotlib  # noqa: F401 (dashboards.render draws with it, imported where it draws)
 
+            from dashboards.render import render_all
+        except ImportError as exc:
+            return needs_extra(command, "render", exc)
         values = {"instance": args["instance"], "gpu": args["gpu"], "job_id": args["job_id"], "cluster": ".*",
                   "namespace": args["namespace"], "pod": args["pod"], "__rate_interval": "1m"}
         try:
             print("\n".join(render_all(args["prometheus"], args["out"], values, args["minutes"])))
-        except (requests.RequestException, ImportError) as exc:
+        except requests.RequestException as exc:
             print(f"gpuscope dashboards render: error: {exc}", file=sys.stderr)
             return 1
         return 0
@@ -276,8 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             from exporter.sim.demo import run_demo
         except ImportError as exc:
-            print(f"gpuscope demo: error: needs the demo extra: pip install 'gpuscope[demo]' ({exc})", file=sys.stderr)
-            return 1
+            return needs_extra("demo", "demo", exc)
         return run_demo(args)
     if command == "simulate":
         from exporter.sim.run import run_simulation

@@ -7,15 +7,23 @@ checked here: every alert has a summary, a templated description and a runbook t
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
 import pytest
 import yaml
 
-from alerts.render import FILES, render_all
+from alerts.render import FILES, prometheus_duration, prometheus_rules, render_all, shorten_durations
 from alerts.rules import Alert, groups
-from alerts.settings import Settings, SettingsError, load_settings
+from alerts.settings import (
+    MIN_SCRAPES_PER_WINDOW,
+    SCRAPE_INTERVAL,
+    Settings,
+    SettingsError,
+    duration_seconds,
+    load_settings,
+)
 from tests.helpers import REPO
 
 GENERATED = REPO / "alerts" / "generated"
@@ -94,3 +102,37 @@ def test_grafana_provisioning_holds_every_alert_with_a_threshold_condition():
         assert data[0]["datasourceUid"] == "prometheus"
         assert rule["labels"]["severity"] == alert.severity
         assert rule["for"] == ("0s" if alert.for_ == "0m" else alert.for_)
+
+
+_RANGE = re.compile(r"\[(\d+(?:ms|s|m|h|d))(?::[^\]]*)?\]")
+
+
+def ranges_seconds(rules: dict) -> list[float]:
+    """Every range selector's length, in seconds, across the rule file."""
+    return [duration_seconds(found) for group in rules["groups"] for rule in group["rules"]
+            for found in _RANGE.findall(rule["expr"])]
+
+
+def test_every_window_holds_four_scrapes_at_the_shipped_interval():
+    """rate() over fewer samples flickers; at the shipped 15 s scrape, 1m is the shortest window."""
+    windows = ranges_seconds(prometheus_rules(groups(Settings()), Settings()))
+    assert len(windows) > 40
+    helm = yaml.safe_load((REPO / "deploy/helm/gpuscope/values.yaml").read_text())
+    kustomize = yaml.safe_load((REPO / "deploy/kubernetes/base/servicemonitor.yaml").read_text())
+    assert helm["serviceMonitor"]["interval"] == kustomize["spec"]["endpoints"][0]["interval"] == SCRAPE_INTERVAL
+    assert min(windows) == MIN_SCRAPES_PER_WINDOW * duration_seconds(SCRAPE_INTERVAL) == 60
+
+
+@pytest.mark.parametrize(("factor", "scrape", "shortest"), [(10, 1.5, 6), (60, 1.0, 4), (10, 5.0, 20)])
+def test_shortened_rules_keep_four_scrapes_in_every_window(factor, scrape, shortest):
+    """Issue 28: the demo divided 1m by 10 at a 5 s scrape, a 6 s window holding one sample. A stack
+    scraping at the shipped interval divided by the factor keeps production's shape (the demo); a
+    slower one has its shortest windows floored at four of its scrapes. `for:` is divided as is."""
+    production = prometheus_rules(groups(Settings()), Settings())
+    shortened = shorten_durations(production, factor, scrape)
+    windows = ranges_seconds(shortened)
+    assert min(windows) == shortest
+    expected = [max(4 * scrape, w / factor) for w in ranges_seconds(production)]
+    assert windows == pytest.approx(expected)
+    fors = {r["alert"]: r["for"] for g in shortened["groups"] for r in g["rules"] if "for" in r}
+    assert fors["GpuStraggler"] == prometheus_duration(duration_seconds(Settings().straggler_for) / factor)

@@ -3,8 +3,10 @@
 What a new user without a GPU runs to see gpuscope work: the simulated nodes (each a real exporter),
 Prometheus evaluating the generated rules, Alertmanager with the reference routing and inhibitions
 delivering to a receiver in this process, and a terminal view of alerts going pending, firing and
-resolving while the scenario injects faults. Rule durations are divided by DEMO_SPEEDUP so the
-default scenario fits in a quarter of an hour. Ctrl-C stops every process.
+resolving while the scenario injects faults. Time runs DEMO_SPEEDUP times faster than production:
+rule durations, the scrape and evaluation intervals (the shipped 15 s) and the GPM sampling are all
+divided by it, so every rule window holds as many samples as in production and the default scenario
+fits in about 20 minutes. Ctrl-C stops every process.
 """
 
 from __future__ import annotations
@@ -47,24 +49,30 @@ def run_demo(args: dict[str, Any]) -> int:
     return 0
 
 
-def _rules_file(work: str) -> str:
-    from alerts.render import write_shortened_rules  # the daemon never loads alerts
+def _rules_file(work: str) -> tuple[str, str]:
+    """The shortened rules file and the scrape interval it was shortened for."""
+    from alerts.render import prometheus_duration, write_shortened_rules  # the daemon never loads alerts
+    from alerts.settings import SCRAPE_INTERVAL, duration_seconds
 
-    return write_shortened_rules(os.path.join(work, "rules.yml"), DEMO_SPEEDUP)
+    scrape = duration_seconds(SCRAPE_INTERVAL) / DEMO_SPEEDUP
+    return (write_shortened_rules(os.path.join(work, "rules.yml"), DEMO_SPEEDUP, scrape_seconds=scrape),
+            prometheus_duration(scrape))
 
 
 def _run(work: str, scenario, linger: float) -> None:
     routing = yaml.safe_load(resources.files("alerts").joinpath("alertmanager.yml").read_text())
+    rules, interval = _rules_file(work)
     cluster = Cluster(os.path.join(work, "nodes"), scenario.nodes, scenario.profile, jobs=scenario.jobs,
-                      exporter_args=("--collector.gpu.gpm-interval=5s",))
+                      exporter_args=(f"--collector.gpu.gpm-interval={interval}",))
     print(f"starting {scenario.nodes} simulated {scenario.profile} nodes, Prometheus and Alertmanager ...", flush=True)
     with cluster, webhook_receiver() as (url, hook), alertmanager(routed_to_webhook(routing, url)) as am:
         jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [cluster.write_targets()]}]}]
-        with prometheus(jobs, interval="5s", rule_files=[_rules_file(work)], alertmanager=am) as prom:
+        with prometheus(jobs, interval=interval, rule_files=[rules], alertmanager=am) as prom:
             print(f"Prometheus   {prom.base}/alerts\nAlertmanager http://{am}\n"
                   + "".join(f"{n.name:<12} http://{n.address}/\n" for n in cluster.nodes)
                   + f"scenario {scenario.name}: {scenario.description}\n"
-                  f"(rule durations divided by {DEMO_SPEEDUP}; Ctrl-C stops everything)\n", flush=True)
+                  f"(time runs {DEMO_SPEEDUP}x faster: rule durations and the {interval} scrape interval; "
+                  "Ctrl-C stops everything)\n", flush=True)
             steps: list[str] = []
             done = threading.Event()
             view = threading.Thread(target=_watch, args=(prom, hook, steps, done), daemon=True)
