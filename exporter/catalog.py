@@ -461,7 +461,59 @@ NCCL_MALFORMED_LINES = counter(
 NCCL_DROPPED = counter(
     "nccl", "gpuscope_nccl_dropped_total",
     "Inspector files (what=files) or series (what=series) left out by --collector.nccl.max-files or "
-    "--collector.nccl.max-series, counted at each collection.", ("what",), _NCCL_SOURCE)
+    "--collector.nccl.max-series, or RAS communicators and ranks (what=ras) beyond the leader's caps, counted "
+    "at each collection.", ("what",), _NCCL_SOURCE)
+
+# --- NCCL RAS (asking the running job which rank it waits for) -------------------------------------
+# Every node says whether its queries work; the node that leads a job (it holds the lowest present rank of
+# the job's largest communicator, and queries every --collector.nccl.ras-interval) also serves the job-wide
+# view: each communicator's progress and, only while they exist, the ranks behind, missing or in error.
+# Ranks are named by `host` (the address RAS reports; gpuscope_nccl_ras_host_info joins it to a node) and
+# `nvml_dev` (the NVML index there); `comm` is the communicator hash as 16 hex digits.
+_RAS_SOURCE = "NCCL RAS STATUS report (<ras-address>, src/ras/client_support.cc)"
+_RAS_COMM = ("job_id", "comm", "ranks")
+_RAS_RANK = ("job_id", "comm", "rank", "host", "nvml_dev")
+NCCL_RAS_UP = gauge(
+    "nccl", "gpuscope_nccl_ras_up",
+    "1 if the last query of the node's NCCL RAS server returned a report within the deadline, else 0 (0 also "
+    "where no NCCL job runs: nothing listens).", (), _RAS_SOURCE)
+NCCL_RAS_QUERY_DURATION = gauge(
+    "nccl", "gpuscope_nccl_ras_query_duration_seconds",
+    "How long the last RAS query took (RAS gathers from every process of the job).", (), _RAS_SOURCE)
+NCCL_RAS_QUERIES = counter("nccl", "gpuscope_nccl_ras_queries_total", "RAS queries made by this node.", (),
+                           _RAS_SOURCE)
+NCCL_RAS_QUERY_FAILURES = counter(
+    "nccl", "gpuscope_nccl_ras_query_failures_total",
+    "RAS queries that gave no report: reason=refused (nothing listening: no NCCL job) or error (a timeout, a "
+    "connection closed mid-report, an answer that is not a report).", ("reason",), _RAS_SOURCE)
+NCCL_RAS_LEADER = gauge(
+    "nccl", "gpuscope_nccl_ras_leader",
+    "1 if this node leads a job's RAS queries (its rank is the lowest present one of the job's largest "
+    "communicator), so the job-wide series come from it.", (), _RAS_SOURCE)
+NCCL_RAS_HOST = gauge(
+    "nccl", "gpuscope_nccl_ras_host_info",
+    "This node's addresses as RAS names hosts (value 1): joins a rank's host to the node.", ("host",),
+    "the node's interfaces, or --collector.nccl.ras-hosts")
+NCCL_RAS_PROGRESS = gauge(
+    "nccl", "gpuscope_nccl_ras_communicator_progress_operations",
+    "Highest count of collective operations launched by any rank of the communicator (the leader's last "
+    "report).", _RAS_COMM, _RAS_SOURCE)
+NCCL_RAS_STALLED = gauge(
+    "nccl", "gpuscope_nccl_ras_communicator_stalled_seconds",
+    "How long the communicator's progress has stood still across the leader's reports (0 while it moves).",
+    _RAS_COMM, _RAS_SOURCE)
+NCCL_RAS_BEHIND = gauge(
+    "nccl", "gpuscope_nccl_ras_rank_behind_operations",
+    "Operations a rank launched fewer than its communicator's progress; only ranks behind are exported.",
+    _RAS_RANK, _RAS_SOURCE)
+NCCL_RAS_MISSING = gauge(
+    "nccl", "gpuscope_nccl_ras_rank_missing",
+    "1 for a rank the report misses: state=missing (answered, not in the communicator), unresponsive or dead "
+    "(RAS gave up on its process); only missing ranks are exported.", (*_RAS_RANK, "state"), _RAS_SOURCE)
+NCCL_RAS_ASYNC_ERROR = gauge(
+    "nccl", "gpuscope_nccl_ras_rank_async_error",
+    "The ncclResult_t of a rank's asynchronous error (e.g. 6 remote error); only ranks in error are exported.",
+    _RAS_RANK, _RAS_SOURCE)
 
 # --- the kernel log (XIDs since boot, NVSwitch SXIDs) ----------------------------------------------
 _KXID = ("gpu", "uuid", "pci_address", "xid")

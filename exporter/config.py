@@ -19,6 +19,7 @@ from exporter.collectors import FACTORIES, Roots
 from exporter.collectors.gpu import GpuOptions
 from exporter.collectors.kmsg import KmsgOptions
 from exporter.collectors.nccl import NcclOptions
+from exporter.collectors.nccl_ras import Cadence
 from exporter.logs import LEVELS
 from exporter.sim.profiles import PROFILES
 
@@ -66,6 +67,15 @@ def parse_listen_address(value: Any) -> tuple[str, int]:
         raise ValueError(f"invalid listen address {value!r} (expected host:port, e.g. :{DEFAULT_PORT})")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     return (host or "::", int(port))
+
+
+def parse_ras_address(value: Any) -> str:
+    """The NCCL RAS server to ask, `host:port` (NCCL_RAS_ADDR's form), or empty for none."""
+    text = str(value or "").strip()
+    host, _, port = text.rpartition(":")
+    if text and (not host or not port.isdigit() or not 0 < int(port) < 65536):
+        raise ValueError(f"invalid RAS address {value!r} (expected host:port, e.g. 127.0.0.1:28028)")
+    return text
 
 
 def parse_path(value: Any) -> str:
@@ -161,6 +171,13 @@ OPTIONS: tuple[Option, ...] = (
            "counted in gpuscope_nccl_dropped_total{what=\"files\"}"),
     Option("collector.nccl.max-series", "400", parse_count, "most NCCL series per scrape; the rest are counted in "
            "gpuscope_nccl_dropped_total{what=\"series\"}"),
+    Option("collector.nccl.ras-address", "127.0.0.1:28028", parse_ras_address,
+           "the node's NCCL RAS server (NCCL >= 2.24, NCCL_RAS_ADDR), asked in the background which rank a job waits "
+           "for; empty: not asked"),
+    Option("collector.nccl.ras-hosts", "", lambda v: parse_names(v) if str(v).strip() else (),
+           "this node's addresses as RAS names hosts (comma-separated); empty: its interfaces' IPv4 addresses"),
+    Option("collector.nccl.ras-interval", "10s", parse_duration,
+           "how often the node leading a job asks RAS (the others ask at start, on a new job and hourly)"),
     Option("collector.nccl.message-sizes", False, parse_bool,
            "also export each message-size bucket (message_size label), not only their aggregate", is_flag=True),
     Option("simulate", "", parse_profile,
@@ -225,9 +242,13 @@ def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) ->
                                      interval=values["collector.nccl.interval"],
                                      max_files=values["collector.nccl.max-files"],
                                      max_series=values["collector.nccl.max-series"],
-                                     message_sizes=values["collector.nccl.message-sizes"])),
+                                     message_sizes=values["collector.nccl.message-sizes"],
+                                     ras_address=values["collector.nccl.ras-address"],
+                                     ras_hosts=values["collector.nccl.ras-hosts"],
+                                     ras_cadence=Cadence(leader=values["collector.nccl.ras-interval"]))),
         collectors=tuple(name for name in FACTORIES if values[f"collector.{name}"]
-                         and (name != "nccl" or values["collector.nccl.inspector-dir"] or values["simulate"])),
+                         and (name != "nccl" or values["collector.nccl.inspector-dir"]
+                              or values["collector.nccl.ras-address"] or values["simulate"])),
         timeout=values["collector.timeout"],
         log_level=values["log.level"],
         log_format=values["log.format"],

@@ -26,10 +26,14 @@ def test_defaults():
     assert settings.listen_address == ("::", DEFAULT_PORT)
     assert settings.telemetry_path == "/metrics"
     assert (settings.roots.sysfs, settings.roots.procfs) == ("/sys", "/proc")
-    assert settings.collectors == ("gpu", "rdma", "lustre", "host", "identity", "kmsg")  # nccl: no Inspector dir
+    # nccl: on for NCCL RAS on its default port; Inspector files only where a directory is named
+    assert settings.collectors == ("gpu", "rdma", "lustre", "host", "nccl", "identity", "kmsg")
+    assert (settings.roots.nccl.ras_address, settings.roots.nccl.directory) == ("127.0.0.1:28028", "")
     assert settings.timeout == 5.0
     with_inspector = resolve({"collector.nccl.inspector-dir": "/var/lib/nccl"}, {}, "")
     assert "nccl" in with_inspector.collectors and with_inspector.roots.nccl.directory == "/var/lib/nccl"
+    neither = resolve({"collector.nccl.ras-address": ""}, {}, "")
+    assert "nccl" not in neither.collectors
 
 
 def test_precedence_flag_over_env_over_file_over_default(tmp_path):
@@ -43,7 +47,7 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path):
     assert settings.roots.procfs == "/flag/proc"      # flag beats env and file
     assert settings.roots.sysfs == "/env/sys"         # env beats file
     assert settings.timeout == 3.0                    # file beats default
-    assert settings.collectors == ("gpu", "rdma", "host", "identity", "kmsg")  # file: no lustre; flag: host
+    assert settings.collectors == ("gpu", "rdma", "host", "nccl", "identity", "kmsg")  # file: no lustre; flag: host
     assert settings.log_format == "json"
 
 

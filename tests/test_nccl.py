@@ -69,7 +69,7 @@ def test_buckets_are_aggregated_in_base_units_and_joined_to_the_nvml_gpu(tmp_pat
     assert value(parsed, catalog.NCCL_SNAPSHOT_AGE.name, gpu="3", uuid=UUID) == 5.0
     assert value(parsed, catalog.NCCL_MALFORMED_LINES.name) == 0
     nccl = {key for key in parsed if key[0].startswith("gpuscope_nccl_")}
-    assert len(nccl) == 2 + 1 + 1 + 2  # bandwidth, time; snapshot age; malformed; dropped files and series
+    assert len(nccl) == 2 + 1 + 1 + 3  # bandwidth, time; snapshot age; malformed; dropped files, series, ras
 
 
 def test_without_a_slurm_job_the_gpus_own_job_is_used(tmp_path):

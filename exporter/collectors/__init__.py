@@ -70,7 +70,8 @@ DESCRIPTIONS: dict[str, str] = {
     "lustre": "Lustre client I/O and per-target import health (procfs, sysfs, debugfs)",
     "host": "CPU busy time per NUMA node, available memory, pressure stall information",
     "nccl": "NCCL Inspector's per-rank collective bandwidth and time, joined to the NVML GPU and its job "
-            "(on when --collector.nccl.inspector-dir names a directory)",
+            "(when --collector.nccl.inspector-dir names a directory), and NCCL RAS's job-wide view: each "
+            "communicator's progress, the ranks behind, missing or dead (--collector.nccl.ras-address)",
     "identity": "the instance type from DMI (no network call) and what that type should have: GPUs, EFA "
                 "devices, NVLinks per GPU, NVSwitches",
     "kmsg": "the kernel log since boot: NVIDIA XIDs per GPU (with 'fallen off the bus' as XID 79) and NVSwitch "

@@ -17,6 +17,10 @@ By default each collective is one series per rank and communicator (message-size
 aggregated: bus bandwidth as a geometric mean, as Inspector itself averages it, exec time as an
 arithmetic mean; every rank of a communicator runs the same collectives, so ranks stay comparable),
 marked `message_size="all"`; `--collector.nccl.message-sizes` adds one series per bucket.
+
+NCCL RAS (`--collector.nccl.ras-address`) is asked in a background thread (nccl_ras.RasPoller, its
+own cadence and deadline, never in the scrape path); the scrape serves what the last query left:
+every node whether its queries work, the node leading a job's queries the job-wide view.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from exporter import catalog
 from exporter.catalog import Family, Scrape
+from exporter.collectors.nccl_ras import Cadence, RasPoller, RasView, interface_addresses
 from exporter.files import list_dir, read_bytes
 
 FILE_NAME = re.compile(r"^nccl_inspector_metrics_([0-9a-fA-F-]{36})\.prom$")
@@ -55,6 +60,10 @@ DEVICE_METRICS = {
 BANDWIDTHS = {catalog.NCCL_BUS_BANDWIDTH.name, catalog.NCCL_P2P_BUS_BANDWIDTH.name}
 STALE_INTERVALS = 3
 SETTLE_SECONDS = 1.0
+# The leader's job-wide view within the series budget: the largest communicators (those with a rank behind,
+# missing or in error first) and the ranks named; the rest counted in gpuscope_nccl_dropped_total{what="ras"}.
+RAS_MAX_COMMUNICATORS = 12
+RAS_MAX_RANKS = 64
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,9 @@ class NcclOptions:
     max_files: int = 32
     max_series: int = 400
     message_sizes: bool = False
+    ras_address: str = ""  # host:port of the node's NCCL RAS server; empty: RAS is not asked
+    ras_hosts: tuple[str, ...] = ()  # this node's addresses as RAS names hosts; empty: its interfaces'
+    ras_cadence: Cadence = field(default_factory=Cadence)
 
 
 # One aggregated series of a file: its metric, the job the file names ("unknown" without Slurm), the
@@ -151,8 +163,18 @@ class NcclCollector:
         self._clock = clock
         self._snapshots: dict[str, _Snapshot] = {}
         self._malformed = 0
-        self._dropped = {"files": 0, "series": 0}
+        self._dropped = {"files": 0, "series": 0, "ras": 0}
         self._identities: Identities = dict
+        self._jobs: frozenset[str] = frozenset()
+        self._ras: RasPoller | None = None
+        if options.ras_address:
+            hosts = frozenset(options.ras_hosts) or interface_addresses()
+            self._ras = RasPoller(options.ras_address, hosts, options.ras_cadence)
+            self._ras.start()
+
+    def close(self) -> None:
+        if self._ras:
+            self._ras.stop()
 
     def identify_with(self, identities: Identities) -> None:
         """Where the NVML index and the job of a GPU come from (the GPU collector, when it runs)."""
@@ -168,10 +190,61 @@ class NcclCollector:
             (gpu, uuid_label), jobs = identities.get(uuid.lower(), (("", uuid), ()))
             scrape.add(catalog.NCCL_SNAPSHOT_AGE, max(0.0, now - snapshot.mtime), gpu, uuid_label)
             budget = self._add_series(scrape, snapshot.series, gpu, uuid_label, jobs, budget)
+        if self._ras:
+            self._add_ras(scrape, self._ras.view(), identities, now)
         scrape.add(catalog.NCCL_MALFORMED_LINES, self._malformed)
         for what, count in self._dropped.items():
             scrape.add(catalog.NCCL_DROPPED, count, what)
         return scrape.families.values()
+
+    def _add_ras(self, scrape: Scrape, view: RasView, identities: dict, now: float) -> None:
+        """How this node's RAS queries go and, where it leads a job and its report is fresh, the job's
+        view. A new job on the node's GPUs asks at once instead of at the hourly member cadence."""
+        assert self._ras is not None
+        jobs = {gpu: jobs for (gpu, _), jobs in identities.values()}
+        all_jobs = frozenset(job for gpu_jobs in jobs.values() for job in gpu_jobs)
+        if all_jobs - self._jobs:
+            self._ras.poke()
+        self._jobs = all_jobs
+        scrape.add(catalog.NCCL_RAS_UP, 1.0 if view.report else 0.0)
+        scrape.add(catalog.NCCL_RAS_QUERY_DURATION, view.duration)
+        scrape.add(catalog.NCCL_RAS_QUERIES, view.queries)
+        scrape.add(catalog.NCCL_RAS_QUERY_FAILURES, view.refused, "refused")
+        scrape.add(catalog.NCCL_RAS_QUERY_FAILURES, view.errors, "error")
+        scrape.add(catalog.NCCL_RAS_LEADER, 1.0 if view.role == "leader" else 0.0)
+        for host in sorted(self._ras.hosts):
+            scrape.add(catalog.NCCL_RAS_HOST, 1.0, host)
+        fresh = now - view.at <= STALE_INTERVALS * self._options.ras_cadence.leader
+        if view.report and view.role == "leader" and fresh:
+            self._add_job_view(scrape, view, jobs)
+
+    def _add_job_view(self, scrape: Scrape, view: RasView, jobs: dict[str, tuple[str, ...]]) -> None:
+        """Each communicator's progress and stall, and the ranks behind, missing or in error, within caps."""
+        assert view.report is not None and self._ras is not None
+        hosts = self._ras.hosts
+        report = view.report
+        troubled = [c for c in report.communicators if report.behind(c) or c.missing
+                    or any(rank.async_error for rank in c.ranks)]
+        ordered = troubled + sorted((c for c in report.communicators if c not in troubled),
+                                    key=lambda c: (-c.size, c.hash))
+        # A report is one job's: the job of any of this node's GPUs holding one of its ranks.
+        job = next((j for comm in report.communicators for rank in comm.ranks if rank.host in hosts
+                    for j in jobs.get(str(rank.nvml_dev), ())), "")
+        ranks_left = RAS_MAX_RANKS
+        for comm in ordered[:RAS_MAX_COMMUNICATORS]:
+            labels = (job, comm.hash, str(comm.size))
+            if comm.hash:
+                scrape.add(catalog.NCCL_RAS_PROGRESS, comm.progress, *labels)
+                scrape.add(catalog.NCCL_RAS_STALLED, view.stalled.get(comm.hash, 0.0), *labels)
+            named = [(catalog.NCCL_RAS_BEHIND, rank, float(behind), ()) for rank, behind in report.behind(comm)]
+            named += [(catalog.NCCL_RAS_MISSING, rank, 1.0, (rank.missing,)) for rank in comm.missing]
+            named += [(catalog.NCCL_RAS_ASYNC_ERROR, rank, float(rank.async_error), ())
+                      for rank in comm.ranks if rank.async_error]
+            for metric, rank, value, extra in named[:ranks_left]:
+                scrape.add(metric, value, job, comm.hash, str(rank.rank), rank.host, str(rank.nvml_dev), *extra)
+            self._dropped["ras"] += max(0, len(named) - ranks_left)
+            ranks_left = max(0, ranks_left - len(named))
+        self._dropped["ras"] += max(0, len(ordered) - RAS_MAX_COMMUNICATORS)
 
     def _read_files(self, now: float) -> dict[str, _Snapshot]:
         """{uuid: snapshot} of the files rewritten within three intervals, at most max_files of them."""

@@ -60,6 +60,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def ras_host(index: int) -> str:
+    """Node i's own loopback address, where its RAS server listens and which RAS names it by."""
+    return f"127.0.0.{index + 2}"
+
+
 @dataclass
 class SimNode:
     index: int
@@ -79,8 +84,12 @@ class Cluster:
 
     def __init__(self, root: str, nodes: int = 4, profile: str = DEFAULT_PROFILE, job_nodes: Sequence[int] = (),
                  interval: str = "1s", exporter_args: Sequence[str] = (), base_port: int = 0,
-                 job_id: str = "4242", jobs: Sequence[tuple[str, Sequence[int]]] = ()) -> None:
-        """One job (`job_id` on `job_nodes`, default every node) or several (`jobs`: id and nodes)."""
+                 job_id: str = "4242", jobs: Sequence[tuple[str, Sequence[int]]] = (), ras_interval: str = "1s",
+                 ras_version: str = "2.29.2", ras_timeout_factor: float = 1.0) -> None:
+        """One job (`job_id` on `job_nodes`, default every node) or several (`jobs`: id and nodes).
+        Each node of a job answers NCCL RAS on its own loopback address (node i: 127.0.0.<i+2>, so
+        RAS's `host` tells the nodes apart) as NCCL `ras_version` would, its exporter asking it every
+        `ras_interval` when it leads; `ras_timeout_factor` scales RAS's 5 s / 60 s timeouts."""
         self.root = root
         self.jobs = tuple((str(i), tuple(n)) for i, n in jobs) or ((job_id, tuple(job_nodes) or tuple(range(nodes))),)
         self.job_id, self.job_nodes = self.jobs[0]
@@ -88,6 +97,8 @@ class Cluster:
         self.profile = load_profile(profile)
         self._interval = interval
         self._exporter_args = tuple(exporter_args)
+        self._ras = {"port": free_port(), "interval": ras_interval, "version": ras_version,
+                     "timeout_factor": ras_timeout_factor}
         self.nodes = [SimNode(i, f"node-{i}", os.path.join(root, f"node-{i}"),
                               base_port + i if base_port else free_port()) for i in range(nodes)]
 
@@ -120,9 +131,14 @@ class Cluster:
             [sys.executable, "-m", "exporter", f"--simulate={self.profile_name}",
              f"--simulate.dir={node.directory}", f"--simulate.interval={self._interval}",
              f"--collector.gpu.job-mapping-dir={node.directory}/job-mapping",
-             f"--web.listen-address={node.address}", *self._exporter_args],
+             f"--web.listen-address={node.address}", f"--collector.nccl.ras-address={self.ras_address(node)}",
+             f"--collector.nccl.ras-hosts={ras_host(node.index)}",
+             f"--collector.nccl.ras-interval={self._ras['interval']}", *self._exporter_args],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
+
+    def ras_address(self, node: SimNode) -> str:
+        return f"{ras_host(node.index)}:{self._ras['port']}"
 
     def _wait_ready(self, node: SimNode, deadline: float) -> None:
         while time.monotonic() < deadline:
@@ -172,6 +188,7 @@ class Cluster:
         check_fault(fault, "fault", self.profile["gpu"]["count"])
         if fault["kind"] in JOB_KINDS and not str(node).startswith("job"):
             raise ScenarioError(f"fault {fault['kind']} affects a whole job: inject it with node='job'")
+        fault = {**fault, "since": fault.get("since", time.time())} if fault["kind"] in JOB_KINDS else fault
         for target in self._targets(node):
             target.faults.append(dict(fault))
             self._write_faults(target)
@@ -214,7 +231,9 @@ class Cluster:
                 for gpu in range(self.profile["gpu"]["count"]):
                     with open(os.path.join(mapping, str(gpu)), "w", encoding="ascii") as handle:
                         handle.write(f"{job_id}\n")
-                SimulatedNode.write_job(node.directory, job_id, node.index, len(nodes))
+                SimulatedNode.write_job(node.directory, job_id, node.index, len(nodes), {
+                    "address": self.ras_address(node), "hosts": [ras_host(i) for i in nodes], "started": time.time(),
+                    "version": self._ras["version"], "timeout_factor": self._ras["timeout_factor"]})
 
     def _targets(self, node: int | str) -> list[SimNode]:
         if node == "job":

@@ -24,9 +24,12 @@ from exporter.sim.nvml import Fault
 GPU_KINDS = ("straggler", "thermal_throttle", "power_brake", "nvlink_errors", "gpu_lost", "ecc_uncorrectable",
              "row_remap_failure", "xid", "kernel_xid", "nvlink_down", "gpu_missing_at_boot")
 NODE_KINDS = ("efa_stall", "efa_retransmit_storm", "lustre_eviction", "efa_device_missing", "sxid", "rdma_port_down")
+# NCCL hangs as RAS sees them (exporter/sim/ras.py); on the hardware each looks like collective_stall.
+HANG_KINDS = ("nccl_hang", "nccl_hang_launched", "nccl_process_dead")
 JOB_KINDS = ("collective_stall", "compute_straggler", "nccl_late_arrival", "nccl_bandwidth_drop", "checkpoint",
-             "pipeline_imbalance")
+             "pipeline_imbalance", *HANG_KINDS, "ras_slow")
 RANK_KINDS = ("compute_straggler", "nccl_late_arrival")  # aimed at one GPU: `node` and `gpu`
+AIMED_KINDS = (*RANK_KINDS, "nccl_hang", "nccl_process_dead")
 LINK_KINDS = ("nccl_bandwidth_drop",)  # aimed at one node's network: `node`
 # How much longer the ranks that wait spend in each collective, and how much shorter the rank waited for.
 WAITING_EXEC, WAITED_FOR_EXEC = 1.7, 0.45
@@ -95,9 +98,9 @@ def check_fault(fault: Any, where: str, gpus: int) -> dict[str, Any]:
         raise ScenarioError(f"{where}: fault sxid needs 'switch' (an NVSwitch index) and 'sxid', the SXID number")
     if kind == "rdma_port_down" and not (isinstance(fault.get("device", 0), int) and fault.get("device", 0) >= 0):
         raise ScenarioError(f"{where}: fault rdma_port_down takes 'device', the index of an InfiniBand HCA (0, 1, ...)")
-    if kind in RANK_KINDS + LINK_KINDS and not isinstance(fault.get("node"), int):
+    if kind in AIMED_KINDS + LINK_KINDS and not isinstance(fault.get("node"), int):
         raise ScenarioError(f"{where}: fault {kind} needs 'node', the index of the node it hits")
-    if kind in RANK_KINDS and not (isinstance(fault.get("gpu"), int) and 0 <= fault["gpu"] < gpus):
+    if kind in AIMED_KINDS and not (isinstance(fault.get("gpu"), int) and 0 <= fault["gpu"] < gpus):
         raise ScenarioError(f"{where}: fault {kind} needs 'gpu', an index from 0 to {gpus - 1}")
     return fault
 
@@ -108,7 +111,7 @@ def node_effects(faults: list[dict[str, Any]], profile: dict[str, Any], node: in
     gpu, busy = profile["gpu"], profile["busy"]
     for fault in faults:
         kind = fault["kind"]
-        if kind in JOB_KINDS and kind != "collective_stall":
+        if kind in JOB_KINDS and kind not in ("collective_stall", *HANG_KINDS):
             _job_effect(effects, fault, profile, node)
         elif kind == "xid":
             effects.xids.append((fault["gpu"], fault["xid"]))
@@ -124,7 +127,8 @@ def node_effects(faults: list[dict[str, Any]], profile: dict[str, Any], node: in
             effects.gpus[fault["gpu"]] = Fault(lost=True)  # the simulated NVML raises XID 79 itself
         elif kind in GPU_KINDS:
             effects.gpus[fault["gpu"]] = _gpu_fault(kind, gpu, busy)
-        elif kind == "collective_stall":
+        elif kind in ("collective_stall", *HANG_KINDS):  # a hung collective: every waiting GPU spins in NCCL
+            effects.nccl.paused = kind != "collective_stall"  # Inspector records completions: none come
             stalled = Fault(utilization=100, power_watts=0.11 * gpu["power_limit_watts"], activity_scale=0.02,
                             nvlink_scale=0.0)
             effects.gpus.update({index: stalled for index in range(gpu["count"]) if index not in effects.gpus})

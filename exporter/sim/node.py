@@ -18,12 +18,13 @@ from typing import Any
 import yaml
 
 from exporter.config import ConfigError
-from exporter.sim.faults import NodeEffects, ScenarioError, check_fault, node_effects
+from exporter.sim.faults import JOB_KINDS, NodeEffects, ScenarioError, check_fault, node_effects
 from exporter.sim.files import relative_symlink
 from exporter.sim.inspector import rank_buckets, write_rank_files
 from exporter.sim.kernel_log import KernelLog
 from exporter.sim.lustre_tree import LustreClient, LustreTarget, write_lustre_tree
 from exporter.sim.nvml import Fault, SimulatedNvml, gpu_bus, gpu_uuid
+from exporter.sim.ras import Job, RasServer
 from exporter.sim.rdma_tree import (
     P5_EFA_BUSES,
     P5_GPU_BUSES,
@@ -99,6 +100,7 @@ class SimulatedNode:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._faults_seen: tuple[float, int] | None = None
+        self._faults: list[dict[str, Any]] = []
         self._effects = NodeEffects()
         self._raised: set[tuple[int, int]] = set()
         self._logged: set[tuple] = set()
@@ -133,17 +135,19 @@ class SimulatedNode:
         self._load_job()
         self._load_faults()  # faults present at start are there at boot (a GPU that did not come up)
         self._write_inspector_files()
+        self._ras = self._start_ras()
         for fs in profile.get("idle_lustre", ()):  # a second mount nobody uses: its imports go IDLE
             write_lustre_tree(self.sysfs, LustreClient(
                 fs=fs, read_bytes=52_428_800, reads=400, write_bytes=1_048_576, writes=12,
                 targets=[LustreTarget(name, state="IDLE", rpcs_in_flight=0) for name in ("MDT0000", "OST0000")]))
 
     @staticmethod
-    def write_job(root: str, job_id: str, node: int, nodes: int) -> None:
-        """Puts the node in a job: `node` is its index in the cluster, `nodes` the job's node count."""
+    def write_job(root: str, job_id: str, node: int, nodes: int, ras: dict[str, Any] | None = None) -> None:
+        """Puts the node in a job: `node` is its index in the cluster, `nodes` the job's node count;
+        `ras` (address, hosts in rank order, started, version, timeout_factor) has it answer NCCL RAS."""
         os.makedirs(root, exist_ok=True)
         with open(os.path.join(root, "job.yaml"), "w", encoding="utf-8") as handle:
-            yaml.safe_dump({"id": job_id, "node": node, "nodes": nodes}, handle)
+            yaml.safe_dump({"id": job_id, "node": node, "nodes": nodes, **({"ras": ras} if ras else {})}, handle)
 
     def advance(self) -> None:
         """Applies any new job and faults, then moves every counter on by the time since the last call."""
@@ -177,7 +181,8 @@ class SimulatedNode:
         try:
             with open(self.job_file, encoding="utf-8") as handle:
                 job = yaml.safe_load(handle) or {}
-            self._job = {"id": str(job["id"]), "node": int(job["node"]), "nodes": int(job["nodes"])}
+            self._job = {"id": str(job["id"]), "node": int(job["node"]), "nodes": int(job["nodes"]),
+                         "ras": job.get("ras")}
         except FileNotFoundError:
             self._job = {}
         except (OSError, yaml.YAMLError, TypeError, KeyError, ValueError) as exc:
@@ -199,6 +204,27 @@ class SimulatedNode:
         ranks = [(gpu_uuid(gpu), gpu, rank_buckets(node, nodes, gpus, gpu, nccl.exec_scale.get(gpu, 1.0),
                                                    nccl.network_bandwidth_scale)) for gpu in range(gpus)]
         write_rank_files(self.inspector_dir, ranks, self._job["id"], f"node-{node}")
+
+    def _start_ras(self) -> RasServer | None:
+        """The node's NCCL RAS server, when its job.yaml gives it an address (a node in a job)."""
+        settings = (self._job or {}).get("ras")
+        if not settings:
+            return None
+        host, _, port = str(settings["address"]).rpartition(":")
+        job = Job(self._job["id"], tuple(settings["hosts"]), self._profile["gpu"]["count"], float(settings["started"]),
+                  str(settings.get("version", "2.29.2")), float(settings.get("timeout_factor", 1.0)))
+        try:
+            server = RasServer(host, int(port), lambda: (job, self._job_faults()))
+        except OSError as exc:
+            log.warning("simulated RAS server not started", extra={"address": settings["address"], "error": str(exc)})
+            return None
+        server.start()
+        return server
+
+    def _job_faults(self) -> list[dict[str, Any]]:
+        """The job's faults as the node's update last read them (each carries the time it was injected, so
+        every node's view agrees)."""
+        return [fault for fault in self._faults if fault["kind"] in JOB_KINDS]
 
     def _show_device(self, device: RdmaDevice, shown: bool) -> bool:
         """Adds or removes the device's class/infiniband entry, as a card that came up or did not."""
@@ -255,6 +281,7 @@ class SimulatedNode:
             except (OSError, yaml.YAMLError, TypeError, ScenarioError) as exc:
                 log.warning("ignoring simulated faults file", extra={"file": self.faults_file, "error": str(exc)})
                 return
+        self._faults = faults
         self._apply(node_effects(faults, self._profile, self._job.get("node")))
 
     def _apply(self, effects: NodeEffects) -> None:
@@ -297,6 +324,8 @@ class SimulatedNode:
     def stop(self) -> None:
         """Stops the updates and waits for one in progress, so the tree can be removed after."""
         self._stop.set()
+        if self._ras is not None:
+            self._ras.stop()
         if self._thread is not None:
             self._thread.join(timeout=30)
 
