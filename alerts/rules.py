@@ -82,6 +82,9 @@ NCCL_EXEC_BASELINE = "job_id_comm_collective:gpuscope_nccl_collective_exec_time_
 NCCL_BW_MEDIAN = "job_id_comm_collective:gpuscope_nccl_bus_bandwidth_bytes_per_second:median"
 NCCL_BW_BASELINE = "job_id_comm_collective:gpuscope_nccl_bus_bandwidth_bytes_per_second:median_baseline"
 COMM = "job_id, comm, collective"
+# NCCL RAS (issue 26): the share of a job's GPUs spinning in NCCL kernels (pinned utilization at
+# near-idle power), the hardware's half of a hang.
+JOB_SPINNING = "job_id:gpuscope_gpus_spinning:ratio"
 # GPUs whose clocks a hardware or thermal reason holds down: usually none, so the thermal alerts and
 # the fleet's throttled-GPU table read a handful of series instead of every GPU's reasons.
 THROTTLED = "instance_gpu_reason:gpuscope_gpu_clock_event_active:throttling"
@@ -432,6 +435,49 @@ def early_rank(s: Settings) -> str:
             f"{NCCL_EXEC_BASELINE}) and {_whole_job_busy(s)}")
 
 
+def ras_rank(s: Settings, expr: str) -> str:
+    """`expr` (series naming a rank by `host` and `nvml_dev`) as one series per GPU on the node that
+    holds it: `instance` from the node whose exporter lists that address, `gpu` the NVML index."""
+    per_gpu = f"max by (job_id, host, nvml_dev) ({expr})"
+    return (f'label_replace({per_gpu}, "gpu", "$1", "nvml_dev", "(.*)")'
+            f" * on (host) group_left (cluster, instance) {c.NCCL_RAS_HOST.name}")
+
+
+def ras_alerts(s: Settings) -> list[Group]:
+    """NCCL RAS (issue 26), two signals that agree instead of a long `for:`: a communicator's progress
+    stood still across the leader's reports, and most of its job's GPUs spin. The page names the
+    ranks behind or missing (NCCL's launch counts: the rank that never launched the collective the
+    others wait in); where every rank launched it (a kernel that hangs), the job and the leader."""
+    stalled = f"{c.NCCL_RAS_STALLED.name} >= {s.nccl_hang_seconds:g}"
+    spinning = f"{JOB_SPINNING} >= {s.nccl_spinning_fraction:g}"
+    behind = f"{c.NCCL_RAS_BEHIND.name} > 0"
+    lost = f'{c.NCCL_RAS_MISSING.name}{{state=~"unresponsive|dead"}}'
+    culprit = (f"({behind} or {lost}) and on (job_id, comm) ({stalled}) and on (job_id) ({spinning})")
+    spin = (f"(({c.GPU_UTILIZATION.name} >= bool {s.stall_utilization})"
+            f" * ({c.GPU_POWER.name} / {c.GPU_POWER_LIMIT.name} < bool {s.stall_power_fraction}))")
+    return [Group("gpuscope-nccl-ras", (
+        Record(JOB_SPINNING, f"sum by (job_id) ({spin} * on (instance, gpu, uuid) group_left (job_id) "
+                             f"{c.GPU_JOB_INFO.name}) / on (job_id) {JOB_GPUS}"),
+        Alert("NcclCollectiveHang", ras_rank(s, culprit), "0m", "critical",
+              "NCCL says the job's collectives hang waiting for this GPU",
+              "Job {{ $labels.job_id }} made no collective progress for a minute while its GPUs spin in NCCL; GPU "
+              "{{ $labels.gpu }} on {{ $labels.instance }} is {{ $value }} operation(s) behind or gone (NCCL RAS): "
+              "the others wait for it.", (("evidence", "ras_rank"),)),
+        Alert("NcclCollectiveHang",
+              f"max by (cluster, instance, job_id) ({stalled}) and on (job_id) ({spinning})"
+              f" unless on (job_id) ({behind} or {lost})", "0m", "critical",
+              "NCCL says the job's collectives hang, every rank having launched them",
+              "Job {{ $labels.job_id }} made no collective progress for a minute while its GPUs spin in NCCL, and "
+              "every rank launched the operation (NCCL RAS, asked by {{ $labels.instance }}): a kernel or the "
+              "fabric hangs, not a late rank. The job's nodes' NVLink, EFA and XID alerts say where.",
+              (("evidence", "ras_all_launched"),)),
+        Alert("NcclRankDead", ras_rank(s, f'{c.NCCL_RAS_MISSING.name}{{state="dead"}}'), "0m", "critical",
+              "An NCCL process of the job is dead (RAS lost it for a minute)",
+              "NCCL RAS considers the process managing GPU {{ $labels.gpu }} on {{ $labels.instance }} dead (job "
+              "{{ $labels.job_id }}): the job cannot progress without it."),
+    ))]
+
+
 def job_wait_alerts(s: Settings) -> list[Group]:
     """The rank a synchronous job waits for, from the hardware and from NCCL, and a communicator's
     bandwidth collapse. Each needs the whole job busy (a checkpoint or an evaluation idles GPUs)
@@ -751,7 +797,7 @@ def remediation_alerts(s: Settings) -> Group:
 
 def _canonical_groups(settings: Settings) -> list[Group]:
     return [*recording_rules(settings), *job_wait_records(settings), *straggler_alerts(settings),
-            *job_wait_alerts(settings), *thermal_alerts(settings),
+            *job_wait_alerts(settings), *ras_alerts(settings), *thermal_alerts(settings),
             *communication_alerts(settings), *gpu_health_alerts(settings), *inventory_alerts(settings),
             *storage_alerts(settings),
             agent_alerts(settings), remediation_alerts(settings), *goodput_records(settings)]

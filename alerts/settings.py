@@ -75,6 +75,12 @@ class Settings:
     # A communicator's bus bandwidth below this fraction of its recent high (NcclBandwidthDegraded); the
     # nodes holding ranks within 10 % of the slowest are named.
     nccl_bandwidth_drop_ratio: float = 0.5
+    # NCCL RAS (issue 26): a communicator whose progress stood still this long across the leader's reports
+    # while most of its job's GPUs spin (pinned utilization at near-idle power: NCCL kernels waiting) is
+    # hung. Longer than a 45 s input-pipeline pause of one rank, short enough to page within 90 s
+    # (PyTorch's watchdog aborts at 10 min, NVRx's in-job restart acts at 60-90 s).
+    nccl_hang_seconds: float = 60.0
+    nccl_spinning_fraction: float = 0.5
     # HW thermal / HW slowdown / power brake are paged on (NVSentinel, NVIDIA guidance); one minute
     # rides over a single sampling blip.
     hw_slowdown_for: str = "1m"
@@ -88,7 +94,9 @@ class Settings:
     stall_utilization: float = 0.95
     stall_power_fraction: float = 0.25
     stall_network_bytes_per_second: float = 1e6
-    stall_for: str = "5m"
+    # Where neither RAS nor Inspector names the rank: one minute of the signature (its EFA rate reads a
+    # 1 m window, so a 45 s pause of one rank never shows it) pages within 120 s.
+    stall_for: str = "1m"
     # EFA stall: a node's traffic below this fraction of the median node while that median is busy.
     efa_stall_fraction: float = 0.05
     efa_busy_bytes_per_second: float = 1e9
