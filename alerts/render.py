@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+from dataclasses import replace
 from typing import Any
 
 import yaml
@@ -80,11 +81,17 @@ def prometheus_duration(seconds: float) -> str:
     return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
 
 
+# Settings in seconds of the exporter's own clock (not PromQL durations), divided with the rest.
+SECONDS_SETTINGS = ("nccl_hang_seconds",)
+
+
 def write_shortened_rules(path: str, factor: float, settings: Settings | None = None,
                           scrape_seconds: float = 1.0) -> str:
     """The rules file for a demo or an end-to-end test whose Prometheus scrapes and evaluates every
-    `scrape_seconds`: every duration divided by `factor` (see shorten_durations)."""
+    `scrape_seconds`: every duration divided by `factor` (see shorten_durations), and the thresholds
+    that are seconds (SECONDS_SETTINGS) with them."""
     settings = settings or Settings()
+    settings = replace(settings, **{name: getattr(settings, name) / factor for name in SECONDS_SETTINGS})
     with open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump(shorten_durations(prometheus_rules(groups(settings), settings), factor, scrape_seconds), handle)
     return path

@@ -56,6 +56,17 @@ TABLE: dict[str, tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]] = 
                     {("GpuPowerBrakeSlowdown", "node-2", "0")}),
     "collective_stall": ({("CollectiveStall", f"node-{n}", "") for n in range(4)},
                          {("CollectiveStall", f"node-{n}", "") for n in range(4)}),
+    # NCCL RAS names the rank the hung job waits for (issue 26); the hardware pages every node of the job.
+    "nccl_hang": ({("NcclCollectiveHang", "node-2", "5"), *{("CollectiveStall", f"node-{n}", "") for n in range(4)}},
+                  {("NcclCollectiveHang", "node-2", "5"), *{("CollectiveStall", f"node-{n}", "") for n in range(4)}}),
+    "nccl_hang_launched": ({("NcclCollectiveHang", "node-0", ""), *{("CollectiveStall", f"node-{n}", "")
+                                                                     for n in range(4)}},
+                           {("NcclCollectiveHang", "node-0", ""), *{("CollectiveStall", f"node-{n}", "")
+                                                                     for n in range(4)}}),
+    "nccl_process_dead": ({("NcclCollectiveHang", "node-1", "2"), ("NcclRankDead", "node-1", "2"),
+                           *{("CollectiveStall", f"node-{n}", "") for n in range(4)}},
+                          {("NcclCollectiveHang", "node-1", "2"), ("NcclRankDead", "node-1", "2"),
+                           *{("CollectiveStall", f"node-{n}", "") for n in range(4)}}),
     "efa_stall": ({("EfaTrafficStalled", "node-2", "")}, {("EfaTrafficStalled", "node-2", "")}),
     "efa_retransmit_storm": ({("EfaRetransmitTimeouts", "node-3", ""), ("EfaRemoteConnectionImpaired", "node-3", "")},
                              {("EfaRetransmitTimeouts", "node-3", ""), ("EfaRemoteConnectionImpaired", "node-3", "")}),
@@ -86,7 +97,8 @@ TABLE: dict[str, tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]] = 
 
 # The rank a job waits for is named from the hardware (busiest GPU) and from NCCL (its collectives
 # shortest), or from NCCL alone when the rank is late without being busy.
-EVIDENCE = {"compute_straggler": {"busiest_gpu", "nccl_early_rank"}, "nccl_late_arrival": {"nccl_early_rank"}}
+EVIDENCE = {"compute_straggler": {"busiest_gpu", "nccl_early_rank"}, "nccl_late_arrival": {"nccl_early_rank"},
+            "nccl_hang": {"ras_rank"}, "nccl_hang_launched": {"ras_all_launched"}, "nccl_process_dead": {"ras_rank"}}
 
 
 def key(labels: dict[str, str]) -> tuple[str, str, str]:
@@ -136,7 +148,8 @@ def _stack(tmp_path_factory, profile: str):
     and vmalert with theirs. Everything either engine fires while starting is kept for a test."""
     root = tmp_path_factory.mktemp("alerts-e2e")
     rules = write_shortened_rules(str(root / "rules.yml"), 60, Settings(xid_window=XID_WINDOW))
-    cluster = Cluster(str(root), nodes=4, profile=profile, exporter_args=("--collector.gpu.gpm-interval=1s",))
+    cluster = Cluster(str(root), nodes=4, profile=profile, exporter_args=("--collector.gpu.gpm-interval=1s",),
+                      ras_timeout_factor=1 / 60)  # RAS's 5 s / 60 s, shortened as the rules are
     with ExitStack() as started:
         started.enter_context(cluster)
         targets = cluster.write_targets()

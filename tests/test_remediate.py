@@ -89,6 +89,10 @@ def test_drains_with_the_alert_and_its_key_labels_in_the_reason(tmp_path):
 
 @pytest.mark.parametrize(("sent", "expected"), [
     pytest.param(alert("GpuStraggler", "n3", gpu="1"), ("n3", "refused", "not_allowed"), id="not in the allowlist"),
+    # NCCL RAS names where a job stopped, not why: never a drain on its own (docs/remediation.md)
+    pytest.param(alert("NcclCollectiveHang", "n3", gpu="1", evidence="ras_rank"), ("n3", "refused", "not_allowed"),
+                 id="a RAS-named rank alone"),
+    pytest.param(alert("NcclRankDead", "n3", gpu="1"), ("n3", "refused", "not_allowed"), id="a dead NCCL process"),
     pytest.param(alert("GpuLost", "n3", ends="2020-01-01T00:00:00Z"), ("n3", "refused", "stale"), id="stale"),
     pytest.param(alert("GpuLost", ""), ("", "refused", "no_node"), id="no node label"),
     pytest.param(alert("GpuLost", "n99"), ("n99", "refused", "unknown_node"), id="unknown to the scheduler"),
