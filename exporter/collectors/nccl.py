@@ -62,7 +62,7 @@ STALE_INTERVALS = 3
 SETTLE_SECONDS = 1.0
 # The leader's job-wide view within the series budget: the largest communicators (those with a rank behind,
 # missing or in error first) and the ranks named; the rest counted in gpuscope_nccl_dropped_total{what="ras"}.
-RAS_MAX_COMMUNICATORS = 12
+RAS_MAX_COMMUNICATORS = 8
 RAS_MAX_RANKS = 64
 
 
