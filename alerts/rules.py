@@ -435,7 +435,7 @@ def early_rank(s: Settings) -> str:
             f"{NCCL_EXEC_BASELINE}) and {_whole_job_busy(s)}")
 
 
-def ras_rank(s: Settings, expr: str) -> str:
+def ras_rank(expr: str) -> str:
     """`expr` (series naming a rank by `host` and `nvml_dev`) as one series per GPU on the node that
     holds it: `instance` from the node whose exporter lists that address, `gpu` the NVML index."""
     per_gpu = f"max by (job_id, host, nvml_dev) ({expr})"
@@ -458,20 +458,22 @@ def ras_alerts(s: Settings) -> list[Group]:
     return [Group("gpuscope-nccl-ras", (
         Record(JOB_SPINNING, f"sum by (job_id) ({spin} * on (instance, gpu, uuid) group_left (job_id) "
                              f"{c.GPU_JOB_INFO.name}) / on (job_id) {JOB_GPUS}"),
-        Alert("NcclCollectiveHang", ras_rank(s, culprit), "0m", "critical",
+        Alert("NcclCollectiveHang", ras_rank(culprit), "0m", "critical",
               "NCCL says the job's collectives hang waiting for this GPU",
-              "Job {{ $labels.job_id }} made no collective progress for a minute while its GPUs spin in NCCL; GPU "
+              "Job {{ $labels.job_id }} made no collective progress for "
+              f"{s.nccl_hang_seconds:g} s while its GPUs spin in NCCL; GPU "
               "{{ $labels.gpu }} on {{ $labels.instance }} is {{ $value }} operation(s) behind or gone (NCCL RAS): "
               "the others wait for it.", (("evidence", "ras_rank"),)),
         Alert("NcclCollectiveHang",
               f"max by (cluster, instance, job_id) ({stalled}) and on (job_id) ({spinning})"
               f" unless on (job_id) ({behind} or {lost})", "0m", "critical",
               "NCCL says the job's collectives hang, every rank having launched them",
-              "Job {{ $labels.job_id }} made no collective progress for a minute while its GPUs spin in NCCL, and "
+              "Job {{ $labels.job_id }} made no collective progress for "
+              f"{s.nccl_hang_seconds:g} s while its GPUs spin in NCCL, and "
               "every rank launched the operation (NCCL RAS, asked by {{ $labels.instance }}): a kernel or the "
               "fabric hangs, not a late rank. The job's nodes' NVLink, EFA and XID alerts say where.",
               (("evidence", "ras_all_launched"),)),
-        Alert("NcclRankDead", ras_rank(s, f'{c.NCCL_RAS_MISSING.name}{{state="dead"}}'), "0m", "critical",
+        Alert("NcclRankDead", ras_rank(f'{c.NCCL_RAS_MISSING.name}{{state="dead"}}'), "0m", "critical",
               "An NCCL process of the job is dead (RAS lost it for a minute)",
               "NCCL RAS considers the process managing GPU {{ $labels.gpu }} on {{ $labels.instance }} dead (job "
               "{{ $labels.job_id }}): the job cannot progress without it."),

@@ -77,9 +77,9 @@ class Settings:
     nccl_bandwidth_drop_ratio: float = 0.5
     # NCCL RAS (issue 26): a communicator whose progress stood still this long across the leader's reports
     # while most of its job's GPUs spin (pinned utilization at near-idle power: NCCL kernels waiting) is
-    # hung. Longer than a 45 s input-pipeline pause of one rank, short enough to page within 90 s
-    # (PyTorch's watchdog aborts at 10 min, NVRx's in-job restart acts at 60-90 s).
-    nccl_hang_seconds: float = 60.0
+    # hung. Longer than a 45 s input-pipeline pause of one rank (the leader sees at most 45 s of it), short
+    # enough to page within 90 s (PyTorch's watchdog aborts at 10 min, NVRx's in-job restart acts at 60-90 s).
+    nccl_hang_seconds: float = 50.0
     nccl_spinning_fraction: float = 0.5
     # HW thermal / HW slowdown / power brake are paged on (NVSentinel, NVIDIA guidance); one minute
     # rides over a single sampling blip.

@@ -120,6 +120,19 @@ def job():
               (q(f'sort(min by (instance, gpu, uuid) ({NCCL_EXEC}{{{CLUSTER}, job_id="$job_id", message_size="all"}}'
                  f" / on (job_id, comm, collective) group_left {rules.NCCL_EXEC_MEDIAN}))"),),
               unit="percentunit", width=24, height=10),
+        Panel("timeseries", "Collectives launched per second per communicator (NCCL RAS; flat at 0: a hang)",
+              (q(f'deriv({c.NCCL_RAS_PROGRESS.name}{{{CLUSTER}, job_id="$job_id"}}[{RATE}])',
+                 "{{comm}} ({{ranks}} ranks)"),),
+              unit="ops", width=12,
+              description="From the node leading the job's RAS queries: each communicator's highest launch count."),
+        Panel("table", "GPUs behind or gone while their communicator stands still (NCCL RAS)",
+              (q(rules.ras_rank(f'({c.NCCL_RAS_BEHIND.name}{{{CLUSTER}, job_id="$job_id"}} and on (job_id, comm) '
+                                f'{c.NCCL_RAS_STALLED.name} > 0) or {c.NCCL_RAS_MISSING.name}{{{CLUSTER}, '
+                                f'job_id="$job_id"}}')),),
+              width=12, empty_when_healthy=True,
+              description="The GPUs a stuck collective waits for: operations behind (1 for a process RAS lost), "
+                          "named by their node. A healthy job's ranks a launch behind while progress moves are "
+                          "its queries racing its launches, not shown."),
     ], LINKS)
 
 

@@ -126,7 +126,9 @@ def test_job_view_shows_exactly_the_jobs_gpus(live, job, gpus):
     for panel in SPEC_PANELS["gpuscope-job"]:
         for query in panel.queries:
             result = prom.query(substitute(query.expr, values))
-            if ("gpuscope_nccl" in query.expr or "_job_id:" in query.expr) and job is not SLURM_JOB:
+            if panel.empty_when_healthy:  # the cluster is healthy
+                assert result == [], panel.title
+            elif ("gpuscope_nccl" in query.expr or "_job_id:" in query.expr) and job is not SLURM_JOB:
                 assert result == [], panel.title  # NCCL and the per-job records are keyed by the Slurm job id
             elif "{{comm}}" in query.legend:  # one series per communicator of the job
                 assert result and {r["metric"]["job_id"] for r in result} == {"4242"}, panel.title
@@ -185,6 +187,7 @@ def test_fault_panels_have_data_once_faults_are_injected(live):
     cluster.inject(1, {"kind": "nvlink_errors", "gpu": 2})
     cluster.inject(1, {"kind": "efa_retransmit_storm"})
     cluster.inject(1, {"kind": "lustre_eviction"})
+    cluster.inject("job", {"kind": "nccl_hang", "node": 0, "gpu": 3})  # RAS: the rank the job's collectives wait for
     faulty = [(name, panel) for name, panel in PANELS if panel.empty_when_healthy]
     assert faulty
     deadline = time.monotonic() + 60
