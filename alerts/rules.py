@@ -466,7 +466,7 @@ def ras_alerts(s: Settings) -> list[Group]:
               "the others wait for it.", (("evidence", "ras_rank"),)),
         Alert("NcclCollectiveHang",
               f"max by (cluster, instance, job_id) ({stalled}) and on (job_id) ({spinning})"
-              f" unless on (job_id) ({behind} or {lost})", "0m", "critical",
+              f" unless on (job_id) ({c.NCCL_RAS_LATE.name} > 0 or {behind} or {lost})", "0m", "critical",
               "NCCL says the job's collectives hang, every rank having launched them",
               "Job {{ $labels.job_id }} made no collective progress for "
               f"{s.nccl_hang_seconds:g} s while its GPUs spin in NCCL, and "

@@ -502,6 +502,11 @@ NCCL_RAS_STALLED = gauge(
     "nccl", "gpuscope_nccl_ras_communicator_stalled_seconds",
     "How long the communicator's progress has stood still across the leader's reports (0 while it moves).",
     _RAS_COMM, _RAS_SOURCE)
+NCCL_RAS_LATE = gauge(
+    "nccl", "gpuscope_nccl_ras_communicator_late_ranks",
+    "Ranks of the communicator behind its progress or missing from the report (0 while every rank agrees): "
+    "always exported with the progress, so a rule can tell 'every rank launched' without waiting for the "
+    "per-rank series to appear.", _RAS_COMM, _RAS_SOURCE)
 NCCL_RAS_BEHIND = gauge(
     "nccl", "gpuscope_nccl_ras_rank_behind_operations",
     "Operations a rank launched fewer than its communicator's progress; only ranks behind are exported.",

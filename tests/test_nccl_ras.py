@@ -263,6 +263,8 @@ def test_the_leader_names_the_rank_behind_and_the_member_only_its_own_health():
     assert len(progress) == len(comms) == 1 + 1 + 2 + 2 and all(dict(p)["job_id"] == "4242" for p in progress)
     stalled = [v for (name, _), v in lead.items() if name == catalog.NCCL_RAS_STALLED.name]
     assert len(stalled) == len(comms) and min(stalled) > 0
+    late = sorted(v for (name, _), v in lead.items() if name == catalog.NCCL_RAS_LATE.name)
+    assert late == [0, 0, 1, 1, 1, 1]  # TP Group 0 and PP Group 0 hold no late rank
 
 
 def _parsed(job: Job) -> list[Communicator]:

@@ -62,7 +62,7 @@ STALE_INTERVALS = 3
 SETTLE_SECONDS = 1.0
 # The leader's job-wide view within the series budget: the largest communicators (those with a rank behind,
 # missing or in error first) and the ranks named; the rest counted in gpuscope_nccl_dropped_total{what="ras"}.
-RAS_MAX_COMMUNICATORS = 8
+RAS_MAX_COMMUNICATORS = 6
 RAS_MAX_RANKS = 64
 
 
@@ -236,6 +236,7 @@ class NcclCollector:
             if comm.hash:
                 scrape.add(catalog.NCCL_RAS_PROGRESS, comm.progress, *labels)
                 scrape.add(catalog.NCCL_RAS_STALLED, view.stalled.get(comm.hash, 0.0), *labels)
+                scrape.add(catalog.NCCL_RAS_LATE, len(report.behind(comm)) + len(comm.missing), *labels)
             named = [(catalog.NCCL_RAS_BEHIND, rank, float(behind), ()) for rank, behind in report.behind(comm)]
             named += [(catalog.NCCL_RAS_MISSING, rank, 1.0, (rank.missing,)) for rank in comm.missing]
             named += [(catalog.NCCL_RAS_ASYNC_ERROR, rank, float(rank.async_error), ())
