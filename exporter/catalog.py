@@ -509,7 +509,8 @@ NCCL_RAS_LATE = gauge(
     "per-rank series to appear.", _RAS_COMM, _RAS_SOURCE)
 NCCL_RAS_BEHIND = gauge(
     "nccl", "gpuscope_nccl_ras_rank_behind_operations",
-    "Operations a rank launched fewer than its communicator's progress; only ranks behind are exported.",
+    "Operations a rank launched fewer than its communicator's progress, once that progress stood still across "
+    "two reports (a rank a launch behind a moving communicator is a query racing a launch); only those ranks.",
     _RAS_RANK, _RAS_SOURCE)
 NCCL_RAS_MISSING = gauge(
     "nccl", "gpuscope_nccl_ras_rank_missing",

@@ -237,7 +237,10 @@ class NcclCollector:
                 scrape.add(catalog.NCCL_RAS_PROGRESS, comm.progress, *labels)
                 scrape.add(catalog.NCCL_RAS_STALLED, view.stalled.get(comm.hash, 0.0), *labels)
                 scrape.add(catalog.NCCL_RAS_LATE, len(report.behind(comm)) + len(comm.missing), *labels)
-            named = [(catalog.NCCL_RAS_BEHIND, rank, float(behind), ()) for rank, behind in report.behind(comm)]
+            # A rank behind a communicator that moves is a query racing a launch: named only once the
+            # progress stood still across two reports (no series churn from healthy jobs).
+            behind = report.behind(comm) if view.stalled.get(comm.hash, 0.0) > 0 else []
+            named = [(catalog.NCCL_RAS_BEHIND, rank, float(late), ()) for rank, late in behind]
             named += [(catalog.NCCL_RAS_MISSING, rank, 1.0, (rank.missing,)) for rank in comm.missing]
             named += [(catalog.NCCL_RAS_ASYNC_ERROR, rank, float(rank.async_error), ())
                       for rank in comm.ranks if rank.async_error]
