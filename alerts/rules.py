@@ -435,12 +435,12 @@ def early_rank(s: Settings) -> str:
             f"{NCCL_EXEC_BASELINE}) and {_whole_job_busy(s)}")
 
 
-def ras_rank(expr: str) -> str:
+def ras_rank(expr: str, hosts: str = c.NCCL_RAS_HOST.name) -> str:
     """`expr` (series naming a rank by `host` and `nvml_dev`) as one series per GPU on the node that
-    holds it: `instance` from the node whose exporter lists that address, `gpu` the NVML index."""
+    holds it: `instance` from the node whose exporter lists that address in `hosts`, `gpu` the NVML index."""
     per_gpu = f"max by (job_id, host, nvml_dev) ({expr})"
     return (f'label_replace({per_gpu}, "gpu", "$1", "nvml_dev", "(.*)")'
-            f" * on (host) group_left (cluster, instance) {c.NCCL_RAS_HOST.name}")
+            f" * on (host) group_left (cluster, instance) {hosts}")
 
 
 def ras_alerts(s: Settings) -> list[Group]:

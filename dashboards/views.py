@@ -127,8 +127,8 @@ def job():
               description="From the node leading the job's RAS queries: each communicator's highest launch count."),
         Panel("table", "GPUs behind or gone while their communicator stands still (NCCL RAS)",
               (q(rules.ras_rank(f'({c.NCCL_RAS_BEHIND.name}{{{CLUSTER}, job_id="$job_id"}} and on (job_id, comm) '
-                                f'{c.NCCL_RAS_STALLED.name} > 0) or {c.NCCL_RAS_MISSING.name}{{{CLUSTER}, '
-                                f'job_id="$job_id"}}')),),
+                                f'{c.NCCL_RAS_STALLED.name}{{{CLUSTER}}} > 0) or {c.NCCL_RAS_MISSING.name}{{{CLUSTER}, '
+                                f'job_id="$job_id"}}', f"{c.NCCL_RAS_HOST.name}{{{CLUSTER}}}")),),
               width=12, empty_when_healthy=True,
               description="The GPUs a stuck collective waits for: operations behind (1 for a process RAS lost), "
                           "named by their node. A healthy job's ranks a launch behind while progress moves are "
