@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import requests
@@ -30,11 +30,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 20) 
 
 @contextmanager
 def exporter_process(*args: str, scheme: str = "http", verify=None, user: int | None = None,
-                     **request_kwargs) -> Iterator[str]:
-    """Starts `gpuscope exporter` on a free loopback port and yields its base URL."""
+                     command: Sequence[str] = (sys.executable, "-m", "exporter"), **request_kwargs) -> Iterator[str]:
+    """Starts `gpuscope exporter` (this checkout's, or `command`, e.g. an installed console script's)
+    on a free loopback port and yields its base URL."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{port}", *args],
+        [*command, f"--web.listen-address=127.0.0.1:{port}", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, user=user)
     base = f"{scheme}://127.0.0.1:{port}"
     try:

@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ import requests
 
 from exporter.sim.stack import prometheus
 from tests.helpers import REPO, free_port, wait_until
+from tests.procs import exporter_process
 
 pytestmark = pytest.mark.e2e  # builds wheels and environments, runs real servers
 
@@ -91,20 +91,9 @@ def assert_needs(result: subprocess.CompletedProcess, extra: str) -> None:
     assert f"pip install 'gpuscope[{extra}]'" in result.stderr, result.stderr
 
 
-@contextmanager
 def simulated_exporter(bin_dir: Path):
-    """`gpuscope exporter --simulate=p5.48xlarge` on a free port; yields its /metrics URL."""
-    port = free_port()
-    proc = subprocess.Popen([str(bin_dir / "gpuscope"), "exporter", "--simulate=p5.48xlarge",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/metrics"
-    try:
-        wait_until(lambda: _answers(url), 30, lambda: f"the simulated exporter never answered: {proc.poll()}")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    """The installed `gpuscope exporter --simulate=p5.48xlarge` on a free port; yields its base URL."""
+    return exporter_process("--simulate=p5.48xlarge", command=(str(bin_dir / "gpuscope"), "exporter"))
 
 
 def _answers(url: str) -> bool:
@@ -121,8 +110,8 @@ def test_the_node_agent_alone_runs_and_checks_and_names_the_extra_of_everything_
     assert_clean(gpuscope(bin_dir, "exporter", "--help"))
     assert_clean(gpuscope(bin_dir, "remediate", "--help"))
     assert_clean(gpuscope(bin_dir, "simulate", "--help"))
-    with simulated_exporter(bin_dir) as url:
-        checked = gpuscope(bin_dir, "check", f"--exporter={url}")
+    with simulated_exporter(bin_dir) as base:
+        checked = gpuscope(bin_dir, "check", f"--exporter={base}/metrics")
         assert_clean(checked)
     assert_needs(gpuscope(bin_dir, "alerts", "build", f"--out={tmp_path}/rules"), "dashboards")
     assert_needs(gpuscope(bin_dir, "dashboards", "build", f"--out={tmp_path}/dash"), "dashboards")
@@ -150,8 +139,8 @@ def test_the_render_extra_draws_every_dashboard_from_a_live_prometheus(wheels, t
     """`pip install 'gpuscope[render]'`: `dashboards render` against a real Prometheus scraping a
     simulated node writes one PNG per dashboard."""
     bin_dir = install(wheels, tmp_path / "venv", "gpuscope[render]")
-    with simulated_exporter(bin_dir) as url:
-        target = url.removeprefix("http://").removesuffix("/metrics")
+    with simulated_exporter(bin_dir) as base:
+        target = base.removeprefix("http://")
         with prometheus([{"job_name": "gpuscope", "static_configs": [{"targets": [target]}]}]) as prom:
             prom.wait_for('up{job="gpuscope"} == 1')
             drawn = gpuscope(bin_dir, "dashboards", "render", f"--prometheus={prom.base}", f"--out={tmp_path}/png",

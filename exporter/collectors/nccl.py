@@ -223,7 +223,8 @@ class NcclCollector:
         assert view.report is not None and self._ras is not None
         hosts = self._ras.hosts
         report = view.report
-        troubled = [c for c in report.communicators if report.behind(c) or c.missing
+        behind = {c.hash: report.behind(c) for c in report.communicators}
+        troubled = [c for c in report.communicators if behind[c.hash] or c.missing
                     or any(rank.async_error for rank in c.ranks)]
         ordered = troubled + sorted((c for c in report.communicators if c not in troubled),
                                     key=lambda c: (-c.size, c.hash))
@@ -236,11 +237,12 @@ class NcclCollector:
             if comm.hash:
                 scrape.add(catalog.NCCL_RAS_PROGRESS, comm.progress, *labels)
                 scrape.add(catalog.NCCL_RAS_STALLED, view.stalled.get(comm.hash, 0.0), *labels)
-                scrape.add(catalog.NCCL_RAS_LATE, len(report.behind(comm)) + len(comm.missing), *labels)
+                scrape.add(catalog.NCCL_RAS_LATE, len(behind[comm.hash]) + len(comm.missing), *labels)
             # A rank behind a communicator that moves is a query racing a launch: named only once the
             # progress stood still across two reports (no series churn from healthy jobs).
-            behind = report.behind(comm) if view.stalled.get(comm.hash, 0.0) > 0 else []
-            named = [(catalog.NCCL_RAS_BEHIND, rank, float(late), ()) for rank, late in behind]
+            stood_still = view.stalled.get(comm.hash, 0.0) > 0
+            named = [(catalog.NCCL_RAS_BEHIND, rank, float(late), ()) for rank, late in behind[comm.hash]
+                     if stood_still]
             named += [(catalog.NCCL_RAS_MISSING, rank, 1.0, (rank.missing,)) for rank in comm.missing]
             named += [(catalog.NCCL_RAS_ASYNC_ERROR, rank, float(rank.async_error), ())
                       for rank in comm.ranks if rank.async_error]

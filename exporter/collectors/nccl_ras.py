@@ -19,7 +19,6 @@ socket, always within one deadline.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import ipaddress
 import json
@@ -176,8 +175,8 @@ def parse_text(text: str) -> Report:
         elif section == "ops" and group_ops is not None and (found := _RANK_IN_GROUP.match(line)):
             _keep_lowest(comm.ranks, _text_rank(found, group_ops))
         elif section == "incomplete" and (found := _RANK_IN_GROUP.match(line)):
-            rank = _text_rank(found, -1)
-            comm.missing[rank.rank] = Rank(rank.rank, rank.host, rank.pid, rank.nvml_dev, -1, missing="unresponsive")
+            rank = replace(_text_rank(found, -1), missing="unresponsive")
+            comm.missing[rank.rank] = rank
     dead = {(rank.host, rank.pid) for rank in job_missing if rank.missing == "dead"}
     out = [Communicator(h, 0, c.progress, tuple(sorted(c.ranks.values(), key=lambda r: r.rank)),
                         tuple(sorted((replace(r, missing="dead") if (r.host, r.pid) in dead else r
@@ -227,8 +226,7 @@ def query(address: str, deadline_seconds: float, leg_timeout: float = 5.0) -> Re
     except ConnectionRefusedError:
         raise RasError(f"nothing listening at {address}", refused=True) from None
     except (OSError, ValueError) as exc:
-        refused = getattr(exc, "errno", None) == errno.ECONNREFUSED
-        raise RasError(str(exc) or type(exc).__name__, refused=refused) from None
+        raise RasError(str(exc) or type(exc).__name__) from None
     return parse_json(text) if as_json else parse_text(text)
 
 
@@ -311,9 +309,11 @@ class RasView:
 def role(report: Report, hosts: frozenset[str]) -> str:
     """This node's part in a job's queries: the hosts of the largest communicator's present ranks in
     rank order; the first leads, the second backs up. A text report lists no healthy ranks: member."""
+    if report.format != "json":
+        return "member"
     comms = [comm for comm in report.communicators if comm.ranks]
-    if report.format != "json" or not comms:
-        return "member" if report.format != "json" else "none"
+    if not comms:
+        return "none"
     largest = max(comms, key=lambda comm: (comm.size, comm.hash))
     order = list(dict.fromkeys(rank.host for rank in sorted(largest.ranks, key=lambda r: r.rank)))
     if order[0] in hosts:

@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporter.sim.faults import HANG_KINDS
+
 log = logging.getLogger("gpuscope.sim.ras")
 
 KINDS = ("Broadcast", "Reduce", "AllGather", "ReduceScatter", "AllReduce")  # ncclFunc_t order
@@ -41,7 +43,6 @@ JITTERED = ("World", "DP Group 0")  # large communicators: a rank or two a launc
 INIT_SECONDS = 2.0  # counts at 0, init in progress, this long after the job starts
 UNRESPONSIVE_SECONDS, DEAD_SECONDS = 5.0, 60.0  # NCCL's RAS timeouts
 IN_PROGRESS = 7  # ncclInProgress: the init_state while a communicator initializes
-HANG_KINDS = ("nccl_hang", "nccl_hang_launched", "nccl_process_dead")
 JSON_SINCE = (2, 28, 7)
 
 
@@ -223,6 +224,10 @@ def json_supported(version: str) -> bool:
     return parts >= JSON_SINCE
 
 
+class _ReusingServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True  # a restarted node binds its address again at once, as NCCL's SO_REUSEADDR does
+
+
 class RasServer:
     """The node's RAS client port: NCCL's line protocol, STATUS answered from `view()`."""
 
@@ -236,8 +241,7 @@ class RasServer:
             def handle(self) -> None:
                 server._serve(self.rfile, self.wfile)
 
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self._server = socketserver.ThreadingTCPServer((host, port), Handler)
+        self._server = _ReusingServer((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="sim-ras", daemon=True)
 
