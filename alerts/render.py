@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from alerts.rules import Alert, Group, Record, groups, load
-from alerts.settings import DURATION_UNITS, MIN_SCRAPES_PER_WINDOW, Settings
+from alerts.settings import DURATION_UNITS, MIN_SCRAPES_PER_WINDOW, SCRAPE_INTERVAL, Settings, duration_seconds
 
 HEADER = ("# Generated from alerts/rules.py by `gpuscope alerts build` (in the gpuscope repository: "
           "scripts/generate); do not edit by hand.\n")
@@ -38,7 +38,8 @@ def _rule(rule: Record | Alert, settings: Settings) -> dict[str, Any]:
 
 
 def prometheus_rules(rule_groups: list[Group], settings: Settings) -> dict[str, Any]:
-    return {"groups": [{"name": g.name, "rules": [_rule(r, settings) for r in g.rules]} for g in rule_groups]}
+    return {"groups": [{"name": g.name, **({"interval": g.interval} if g.interval else {}),
+                        "rules": [_rule(r, settings) for r in g.rules]} for g in rule_groups]}
 
 
 def prometheus_rule_manifest(rule_groups: list[Group], settings: Settings) -> dict[str, Any]:
@@ -68,6 +69,9 @@ def shorten_durations(rules: dict[str, Any], factor: float, scrape_seconds: floa
 
     out = copy.deepcopy(rules)
     for group in out["groups"]:
+        if "interval" in group:  # as many evaluations per scrape as in production
+            group["interval"] = prometheus_duration(
+                scrape_seconds * duration_seconds(group["interval"]) / duration_seconds(SCRAPE_INTERVAL))
         for rule in group["rules"]:
             rule["expr"] = _DURATION.sub(lambda m: scale(m, floor), rule["expr"])
             if "for" in rule:

@@ -55,8 +55,11 @@ class Settings:
     # a few percent of spread (Meta: 1-2 % diurnal swings); nvidia-resiliency-ext flags ranks below
     # 0.7-0.75 of the best, so 0.85 of the median catches real stragglers without flapping.
     straggler_ratio: float = 0.85
-    # "Persistently": several minutes (nvidia-resiliency-ext scores over a window; MegaScale likewise).
-    straggler_for: str = "5m"
+    # "Persistently": five scrapes in a row below the peers (nvidia-resiliency-ext scores over a window;
+    # MegaScale likewise). One minute keeps a straggler's ticket within 150 s and the rank a job waits
+    # for within 180 s (docs/alerts.md, time to page); the traps (checkpoints, evaluation phases, a
+    # 45 s input pause, pipeline imbalance) are excluded by the busy and whole-job conditions, not by time.
+    straggler_for: str = "1m"
     # The rank a synchronous job waits for (issue 15). Waiting GPUs keep 100 % utilization but fewer SMs
     # are busy (88 % -> 61 % measured); the rank they wait for keeps its pace, so it stands this far
     # above the job's median SM activity...
@@ -81,9 +84,10 @@ class Settings:
     # enough to page within 90 s (PyTorch's watchdog aborts at 10 min, NVRx's in-job restart acts at 60-90 s).
     nccl_hang_seconds: float = 50.0
     nccl_spinning_fraction: float = 0.5
-    # HW thermal / HW slowdown / power brake are paged on (NVSentinel, NVIDIA guidance); one minute
-    # rides over a single sampling blip.
-    hw_slowdown_for: str = "1m"
+    # HW thermal / HW slowdown / power brake are paged on (NVSentinel, NVIDIA guidance); one scrape
+    # interval means two samples in a row agree, which rides over a single sampling blip and pages
+    # within 60 s.
+    hw_slowdown_for: str = "15s"
     # SW thermal slowdown is a warning when sustained.
     sw_thermal_for: str = "10m"
     # Degrees of margin to the GPU's own slowdown limit below which we warn.
@@ -94,16 +98,19 @@ class Settings:
     stall_utilization: float = 0.95
     stall_power_fraction: float = 0.25
     stall_network_bytes_per_second: float = 1e6
-    # Where neither RAS nor Inspector names the rank: one minute of the signature (its EFA rate reads a
-    # 1 m window, so a 45 s pause of one rank never shows it) pages within 120 s.
-    stall_for: str = "1m"
+    # Where neither RAS nor Inspector names the rank: the signature in two samples in a row. Its EFA rate
+    # reads a 1 m window, which is flat only after a minute without traffic, so a 45 s pause of one
+    # rank never shows it; the page comes within 120 s.
+    stall_for: str = "15s"
     # EFA stall: a node's traffic below this fraction of the median node while that median is busy.
     efa_stall_fraction: float = 0.05
     efa_busy_bytes_per_second: float = 1e9
-    efa_stall_for: str = "2m"
+    # Two samples in a row (30 s without traffic; evaluated every 5 s): pages within 60 s.
+    efa_stall_for: str = "15s"
     # AWS's own EFA health check warns on any rx_drops or retrans_timeout_events; no numeric thresholds
-    # are published, so any increase sustained over this long.
-    efa_error_for: str = "5m"
+    # are published, so any increase within a minute, seen by two evaluations (an exporter's glitch
+    # is not one): a ticket within 90 s.
+    efa_error_for: str = "15s"
     # NVLink CRC errors at this rate per second (DCGM health check); replay/recovery on any increase.
     nvlink_crc_per_second: float = 100.0
     # PCIe replays per minute above which a Gen5 x16 link is suspect (NVIDIA field guidance, ~31/min).

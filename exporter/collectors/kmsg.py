@@ -33,6 +33,7 @@ import errno
 import logging
 import os
 import re
+import select
 import stat
 import threading
 from collections.abc import Callable, Iterable
@@ -50,7 +51,7 @@ SXID = re.compile(r"^nvidia-nvswitch(\d+): SXid \(PCI:([0-9a-fA-F:.]+)\): (\d+),
 XID_FALLEN_OFF_THE_BUS = 79
 FALLEN_WINDOW = 4  # records between "The NVIDIA GPU <pci>" and "fallen off the bus"
 READ_SIZE = 8192
-POLL_SECONDS = 1.0
+POLL_SECONDS = 0.25
 RETRY_SECONDS = 30.0
 STARTUP_SECONDS = 2.0
 
@@ -191,6 +192,15 @@ class KmsgCollector:
         if changed:
             log.warning("kernel log unreadable", extra={"path": self._path, "error": message})
 
+    def _wait(self, fd: int, device: bool) -> None:
+        """Until the next record might be there: /dev/kmsg wakes select() the moment the kernel logs one
+        (an XID's page waits for no timer); a file (the simulator's) is read again after the poll
+        interval. Either way the stop flag is looked at every poll interval."""
+        if device:
+            select.select([fd], [], [], self._poll)
+        else:
+            self._stop.wait(self._poll)
+
     def _read(self, fd: int, device: bool) -> None:
         """Reads records until stopped: one per read() from /dev/kmsg, one per line from a file."""
         boot_time = files.boot_time(self._procfs)
@@ -210,7 +220,7 @@ class KmsgCollector:
                 continue
             if not chunk:
                 self._caught_up.set()
-                self._stop.wait(self._poll)
+                self._wait(fd, device)
                 continue
             if device:
                 raws = [chunk.decode("utf-8", "replace")]

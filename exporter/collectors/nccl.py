@@ -59,6 +59,8 @@ DEVICE_METRICS = {
 }
 BANDWIDTHS = {catalog.NCCL_BUS_BANDWIDTH.name, catalog.NCCL_P2P_BUS_BANDWIDTH.name}
 STALE_INTERVALS = 3
+# A file is read once it has been still this long (Inspector rewrites it in place), or a third of the
+# dump interval where dumps come faster than every 3 s (a simulator sped up for a test).
 SETTLE_SECONDS = 1.0
 # The leader's job-wide view within the series budget: the largest communicators (those with a rank behind,
 # missing or in error first) and the ranks named; the rest counted in gpuscope_nccl_dropped_total{what="ras"}.
@@ -278,7 +280,7 @@ class NcclCollector:
         previous = self._snapshots.get(uuid)
         if previous and previous.mtime == mtime:
             return previous
-        if now - mtime >= SETTLE_SECONDS:
+        if now - mtime >= min(SETTLE_SECONDS, self._options.interval / 3):
             try:
                 data = read_bytes(path)
             except OSError:

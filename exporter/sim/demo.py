@@ -65,7 +65,7 @@ def _run(work: str, scenario, linger: float) -> None:
     cluster = Cluster(os.path.join(work, "nodes"), scenario.nodes, scenario.profile, jobs=scenario.jobs,
                       exporter_args=(f"--collector.gpu.gpm-interval={interval}",))
     print(f"starting {scenario.nodes} simulated {scenario.profile} nodes, Prometheus and Alertmanager ...", flush=True)
-    with cluster, webhook_receiver() as (url, hook), alertmanager(routed_to_webhook(routing, url)) as am:
+    with cluster, webhook_receiver() as (url, hook), alertmanager(routed_to_webhook(routing, url, DEMO_SPEEDUP)) as am:
         jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [cluster.write_targets()]}]}]
         with prometheus(jobs, interval=interval, rule_files=[rules], alertmanager=am) as prom:
             print(f"Prometheus   {prom.base}/alerts\nAlertmanager http://{am}\n"

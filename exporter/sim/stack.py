@@ -24,6 +24,8 @@ from pathlib import Path
 import requests
 import yaml
 
+from alerts.render import prometheus_duration
+from alerts.settings import duration_seconds
 from exporter.sim.cluster import free_port
 
 
@@ -253,15 +255,22 @@ def webhook_only_config(url: str) -> dict:
             "receivers": [{"name": "webhook", "webhook_configs": [{"url": url, "send_resolved": True}]}]}
 
 
-def routed_to_webhook(config: dict, url: str) -> dict:
+def routed_to_webhook(config: dict, url: str, factor: float = 0) -> dict:
     """An Alertmanager config with its own routes and inhibitions, every receiver replaced by the
     webhook at `url` (receiver names kept, so a notification still says which route it took) and
-    grouping waits cut to a second."""
+    grouping intervals cut to a second. The group waits too, or, given a `factor`, divided by it: a
+    stack measuring time to page keeps the wait before a first notification in proportion (the
+    interval only paces a group's later notifications)."""
     out = copy.deepcopy(config)
-    out["route"].update(group_wait="1s", group_interval="1s")
+
+    def wait(duration: str) -> str:
+        return prometheus_duration(duration_seconds(duration) / factor) if factor else "1s"
+
+    root = out["route"]
+    root.update(group_wait=wait(root["group_wait"]), group_interval="1s")
     for route in out["route"].get("routes", []):
         if "group_wait" in route:
-            route["group_wait"] = "1s"
+            route["group_wait"] = wait(route["group_wait"])
     for receiver in out["receivers"]:
         for key in [k for k in receiver if k.endswith("_configs")]:
             del receiver[key]

@@ -1,0 +1,115 @@
+"""Time to page, for every fault class with a target (issue 26), measured end to end.
+
+Production's timing at 1/FACTOR of its length, in every part that delays a page: the exporters
+scraped and the rules evaluated every second (15 s shipped), GPM sampled and NCCL RAS asked by the
+leader every 667 ms (10 s shipped), RAS's own timeouts divided too, every rule duration divided by
+FACTOR (`shorten_durations` keeps each window at four scrapes, as production's are), and the reference
+Alertmanager routes with their group waits divided by FACTOR (a page's 10 s becomes 667 ms). The
+simulated hardware moves every 250 ms (real counters move continuously).
+
+For each scenario: from the injection to the first FIRING of an alert that names the fault in
+Prometheus, and to its first notification at the webhook, times FACTOR, against the target. The
+figures are printed (`pytest -s`) and kept in docs/alerts.md.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+
+import pytest
+import yaml
+
+from alerts.render import prometheus_duration, write_shortened_rules
+from alerts.settings import SCRAPE_INTERVAL, duration_seconds
+from exporter.sim.cluster import Cluster, load_scenario
+from exporter.sim.stack import alertmanager, prometheus, routed_to_webhook, webhook_receiver
+from tests.helpers import wait_until
+from tests.test_alertmanager import CONFIG
+from tests.test_e2e_alerts import firing, key
+
+pytestmark = pytest.mark.e2e
+
+FACTOR = 15  # the shipped 15 s scrape becomes 1 s
+GPM_SECONDS = 10  # the exporter's default GPM sampling interval, and RAS's leader interval
+SIMULATE_INTERVAL = "250ms"
+
+# scenario -> (target in production seconds, the alerts that page for it); a page is the first of
+# them to fire or be notified, naming the scenario's node (and GPU where the alert names one).
+TARGETS: dict[str, tuple[int, set[tuple[str, str, str]]]] = {
+    "kernel_xid": (30, {("GpuXidCritical", "node-3", "6")}),
+    "gpu_lost": (30, {("GpuXidCritical", "node-3", "6"), ("GpuLost", "node-3", "6")}),
+    "thermal_throttle": (60, {("GpuThermalThrottling", "node-1", "3")}),
+    "efa_stall": (60, {("EfaTrafficStalled", "node-2", "")}),
+    "efa_retransmit_storm": (90, {("EfaRetransmitTimeouts", "node-3", ""),
+                                  ("EfaRemoteConnectionImpaired", "node-3", "")}),
+    "nccl_hang": (90, {("NcclCollectiveHang", "node-2", "5")}),
+    "nccl_process_dead": (90, {("NcclCollectiveHang", "node-1", "2"), ("NcclRankDead", "node-1", "2")}),
+    "collective_stall": (120, {("CollectiveStall", f"node-{n}", "") for n in range(4)}),
+    "straggler": (150, {("GpuStraggler", "node-1", "5")}),
+    "compute_straggler": (180, {("GpuStraggler", "node-1", "5")}),
+    "nccl_late_arrival": (180, {("GpuStraggler", "node-2", "3")}),
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Four p5.48xlarge nodes, Prometheus with the shortened rules, the reference Alertmanager routes."""
+    root = tmp_path_factory.mktemp("time-to-page")
+    scrape = duration_seconds(SCRAPE_INTERVAL) / FACTOR
+    rules = write_shortened_rules(str(root / "rules.yml"), FACTOR, scrape_seconds=scrape)
+    sampling = prometheus_duration(GPM_SECONDS / FACTOR)
+    cluster = Cluster(str(root), nodes=4, interval=SIMULATE_INTERVAL, ras_interval=sampling,
+                      ras_timeout_factor=1 / FACTOR, exporter_args=(f"--collector.gpu.gpm-interval={sampling}",))
+    with ExitStack() as started:
+        started.enter_context(cluster)
+        url, hook = started.enter_context(webhook_receiver())
+        routes = routed_to_webhook(yaml.safe_load(CONFIG.read_text()), url, FACTOR)
+        targets = {"files": [cluster.write_targets()], "refresh_interval": "1s"}
+        prom = started.enter_context(prometheus(
+            [{"job_name": "gpuscope", "file_sd_configs": [targets]}], interval=prometheus_duration(scrape),
+            rule_files=[rules], alertmanager=started.enter_context(alertmanager(routes))))
+        prom.wait_for('count(up{job="gpuscope"} == 1) == 4')
+        yield cluster, prom, hook
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_the_page_comes_within_its_target(stack, name):
+    cluster, prom, hook = stack
+    target, pages = TARGETS[name]
+    quiet(prom, hook, name)
+    before = len(hook.received())
+    start = time.monotonic()
+    for step in load_scenario(name).steps:
+        if step.fault:
+            cluster.inject(step.node, step.fault)
+    fired = notified = None
+    try:
+        while notified is None:
+            now = time.monotonic() - start
+            assert now * FACTOR < 2 * target, f"{name}: no page after {now * FACTOR:.0f} s (fired: {fired})"
+            if fired is None and firing(prom)[0] & pages:
+                fired = now
+            if {key(a["labels"]) for note in hook.received()[before:] for a in note["alerts"]} & pages:
+                notified = now
+            time.sleep(0.05)
+    finally:
+        cluster.clear("job")
+        for node in range(4):
+            cluster.clear(node)
+    fired = notified if fired is None else fired
+    print(f"\n{name}: firing {fired * FACTOR:.0f} s, notified {notified * FACTOR:.0f} s, target {target} s")
+    assert notified * FACTOR <= target, (f"{name}: paged {notified * FACTOR:.0f} s after the fault (firing after "
+                                         f"{fired * FACTOR:.0f} s), target {target} s")
+
+
+def quiet(prom, hook, name: str) -> None:
+    """Waits until nothing fires or is pending in Prometheus (a pending alert of the previous scenario
+    would fire early in this one) and every alert notified has been notified resolved (a new alert
+    joining a group Alertmanager still holds waits for that group's next interval, not a group wait)."""
+    def unresolved() -> set[frozenset]:
+        last = {frozenset(a["labels"].items()): a["status"] for note in hook.received() for a in note["alerts"]}
+        return {labels for labels, status in last.items() if status == "firing"}
+
+    wait_until(lambda: not prom.alerts() and not unresolved(), 120,
+               lambda: f"before {name}: active {prom.alerts()}, notified unresolved {unresolved()}")
