@@ -57,11 +57,14 @@ def shorten_durations(rules: dict[str, Any], factor: float, scrape_seconds: floa
     sample is empty, and an alert joined on it flickers (issue 28: the demo's 1m became 6 s at a 5 s
     scrape). Production windows hold four scrapes at SCRAPE_INTERVAL; a stack scraping every
     SCRAPE_INTERVAL / factor keeps exactly the production rules' shape, a slower one floors the
-    shortest windows.
+    shortest windows. A `for:` of a production scrape interval or more stays a scrape or more (`for:
+    15s` means two samples agree; a quarter of a slower stack's scrape would fire on one), and a
+    group's own interval keeps its ratio to the scrape.
 
     For the end-to-end tests and `gpuscope demo` only: it changes timing, not logic.
     """
     floor = MIN_SCRAPES_PER_WINDOW * scrape_seconds
+    per_scrape = scrape_seconds / duration_seconds(SCRAPE_INTERVAL)  # a production second in this stack
 
     def scale(match: re.Match[str], least: float) -> str:
         seconds = int(match[1]) * DURATION_UNITS[match[2]] / factor
@@ -69,13 +72,13 @@ def shorten_durations(rules: dict[str, Any], factor: float, scrape_seconds: floa
 
     out = copy.deepcopy(rules)
     for group in out["groups"]:
-        if "interval" in group:  # as many evaluations per scrape as in production
-            group["interval"] = prometheus_duration(
-                scrape_seconds * duration_seconds(group["interval"]) / duration_seconds(SCRAPE_INTERVAL))
+        if "interval" in group:
+            group["interval"] = prometheus_duration(duration_seconds(group["interval"]) * per_scrape)
         for rule in group["rules"]:
             rule["expr"] = _DURATION.sub(lambda m: scale(m, floor), rule["expr"])
             if "for" in rule:
-                rule["for"] = _DURATION.sub(lambda m: scale(m, 0), rule["for"])
+                least = min(duration_seconds(rule["for"]) * per_scrape, scrape_seconds)
+                rule["for"] = _DURATION.sub(lambda m, least=least: scale(m, least), rule["for"])
     return out
 
 

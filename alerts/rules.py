@@ -464,9 +464,12 @@ def ras_alerts(s: Settings) -> list[Group]:
     culprit = (f"({behind} or {lost}) and on (job_id, comm) ({stalled}) and on (job_id) ({spinning})")
     spin = (f"(({c.GPU_UTILIZATION.name} >= bool {s.stall_utilization})"
             f" * ({c.GPU_POWER.name} / {c.GPU_POWER_LIMIT.name} < bool {s.stall_power_fraction}))")
+    # The spinning share reads three series of every GPU: evaluated with the scrape. The alerts read a
+    # few series per communicator and node: evaluated every 5 s, which keeps the page within 90 s.
     return [Group("gpuscope-nccl-ras", (
         Record(JOB_SPINNING, f"sum by (job_id) ({spin} * on (instance, gpu, uuid) group_left (job_id) "
                              f"{c.GPU_JOB_INFO.name}) / on (job_id) {JOB_GPUS}"),
+    )), Group("gpuscope-nccl-ras-alerts", interval=FAST_EVALUATION, rules=(
         Alert("NcclCollectiveHang", ras_rank(culprit), "0m", "critical",
               "NCCL says the job's collectives hang waiting for this GPU",
               "Job {{ $labels.job_id }} made no collective progress for "

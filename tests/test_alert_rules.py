@@ -123,11 +123,15 @@ def test_every_window_holds_four_scrapes_at_the_shipped_interval():
     assert min(windows) == MIN_SCRAPES_PER_WINDOW * duration_seconds(SCRAPE_INTERVAL) == 60
 
 
-@pytest.mark.parametrize(("factor", "scrape", "shortest"), [(10, 1.5, 6), (60, 1.0, 4), (10, 5.0, 20)])
-def test_shortened_rules_keep_four_scrapes_in_every_window(factor, scrape, shortest):
+@pytest.mark.parametrize(("factor", "scrape", "shortest", "two_samples", "fast_group"),
+                         [(10, 1.5, 6, "1500ms", "500ms"), (60, 1.0, 4, "1s", "333ms"), (10, 5.0, 20, "5s", "1667ms")])
+def test_shortened_rules_keep_four_scrapes_in_every_window(factor, scrape, shortest, two_samples, fast_group):
     """Issue 28: the demo divided 1m by 10 at a 5 s scrape, a 6 s window holding one sample. A stack
     scraping at the shipped interval divided by the factor keeps production's shape (the demo); a
-    slower one has its shortest windows floored at four of its scrapes. `for:` is divided as is."""
+    slower one has its shortest windows floored at four of its scrapes, and a `for:` of one shipped
+    scrape interval (two samples agree) at one of its scrapes (issue 26: at a quarter of one, a single
+    sample of the 60-fold tests paged EfaTrafficStalled). Longer `for:`s are divided as they are; a
+    group's own interval keeps its ratio to the scrape."""
     production = prometheus_rules(groups(Settings()), Settings())
     shortened = shorten_durations(production, factor, scrape)
     windows = ranges_seconds(shortened)
@@ -136,3 +140,7 @@ def test_shortened_rules_keep_four_scrapes_in_every_window(factor, scrape, short
     assert windows == pytest.approx(expected)
     fors = {r["alert"]: r["for"] for g in shortened["groups"] for r in g["rules"] if "for" in r}
     assert fors["GpuStraggler"] == prometheus_duration(duration_seconds(Settings().straggler_for) / factor)
+    assert fors["EfaTrafficStalled"] == fors["CollectiveStall"] == two_samples
+    assert {g["name"]: g["interval"] for g in shortened["groups"] if "interval" in g} == {
+        "gpuscope-xid": fast_group, "gpuscope-nvswitch": fast_group, "gpuscope-network": fast_group,
+        "gpuscope-nccl-ras-alerts": fast_group}
