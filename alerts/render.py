@@ -57,9 +57,10 @@ def shorten_durations(rules: dict[str, Any], factor: float, scrape_seconds: floa
     sample is empty, and an alert joined on it flickers (issue 28: the demo's 1m became 6 s at a 5 s
     scrape). Production windows hold four scrapes at SCRAPE_INTERVAL; a stack scraping every
     SCRAPE_INTERVAL / factor keeps exactly the production rules' shape, a slower one floors the
-    shortest windows. A `for:` of a production scrape interval or more stays a scrape or more (`for:
-    15s` means two samples agree; a quarter of a slower stack's scrape would fire on one), and a
-    group's own interval keeps its ratio to the scrape.
+    shortest windows. A `for:` keeps as many scrapes as in production, up to the same four (`for: 15s`
+    means two samples agree, `for: 1m` five: a quarter of a slower stack's scrape would fire on one
+    sample, and a straggler on a simulator's second of skew between nodes), and a group's own
+    interval keeps its ratio to the scrape.
 
     For the end-to-end tests and `gpuscope demo` only: it changes timing, not logic.
     """
@@ -77,7 +78,7 @@ def shorten_durations(rules: dict[str, Any], factor: float, scrape_seconds: floa
         for rule in group["rules"]:
             rule["expr"] = _DURATION.sub(lambda m: scale(m, floor), rule["expr"])
             if "for" in rule:
-                least = min(duration_seconds(rule["for"]) * per_scrape, scrape_seconds)
+                least = min(duration_seconds(rule["for"]) * per_scrape, floor)
                 rule["for"] = _DURATION.sub(lambda m, least=least: scale(m, least), rule["for"])
     return out
 

@@ -606,24 +606,29 @@ def communication_alerts(s: Settings) -> list[Group]:
                   "{{ $labels.instance }} moves {{ $value | humanize }}B/s over EFA while the median node moves "
                   "more than a GB/s, and its GPUs are busy."),
             # EFA errors per node, from the exporter's node totals: one series per node instead of 32 keeps
-            # these rules cheap at fleet scale; the node dashboard shows which device (runbook).
-            Alert("EfaRetransmitTimeouts", f"rate({efa['retrans_timeout_events'].name}[1m]) > 0",
+            # these rules cheap at fleet scale; the node dashboard shows which device (runbook). Their rise,
+            # not rate(): a device leaving the node lowers the totals, which rate() reads as a reset and
+            # counts the rest as new errors (issue 26, the missing-device scenario).
+            Alert("EfaRetransmitTimeouts", f"{counter_rise(efa['retrans_timeout_events'].name, '1m')} > 0",
                   s.efa_error_for, "warning", "EFA traffic times out and changes network paths",
-                  "{{ $labels.instance }} sees {{ $value | humanize }} EFA retransmit timeouts per second; the node "
-                  "dashboard's EFA panels show which devices."),
+                  "{{ $labels.instance }} saw {{ $value | humanize }} EFA retransmit timeouts in the last minute; "
+                  "the node dashboard's EFA panels show which devices."),
             Alert("EfaRemoteConnectionImpaired",
-                  f"rate({efa['unresponsive_remote_events'].name}[1m])"
-                  f" + rate({efa['impaired_remote_conn_events'].name}[1m]) > 0",
+                  f"{counter_rise(efa['unresponsive_remote_events'].name, '1m')}"
+                  f" + {counter_rise(efa['impaired_remote_conn_events'].name, '1m')} > 0",
                   s.efa_error_for, "warning", "EFA connections to remote peers are unresponsive or impaired",
-                  "{{ $labels.instance }} reports {{ $value | humanize }} unresponsive or impaired remote EFA "
-                  "connection events per second."),
-            Alert("EfaPacketDrops", f"rate({efa['rx_drops'].name}[1m]) > 0",
+                  "{{ $labels.instance }} reported {{ $value | humanize }} unresponsive or impaired remote EFA "
+                  "connection events in the last minute."),
+            Alert("EfaPacketDrops", f"{counter_rise(efa['rx_drops'].name, '1m')} > 0",
                   s.efa_error_for, "warning", "EFA devices drop received packets",
-                  "The EFA devices of {{ $labels.instance }} drop {{ $value | humanize }} packets per second."),
+                  "The EFA devices of {{ $labels.instance }} dropped {{ $value | humanize }} packets in the last "
+                  "minute."),
             Alert("EfaWorkRequestErrors",
-                  f"rate({efa['rdma_read_wr_err'].name}[1m]) + rate({efa['rdma_write_wr_err'].name}[1m]) > 0",
+                  f"{counter_rise(efa['rdma_read_wr_err'].name, '1m')}"
+                  f" + {counter_rise(efa['rdma_write_wr_err'].name, '1m')} > 0",
                   s.efa_error_for, "warning", "RDMA work requests fail on EFA",
-                  "{{ $labels.instance }} fails {{ $value | humanize }} RDMA work requests per second over EFA."),
+                  "{{ $labels.instance }} failed {{ $value | humanize }} RDMA work requests over EFA in the last "
+                  "minute."),
         )),
         # One rule a group from here on: each reads two or three series of every GPU.
         Group("gpuscope-nvlink-retries", (
