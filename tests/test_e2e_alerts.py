@@ -140,6 +140,10 @@ SHARDS = 2
 # quiet machine, more under load), and an XID or SXID is a new series: the 10 m event window, 10 s
 # here, is widened to 30 m (30 s) so the event is inside it on both engines when vmalert first sees it.
 XID_WINDOW = "30m"
+# Likewise the shards of the two agents reach VictoriaMetrics seconds apart: when a whole job stops,
+# one shard's nodes read stalled while the other's still move, for longer than the EFA stall's two
+# samples shortened 60-fold (1 s); 5m (5 s) outlasts it. In production the two samples are 15 s.
+EFA_STALL_FOR = "5m"
 STARTUP_SECONDS = 15  # longer than every shortened window (10m -> 10 s): a counter's first sample has left them
 
 
@@ -147,7 +151,8 @@ def _stack(tmp_path_factory, profile: str):
     """The cluster of `profile` nodes; Prometheus with its Alertmanager; two agents, VictoriaMetrics
     and vmalert with theirs. Everything either engine fires while starting is kept for a test."""
     root = tmp_path_factory.mktemp("alerts-e2e")
-    rules = write_shortened_rules(str(root / "rules.yml"), 60, Settings(xid_window=XID_WINDOW))
+    settings = Settings(xid_window=XID_WINDOW, efa_stall_for=EFA_STALL_FOR)
+    rules = write_shortened_rules(str(root / "rules.yml"), 60, settings)
     # The simulated hardware moves twice a scrape: a node whose counters moved once in two scrapes would
     # look stalled for one (irate) to rules that page on two samples.
     cluster = Cluster(str(root), nodes=4, profile=profile, interval="500ms",
