@@ -195,15 +195,7 @@ def dgx_stack(tmp_path_factory):
     yield from _stack(tmp_path_factory, "dgx-h100")
 
 
-# The p5 scenarios in two shares, each on a stack of its own when pytest-xdist runs them side by side
-# (the tests not in a share run with the first).
-SHARES = 2
-FIRST_SHARE = pytest.mark.xdist_group("e2e-alerts-0")
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xdist_group(f"e2e-alerts-{number % SHARES}")) for number, name in
-    enumerate(name for name in TABLE if load_scenario(name).profile == DEFAULT_PROFILE)])
+@pytest.mark.parametrize("name", [name for name in TABLE if load_scenario(name).profile == DEFAULT_PROFILE])
 def test_scenario_fires_exactly_the_expected_alerts(stack, name):
     play(stack, name)
 
@@ -212,14 +204,12 @@ def test_every_scenario_of_the_table_runs_on_one_of_the_stacks():
     assert {load_scenario(name).profile for name in TABLE} == {DEFAULT_PROFILE, "dgx-h100"}
 
 
-@FIRST_SHARE
 def test_nothing_fires_while_the_stack_starts_on_either_engine(stack):
     """Issue 19: on VictoriaMetrics, increase() counted a new series' first sample, so every healthy
     node's Lustre targets looked evicted at startup; the rules now read a counter's rise instead."""
     assert {engine.name: engine.startup for engine in stack.engines} == {"prometheus": set(), "victoriametrics": set()}
 
 
-@FIRST_SHARE
 def test_the_agents_share_the_targets_and_vmalert_writes_records_back(stack):
     agents = [requests.get(f"{agent}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
               for agent in stack.agents]
@@ -230,7 +220,6 @@ def test_the_agents_share_the_targets_and_vmalert_writes_records_back(stack):
     assert vm.wait_for(record)[0]["value"][1] == prom.wait_for(record)[0]["value"][1]
 
 
-@FIRST_SHARE
 def test_every_dashboard_panel_answers_through_victoriametrics(stack):
     """The panels that answer on a healthy cluster (tests/test_dashboards.py) answer through
     VictoriaMetrics' Prometheus API, once vmalert's chained records have come through (seconds).
@@ -328,7 +317,6 @@ def _check_notified(engine: Engine, name: str, before: int, notified: set[tuple[
             assert alert["annotations"]["runbook_url"].endswith("#" + alert["labels"]["alertname"].lower())
 
 
-@FIRST_SHARE
 def test_a_restart_pages_nothing_and_a_gpu_missing_at_boot_pages_once_restarted(stack):
     """A healthy node's kernel log holds hours-old XIDs and driver noise: read again by a restarted
     exporter it pages nothing. A GPU that does not come up when the node (here its exporter and
