@@ -312,7 +312,8 @@ def goodput_records(s: Settings) -> list[Group]:
             Record(NODE_GPU_LOST, f"max by (instance) ({c.GPU_UP.name} == 0) + 1"),
         )),
         Group("gpuscope-goodput-stalls", (
-            Record(NODE_STALLED, f"max by (instance) (({collective_stall(s)}) * 0 + 1 or ({efa_stall(s)}) * 0 + 1)"),
+            Record(NODE_STALLED, f"max by (instance) (({collective_stall(s)}) * 0 + 1"
+                                 f" or ({efa_stall(s, EFA_RATE, EFA_MEDIAN)}) * 0 + 1)"),
         )),
         Group("gpuscope-goodput-jobs", (
             Record(JOB_GPU_LOST, on_job_nodes(NODE_GPU_LOST)),
@@ -577,12 +578,13 @@ def collective_stall(s: Settings) -> str:
             f" and on (instance) {EFA_RATE} < {s.stall_network_bytes_per_second:g}")
 
 
-def efa_stall(s: Settings) -> str:
-    """A busy node's EFA traffic collapsed while the median node's keeps moving, over the last scrape
-    interval (irate): a rate over a minute would keep the traffic before the stall for most of that
-    minute, and the page has a minute in all (docs/alerts.md)."""
-    return (f"{EFA_NOW} < {s.efa_stall_fraction} * scalar({EFA_NOW_MEDIAN})"
-            f" and on () {EFA_NOW_MEDIAN} > {s.efa_busy_bytes_per_second:g}"
+def efa_stall(s: Settings, rate: str = EFA_NOW, median: str = EFA_NOW_MEDIAN) -> str:
+    """A busy node's EFA traffic collapsed while the median node's keeps moving. The alert reads the
+    last scrape interval (irate): a rate over a minute would keep the traffic before the stall for
+    most of that minute, and the page has a minute in all (docs/alerts.md); its `for:` asks two
+    samples. Goodput reads the minute (EFA_RATE): one quiet interval costs no GPU time."""
+    return (f"{rate} < {s.efa_stall_fraction} * scalar({median})"
+            f" and on () {median} > {s.efa_busy_bytes_per_second:g}"
             f" and on (instance) {BUSY_GPUS} > 0")
 
 

@@ -75,6 +75,7 @@ def stack(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(TARGETS))
 def test_the_page_comes_within_its_target(stack, name):
+    """The scenario's faults injected at once: an alert naming them is notified within the target."""
     cluster, prom, hook = stack
     target, pages = TARGETS[name]
     quiet(prom, hook, name)
