@@ -99,8 +99,9 @@ class Settings:
     stall_power_fraction: float = 0.25
     stall_network_bytes_per_second: float = 1e6
     # Where neither RAS nor Inspector names the rank: the signature in two samples in a row. Its EFA rate
-    # reads a 1 m window, which is flat only after a minute without traffic, so a 45 s pause of one
-    # rank never shows it; the page comes within 120 s.
+    # reads a 1 m window (four samples), flat after 45 s without traffic, so two flat samples need a
+    # minute and a 45 s input-pipeline pause never pages (tests/rules/time_to_page.yml); the page
+    # comes within 120 s.
     stall_for: str = "15s"
     # EFA stall: a node's traffic below this fraction of the median node while that median is busy.
     efa_stall_fraction: float = 0.05
