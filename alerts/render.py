@@ -67,19 +67,19 @@ def shorten_durations(rules: dict[str, Any], factor: float, scrape_seconds: floa
     floor = MIN_SCRAPES_PER_WINDOW * scrape_seconds
     per_scrape = scrape_seconds / duration_seconds(SCRAPE_INTERVAL)  # a production second in this stack
 
-    def scale(match: re.Match[str], least: float) -> str:
+    def scale(match: re.Match[str]) -> str:
         seconds = int(match[1]) * DURATION_UNITS[match[2]] / factor
-        return prometheus_duration(max(least, seconds)) if seconds else "0s"
+        return prometheus_duration(max(floor, seconds)) if seconds else "0s"
 
     out = copy.deepcopy(rules)
     for group in out["groups"]:
         if "interval" in group:
             group["interval"] = prometheus_duration(duration_seconds(group["interval"]) * per_scrape)
         for rule in group["rules"]:
-            rule["expr"] = _DURATION.sub(lambda m: scale(m, floor), rule["expr"])
-            if "for" in rule:
-                least = min(duration_seconds(rule["for"]) * per_scrape, floor)
-                rule["for"] = _DURATION.sub(lambda m, least=least: scale(m, least), rule["for"])
+            rule["expr"] = _DURATION.sub(scale, rule["expr"])
+            if "for" in rule:  # a single-unit duration, as the settings' are
+                production = duration_seconds(rule["for"])
+                rule["for"] = prometheus_duration(max(production / factor, min(production * per_scrape, floor)))
     return out
 
 

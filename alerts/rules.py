@@ -54,6 +54,7 @@ class Group:
 # Faster than the shipped scrape interval, so a sample is evaluated within 5 s of its arrival.
 FAST_EVALUATION = "5s"
 
+
 def _xids(xids: tuple[int, ...]) -> str:
     return "|".join(str(x) for x in xids)
 

@@ -268,7 +268,7 @@ def routed_to_webhook(config: dict, url: str, factor: float = 0) -> dict:
 
     root = out["route"]
     root.update(group_wait=wait(root["group_wait"]), group_interval="1s")
-    for route in out["route"].get("routes", []):
+    for route in root.get("routes", []):
         if "group_wait" in route:
             route["group_wait"] = wait(route["group_wait"])
     for receiver in out["receivers"]:
