@@ -90,7 +90,7 @@ def prometheus_duration(seconds: float) -> str:
 
 
 # Settings in seconds of the exporter's own clock (not PromQL durations), divided with the rest.
-SECONDS_SETTINGS = ("nccl_hang_seconds",)
+SECONDS_SETTINGS = ("nccl_hang_seconds", "nccl_inspector_stale_seconds")
 
 
 def write_shortened_rules(path: str, factor: float, settings: Settings | None = None,

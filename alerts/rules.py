@@ -95,6 +95,8 @@ COMM = "job_id, comm, collective"
 # NCCL RAS (issue 26): the share of a job's GPUs spinning in NCCL kernels (pinned utilization at
 # near-idle power), the hardware's half of a hang.
 JOB_SPINNING = "job_id:gpuscope_gpus_spinning:ratio"
+# The freshest NCCL Inspector file of each running job: how long ago any of its GPUs completed a collective.
+JOB_INSPECTOR_AGE = "job_id:gpuscope_nccl_snapshot_age_seconds:min"
 # GPUs whose clocks a hardware or thermal reason holds down: usually none, so the thermal alerts and
 # the fleet's throttled-GPU table read a handful of series instead of every GPU's reasons.
 THROTTLED = "instance_gpu_reason:gpuscope_gpu_clock_event_active:throttling"
@@ -458,7 +460,10 @@ def ras_alerts(s: Settings) -> list[Group]:
     """NCCL RAS (issue 26), two signals that agree instead of a long `for:`: a communicator's progress
     stood still across the leader's reports, and most of its job's GPUs spin. The page names the
     ranks behind or missing (NCCL's launch counts: the rank that never launched the collective the
-    others wait in); where every rank launched it (a kernel that hangs), the job and the leader."""
+    others wait in); where every rank launched it (a kernel that hangs), the job and the leader.
+    Where RAS does not speak for the job (NCCL before 2.24, RAS off), NCCL Inspector's files going
+    stale while the GPUs spin page on each of the job's nodes, naming no rank (Inspector records
+    completions only)."""
     stalled = f"{c.NCCL_RAS_STALLED.name} >= {s.nccl_hang_seconds:g}"
     spinning = f"{JOB_SPINNING} >= {s.nccl_spinning_fraction:g}"
     behind = f"{c.NCCL_RAS_BEHIND.name} > 0"
@@ -491,6 +496,19 @@ def ras_alerts(s: Settings) -> list[Group]:
               "An NCCL process of the job is dead (RAS lost it for a minute)",
               "NCCL RAS considers the process managing GPU {{ $labels.gpu }} on {{ $labels.instance }} dead (job "
               "{{ $labels.job_id }}): the job cannot progress without it."),
+        Record(JOB_INSPECTOR_AGE, f"min by (job_id) ({c.NCCL_SNAPSHOT_AGE.name}"
+                                  f" and on (instance, gpu, job_id) {c.GPU_JOB_INFO.name})"),
+        Alert("NcclCollectiveHang",
+              f"max by (cluster, instance, job_id) ({c.GPU_JOB_INFO.name}) * on (job_id) group_left () ("
+              f"{JOB_INSPECTOR_AGE} >= {s.nccl_inspector_stale_seconds:g} and on (job_id) ({spinning})"
+              f" unless on (job_id) {c.NCCL_RAS_STALLED.name})", "0m", "critical",
+              "NCCL Inspector says the job's collectives stopped completing while its GPUs spin",
+              "No GPU of job {{ $labels.job_id }} (here {{ $labels.instance }}) completed a collective for "
+              "{{ $value }} s "
+              "(NCCL Inspector rewrites its files only after completions) while its GPUs spin in NCCL: a hang. "
+              "NCCL RAS does not answer for this job, so the rank it waits for is not named: the job's nodes' "
+              "XID, NVLink and EFA alerts, and the job dashboard's ranks, say where.",
+              (("evidence", "inspector_stale"),)),
     ))]
 
 

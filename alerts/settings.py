@@ -84,6 +84,10 @@ class Settings:
     # enough to page within 90 s (PyTorch's watchdog aborts at 10 min, NVRx's in-job restart acts at 60-90 s).
     nccl_hang_seconds: float = 50.0
     nccl_spinning_fraction: float = 0.5
+    # NCCL Inspector rewrites a GPU's file only when collectives completed since its last dump (every
+    # 30 s at least in Prometheus mode): a job none of whose files was rewritten for 1.5 dump intervals,
+    # while most of its GPUs spin, hangs. Set it to 1.5 x NCCL_INSPECTOR_DUMP_THREAD_INTERVAL_MICROSECONDS.
+    nccl_inspector_stale_seconds: float = 45.0
     # HW thermal / HW slowdown / power brake are paged on (NVSentinel, NVIDIA guidance); one scrape
     # interval means two samples in a row agree, which rides over a single sampling blip and pages
     # within 60 s.

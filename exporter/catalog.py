@@ -453,8 +453,10 @@ NCCL_OPERATIONS_DROPPED = counter(
     ("gpu", "uuid", "job_id", "kind"), f"nccl_collectives_dropped_total, nccl_p2p_dropped_total in {_NCCL_SOURCE}")
 NCCL_SNAPSHOT_AGE = gauge(
     "nccl", "gpuscope_nccl_snapshot_age_seconds",
-    "Age of the Inspector file snapshot served for this GPU (files older than 3 intervals are dropped).",
-    ("gpu", "uuid"), _NCCL_SOURCE)
+    "Seconds since NCCL Inspector last rewrote this GPU's file, job_id the job that wrote it. Inspector rewrites "
+    "it only when collectives completed: a hung job's files age. Kept while the file exists; the file's other "
+    "series go after 3 intervals.",
+    ("gpu", "uuid", "job_id"), _NCCL_SOURCE)
 NCCL_MALFORMED_LINES = counter(
     "nccl", "gpuscope_nccl_malformed_lines_total", "Lines of Inspector files that were not understood and skipped.",
     (), _NCCL_SOURCE)

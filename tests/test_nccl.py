@@ -66,7 +66,7 @@ def test_buckets_are_aggregated_in_base_units_and_joined_to_the_nvml_gpu(tmp_pat
     bandwidth = value(parsed, catalog.NCCL_BUS_BANDWIDTH.name, gpu="3", uuid=UUID, job_id="4242", comm="DP Group 0",
                       nranks="48", collective="AllReduce", message_size="all")
     assert bandwidth == pytest.approx(math.sqrt(40.0 * 10.0) * 1e9)  # geometric mean, as Inspector averages
-    assert value(parsed, catalog.NCCL_SNAPSHOT_AGE.name, gpu="3", uuid=UUID) == 5.0
+    assert value(parsed, catalog.NCCL_SNAPSHOT_AGE.name, gpu="3", uuid=UUID, job_id="4242") == 5.0
     assert value(parsed, catalog.NCCL_MALFORMED_LINES.name) == 0
     nccl = {key for key in parsed if key[0].startswith("gpuscope_nccl_")}
     assert len(nccl) == 2 + 1 + 1 + 3  # bandwidth, time; snapshot age; malformed; dropped files, series, ras
@@ -99,7 +99,7 @@ def test_a_file_caught_mid_rewrite_keeps_its_last_complete_snapshot(tmp_path, re
     now[0] = NOW + 30
     parsed = samples(scrape([nccl]))
     assert exec_time(parsed) == pytest.approx(0.02)
-    assert value(parsed, catalog.NCCL_SNAPSHOT_AGE.name, gpu="3", uuid=UUID) == 35.0  # the snapshot's age
+    assert value(parsed, catalog.NCCL_SNAPSHOT_AGE.name, gpu="3", uuid=UUID, job_id="4242") == 35.0  # the snapshot's
     assert value(parsed, catalog.NCCL_MALFORMED_LINES.name) == 0
 
 
@@ -116,12 +116,35 @@ def test_a_file_is_read_once_it_settled(tmp_path):
     assert exec_time(samples(scrape([nccl]))) == pytest.approx(0.002)
 
 
-def test_a_file_not_rewritten_for_three_intervals_drops_its_series(tmp_path):
+def test_a_file_not_rewritten_for_three_intervals_drops_its_series_and_keeps_its_age(tmp_path):
+    """Inspector rewrites a file only after completions: a hung job's file ages, and so does a finished
+    job's. Its series go; its age stays, with the job that wrote it, for the rules to judge."""
     write(tmp_path, UUID, [BIG], mtime=NOW - 89)
-    write(tmp_path, OTHER, [BIG], mtime=NOW - 91)
+    write(tmp_path, OTHER, [BIG], job="4243", mtime=NOW - 91)
     parsed = samples(scrape([collector(tmp_path, [NOW])]))
-    assert {labels for name, labels in parsed if name == catalog.NCCL_SNAPSHOT_AGE.name} == {
-        frozenset({("gpu", "3"), ("uuid", UUID)})}
+    assert {labels: v for (name, labels), v in parsed.items() if name == catalog.NCCL_SNAPSHOT_AGE.name} == {
+        frozenset({("gpu", "3"), ("uuid", UUID), ("job_id", "4242")}): 89.0,
+        frozenset({("gpu", "4"), ("uuid", OTHER), ("job_id", "4243")}): 91.0}
+    assert {labels for name, labels in parsed if name == catalog.NCCL_EXEC_TIME.name} == {
+        frozenset({("gpu", "3"), ("uuid", UUID), ("job_id", "4242"), ("comm", "DP Group 0"), ("nranks", "48"),
+                   ("collective", "AllReduce"), ("message_size", "all")})}
+
+
+def test_a_file_without_slurm_keeps_the_job_it_was_read_fresh_in(tmp_path):
+    """Without Slurm the file names no job: it is the GPU's when the file was read fresh, and stays so
+    once a new job (a new pod) runs on the GPU without Inspector; a file already stale when first read
+    (an exporter started after the job) is nobody's."""
+    path = write(tmp_path, UUID, [BIG], job="unknown")
+    now, jobs = [NOW], ["777"]
+    nccl = NcclCollector(NcclOptions(directory=str(tmp_path), interval=30.0), clock=lambda: now[0])
+    nccl.identify_with(lambda: {UUID.lower(): (("3", UUID), tuple(jobs))})
+    assert value(samples(scrape([nccl])), catalog.NCCL_SNAPSHOT_AGE.name, gpu="3", uuid=UUID, job_id="777") == 5.0
+    now[0], jobs[:] = NOW + 600, ["888"]
+    assert value(samples(scrape([nccl])), catalog.NCCL_SNAPSHOT_AGE.name, gpu="3", uuid=UUID, job_id="777") == 605.0
+    restarted = NcclCollector(NcclOptions(directory=str(tmp_path), interval=30.0), clock=lambda: now[0])
+    restarted.identify_with(lambda: {UUID.lower(): (("3", UUID), tuple(jobs))})
+    assert value(samples(scrape([restarted])), catalog.NCCL_SNAPSHOT_AGE.name, gpu="3", uuid=UUID) == 605.0  # no job_id
+    assert os.path.exists(path)
 
 
 def test_files_and_series_beyond_the_caps_are_dropped_and_counted(tmp_path):

@@ -5,8 +5,10 @@ per GPU into its dump directory, `nccl_inspector_metrics_<uuid>.prom`, the CUDA 
 UUID without `GPU-`. Every interval (30 s or more) it rewrites the file in place: it truncates it,
 then appends two lines per bucket with `fwrite` and `fflush`. So a reader can meet an empty or a
 half-written file; a file is taken only when it ends with a newline and has not changed for a
-second, else that file's last complete snapshot is served. A file not rewritten for three intervals
-belongs to a job that ended (Inspector leaves the last one behind) and its series go.
+second, else that file's last complete snapshot is served. Inspector rewrites a file only when
+collectives completed since its last dump: a file not rewritten for three intervals belongs to a job
+that ended (Inspector leaves the last one behind) or one that hangs. Its series go, but its age
+stays, labelled with the job that wrote it: the rules read a hung job's files going stale.
 
 Lines carry no HELP or TYPE and their labels come in a fixed order: version, slurm_job_id, node,
 gpu (a CUDA ordinal inside the job's process, not the NVML index), comm_name (written unescaped, so
@@ -124,31 +126,32 @@ class NcclOptions:
     ras_cadence: Cadence = field(default_factory=Cadence)
 
 
-# One aggregated series of a file: its metric, the job the file names ("unknown" without Slurm), the
-# labels that follow `job_id` in the catalog's order, and its value.
-Series = tuple[catalog.Metric, str, tuple[str, ...], float]
+# One aggregated series of a file: its metric, the labels that follow `job_id` in the catalog's order,
+# and its value (a file is one job's: the job is the snapshot's).
+Series = tuple[catalog.Metric, tuple[str, ...], float]
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Snapshot:
     mtime: float
     series: list[Series]
+    job: str  # the job that wrote it: the file's, else the GPU's when the file was read fresh ("" unknown)
 
 
 def aggregate(lines: list[Line], message_sizes: bool) -> list[Series]:
     """A file's series, its buckets aggregated once when the file is read, not at every scrape."""
-    buckets: dict[tuple[catalog.Metric, str, tuple[str, ...]], list[float]] = defaultdict(list)
+    buckets: dict[tuple[catalog.Metric, tuple[str, ...]], list[float]] = defaultdict(list)
     for line in lines:
         if line.name in DEVICE_METRICS:
             metric, kind = DEVICE_METRICS[line.name]
-            buckets[metric, line.job, (kind,)].append(line.value)
+            buckets[metric, (kind,)].append(line.value)
             continue
         metric, factor = BUCKET_METRICS[line.name]
         labels = (line.comm, line.nranks, line.operation)
-        buckets[metric, line.job, (*labels, "all")].append(line.value * factor)
+        buckets[metric, (*labels, "all")].append(line.value * factor)
         if message_sizes:
-            buckets[metric, line.job, (*labels, line.size)].append(line.value * factor)
-    return [(metric, job, labels, _mean(metric, values)) for (metric, job, labels), values in buckets.items()]
+            buckets[metric, (*labels, line.size)].append(line.value * factor)
+    return [(metric, labels, _mean(metric, values)) for (metric, labels), values in buckets.items()]
 
 
 # uuid ("GPU-…", lower case) -> ((gpu, uuid) labels of the GPU collector, the GPU's jobs from attribution)
@@ -184,14 +187,16 @@ class NcclCollector:
 
     def collect(self) -> Iterable[Family]:
         now = self._clock()
-        fresh = self._read_files(now)
-        scrape = Scrape()
         identities = self._identities()
+        snapshots = self._read_files(now, identities)
+        scrape = Scrape()
         budget = self._options.max_series
-        for uuid, snapshot in sorted(fresh.items()):
-            (gpu, uuid_label), jobs = identities.get(uuid.lower(), (("", uuid), ()))
-            scrape.add(catalog.NCCL_SNAPSHOT_AGE, max(0.0, now - snapshot.mtime), gpu, uuid_label)
-            budget = self._add_series(scrape, snapshot.series, gpu, uuid_label, jobs, budget)
+        for uuid, snapshot in sorted(snapshots.items()):
+            gpu, uuid_label = identities.get(uuid.lower(), (("", uuid), ()))[0]
+            age = max(0.0, now - snapshot.mtime)
+            scrape.add(catalog.NCCL_SNAPSHOT_AGE, age, gpu, uuid_label, snapshot.job)
+            if age <= STALE_INTERVALS * self._options.interval:
+                budget = self._add_series(scrape, snapshot, gpu, uuid_label, budget)
         if self._ras:
             self._add_ras(scrape, self._ras.view(), identities, now)
         scrape.add(catalog.NCCL_MALFORMED_LINES, self._malformed)
@@ -216,7 +221,8 @@ class NcclCollector:
         scrape.add(catalog.NCCL_RAS_LEADER, 1.0 if view.role == "leader" else 0.0)
         for host in sorted(self._ras.hosts):
             scrape.add(catalog.NCCL_RAS_HOST, 1.0, host)
-        fresh = now - view.at <= STALE_INTERVALS * self._options.ras_cadence.leader
+        cadence = self._ras.cadence
+        fresh = now - view.at <= STALE_INTERVALS * cadence.leader + cadence.deadline  # a slow report is still news
         if view.report and view.role == "leader" and fresh:
             self._add_job_view(scrape, view, jobs)
 
@@ -254,54 +260,58 @@ class NcclCollector:
             ranks_left = max(0, ranks_left - len(named))
         self._dropped["ras"] += max(0, len(ordered) - RAS_MAX_COMMUNICATORS)
 
-    def _read_files(self, now: float) -> dict[str, _Snapshot]:
-        """{uuid: snapshot} of the files rewritten within three intervals, at most max_files of them."""
+    def _read_files(self, now: float, identities: dict) -> dict[str, _Snapshot]:
+        """{uuid: snapshot} of the Inspector files in the directory, at most max_files of them."""
         directory = self._options.directory
         names = sorted(name for name in list_dir(directory) if FILE_NAME.match(name))
         self._dropped["files"] += max(0, len(names) - self._options.max_files)
-        fresh: dict[str, _Snapshot] = {}
+        found: dict[str, _Snapshot] = {}
         for name in names[:self._options.max_files]:
             uuid = "GPU-" + FILE_NAME.match(name)[1].lower()
-            snapshot = self._refresh(os.path.join(directory, name), uuid, now)
+            snapshot = self._refresh(os.path.join(directory, name), uuid, now, identities)
             if snapshot:
-                fresh[uuid] = snapshot
-        for gone in set(self._snapshots) - set(fresh):
-            del self._snapshots[gone]
-        return fresh
+                found[uuid] = snapshot
+        self._snapshots = found
+        return found
 
-    def _refresh(self, path: str, uuid: str, now: float) -> _Snapshot | None:
+    def _refresh(self, path: str, uuid: str, now: float, identities: dict) -> _Snapshot | None:
         """The file's snapshot: re-read when it changed and settled, kept when it is being rewritten."""
         try:
             mtime = os.stat(path).st_mtime
         except OSError:
             return None
-        if now - mtime > STALE_INTERVALS * self._options.interval:
-            return None
         previous = self._snapshots.get(uuid)
         if previous and previous.mtime == mtime:
             return previous
-        if now - mtime >= min(SETTLE_SECONDS, self._options.interval / 3):
-            try:
-                data = read_bytes(path)
-            except OSError:
-                data = b""
-            if complete(data):
-                lines, malformed = parse(data.decode("utf-8", "replace"))
-                self._malformed += malformed
-                series = aggregate(lines, self._options.message_sizes)
-                self._snapshots[uuid] = previous = _Snapshot(mtime, series)
-        return previous
+        if now - mtime < min(SETTLE_SECONDS, self._options.interval / 3):
+            return previous
+        try:
+            data = read_bytes(path)
+        except OSError:
+            data = b""
+        if not complete(data):
+            return previous
+        lines, malformed = parse(data.decode("utf-8", "replace"))
+        self._malformed += malformed
+        return _Snapshot(mtime, aggregate(lines, self._options.message_sizes),
+                         self._writer(lines, uuid, now - mtime, identities))
 
-    def _add_series(self, scrape: Scrape, series: list[Series], gpu: str, uuid: str, jobs: tuple[str, ...],
-                    budget: int) -> int:
-        """Adds one file's series within the remaining series budget; returns what is left of it. The
-        job is the file's, else the GPU's from attribution (which can change between reads)."""
-        fallback = jobs[0] if jobs else ""
-        for metric, job, labels, value in series:
+    def _writer(self, lines: list[Line], uuid: str, age: float, identities: dict) -> str:
+        """The job that wrote a file: the one it names (Slurm), else the GPU's if the file is fresh; a
+        stale file of a job without Slurm stays unattributed (it may be a finished pod's)."""
+        named = next((line.job for line in lines if line.job not in ("", "unknown")), "")
+        if named or age > STALE_INTERVALS * self._options.interval:
+            return named
+        jobs = identities.get(uuid.lower(), ((), ()))[1]
+        return jobs[0] if jobs else ""
+
+    def _add_series(self, scrape: Scrape, snapshot: _Snapshot, gpu: str, uuid: str, budget: int) -> int:
+        """Adds one file's series within the remaining series budget; returns what is left of it."""
+        for metric, labels, value in snapshot.series:
             if budget <= 0:
                 self._dropped["series"] += 1
                 continue
-            scrape.add(metric, value, gpu, uuid, job if job not in ("", "unknown") else fallback, *labels)
+            scrape.add(metric, value, gpu, uuid, snapshot.job, *labels)
             budget -= 1
         return budget
 

@@ -288,7 +288,7 @@ class Cadence:
     backup: float = 60.0
     member: float = 3600.0
     idle: float = 60.0  # nothing listening, or an error
-    deadline: float = 10.0  # one query, all of it
+    deadline: float = 30.0  # one query, all of it: a sick job's report waits out RAS's leg timeouts
     leg_timeout: float = 5.0  # RAS's own per-leg collection timeout (TIMEOUT <s>)
 
 
@@ -347,6 +347,10 @@ class RasPoller:
     def hosts(self) -> frozenset[str]:
         return self._hosts
 
+    @property
+    def cadence(self) -> Cadence:
+        return self._cadence
+
     def start(self) -> None:
         self._thread.start()
 
@@ -400,13 +404,17 @@ class RasPoller:
         self._since.clear()
 
     def _stalled(self, report: Report, now: float) -> dict[str, float]:
-        """Seconds each communicator's progress has stood still, across this node's reports."""
+        """Seconds each communicator's progress has stood still, across this node's reports. A JSON
+        report's communicator at 0 launched nothing yet (a job starting: INIT, loading data): it cannot
+        hang, its clock does not run (a text report's 0 means its counts are not printed)."""
         since = {}
         for comm in report.communicators:
             if not comm.hash:
                 continue
             previous = self._since.get(comm.hash)
-            since[comm.hash] = previous if previous and previous[0] == comm.progress else (comm.progress, now)
+            started = comm.progress > 0 or report.format != "json"
+            still = started and previous is not None and previous[0] == comm.progress
+            since[comm.hash] = previous if still else (comm.progress, now)
         self._since = since
         return {comm: now - first for comm, (_, first) in since.items()}
 
