@@ -67,6 +67,11 @@ TABLE: dict[str, tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]] = 
                            *{("CollectiveStall", f"node-{n}", "") for n in range(4)}},
                           {("NcclCollectiveHang", "node-1", "2"), ("NcclRankDead", "node-1", "2"),
                            *{("CollectiveStall", f"node-{n}", "") for n in range(4)}}),
+    # Without RAS, NCCL Inspector's files going stale while the GPUs spin page every node of the job.
+    "nccl_hang_inspector": ({*{("NcclCollectiveHang", f"node-{n}", "") for n in range(4)},
+                             *{("CollectiveStall", f"node-{n}", "") for n in range(4)}},
+                            {*{("NcclCollectiveHang", f"node-{n}", "") for n in range(4)},
+                             *{("CollectiveStall", f"node-{n}", "") for n in range(4)}}),
     "efa_stall": ({("EfaTrafficStalled", "node-2", "")}, {("EfaTrafficStalled", "node-2", "")}),
     "efa_retransmit_storm": ({("EfaRetransmitTimeouts", "node-3", ""), ("EfaRemoteConnectionImpaired", "node-3", "")},
                              {("EfaRetransmitTimeouts", "node-3", ""), ("EfaRemoteConnectionImpaired", "node-3", "")}),
@@ -98,7 +103,8 @@ TABLE: dict[str, tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]] = 
 # The rank a job waits for is named from the hardware (busiest GPU) and from NCCL (its collectives
 # shortest), or from NCCL alone when the rank is late without being busy.
 EVIDENCE = {"compute_straggler": {"busiest_gpu", "nccl_early_rank"}, "nccl_late_arrival": {"nccl_early_rank"},
-            "nccl_hang": {"ras_rank"}, "nccl_hang_launched": {"ras_all_launched"}, "nccl_process_dead": {"ras_rank"}}
+            "nccl_hang": {"ras_rank"}, "nccl_hang_launched": {"ras_all_launched"}, "nccl_process_dead": {"ras_rank"},
+            "nccl_hang_inspector": {"inspector_stale"}}
 
 
 def key(labels: dict[str, str]) -> tuple[str, str, str]:
@@ -144,6 +150,9 @@ XID_WINDOW = "30m"
 # one shard's nodes read stalled while the other's still move, for longer than the EFA stall's two
 # samples shortened 60-fold (1 s); 5m (5 s) outlasts it. In production the two samples are 15 s.
 EFA_STALL_FOR = "5m"
+# The simulator dumps NCCL Inspector every 3 updates (1.5 s here, 90 s in the rules' time, against
+# production's 30 s): a healthy file reaches 1.5 s of age, so the stale threshold is 3 dumps (3 s).
+INSPECTOR_STALE_SECONDS = 180.0
 STARTUP_SECONDS = 15  # longer than every shortened window (10m -> 10 s): a counter's first sample has left them
 
 
@@ -151,7 +160,8 @@ def _stack(tmp_path_factory, profile: str):
     """The cluster of `profile` nodes; Prometheus with its Alertmanager; two agents, VictoriaMetrics
     and vmalert with theirs. Everything either engine fires while starting is kept for a test."""
     root = tmp_path_factory.mktemp("alerts-e2e")
-    settings = Settings(xid_window=XID_WINDOW, efa_stall_for=EFA_STALL_FOR)
+    settings = Settings(xid_window=XID_WINDOW, efa_stall_for=EFA_STALL_FOR,
+                        nccl_inspector_stale_seconds=INSPECTOR_STALE_SECONDS)
     rules = write_shortened_rules(str(root / "rules.yml"), 60, settings)
     # The simulated hardware moves twice a scrape: a node whose counters moved once in two scrapes would
     # look stalled for one (irate) to rules that page on two samples.

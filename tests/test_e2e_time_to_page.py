@@ -45,6 +45,7 @@ TARGETS: dict[str, tuple[int, set[tuple[str, str, str]]]] = {
                                   ("EfaRemoteConnectionImpaired", "node-3", "")}),
     "nccl_hang": (90, {("NcclCollectiveHang", "node-2", "5")}),
     "nccl_process_dead": (90, {("NcclCollectiveHang", "node-1", "2"), ("NcclRankDead", "node-1", "2")}),
+    "nccl_hang_inspector": (120, {("NcclCollectiveHang", f"node-{n}", "") for n in range(4)}),
     "collective_stall": (120, {("CollectiveStall", f"node-{n}", "") for n in range(4)}),
     "straggler": (150, {("GpuStraggler", "node-1", "5")}),
     "compute_straggler": (180, {("GpuStraggler", "node-1", "5")}),

@@ -223,13 +223,50 @@ def test_stalled_seconds_count_from_the_first_report_at_the_current_progress():
     assert seen == [0, 0, 10, 20, 0]
 
 
+def test_a_communicator_that_launched_nothing_yet_does_not_stall():
+    """A job starting (INIT, loading its data): its communicators exist at 0 launches for as long as
+    it takes, which is not a hang; the clock starts at the first launch. A text report's 0 is only
+    'counts not printed' and keeps its clock."""
+    now = [1000.0]
+    progress = [0, 0, 0, 1, 1]
+
+    def ask(*_args):
+        ranks = (Rank(0, "10.0.0.1", 1, 0, progress.pop(0)),)
+        return Report("2.29.2", "json", (Communicator("00000000000000aa", 1, ranks[0].launched, ranks),))
+
+    poller = RasPoller("x:1", frozenset({"10.0.0.1"}), ask=ask, clock=lambda: now[0])
+    seen = []
+    for _ in range(5):
+        poller.query_once()
+        seen.append(poller.view().stalled["00000000000000aa"])
+        now[0] += 10
+    assert seen == [0, 0, 0, 0, 10]
+
+
 # --- the collector on a live simulated job -------------------------------------------------------------------
 
-def ras_collector(address: str, host: str) -> NcclCollector:
+def ras_collector(address: str, host: str, other_job: str = "") -> NcclCollector:
+    """The collector of the node at `host`, its GPUs 0 and 1 in the simulated job 4242 and, with
+    `other_job`, GPUs 2 and 3 in that job (listed first)."""
     nccl = NcclCollector(NcclOptions(ras_address=address, ras_hosts=(host,), ras_cadence=Cadence(leader=0.2)))
-    gpus = {f"gpu-{i}": ((str(i), f"GPU-{i}"), ("4242",)) for i in range(2)}
+    gpus = {f"gpu-{i}": ((str(i), f"GPU-{i}"), (other_job,)) for i in (2, 3) if other_job}
+    gpus.update({f"gpu-{i}": ((str(i), f"GPU-{i}"), ("4242",)) for i in range(2)})
     nccl.identify_with(lambda: gpus)
     return nccl
+
+
+def test_with_two_jobs_on_the_node_the_report_is_the_job_holding_its_ranks():
+    """The node's RAS port answers for one job (the process holding it speaks for its own): the view
+    is labelled with the job of this node's GPUs that hold the report's ranks, not the node's other job."""
+    with sim_server(sim_job()) as address:
+        leader = ras_collector(address, HOSTS[0], other_job="5000")
+        try:
+            parsed = wait_until(lambda: (p := samples(scrape([leader]))) and value(p, catalog.NCCL_RAS_UP.name)
+                                and p, 10, "RAS never answered")
+        finally:
+            leader.close()
+    jobs = {dict(labels)["job_id"] for (name, labels) in parsed if name == catalog.NCCL_RAS_PROGRESS.name}
+    assert jobs == {"4242"}
 
 
 def test_the_leader_names_the_rank_behind_and_the_member_only_its_own_health():
@@ -265,6 +302,25 @@ def test_the_leader_names_the_rank_behind_and_the_member_only_its_own_health():
     assert len(stalled) == len(comms) and min(stalled) > 0
     late = sorted(v for (name, _), v in lead.items() if name == catalog.NCCL_RAS_LATE.name)
     assert late == [0, 0, 1, 1, 1, 1]  # TP Group 0 and PP Group 0 hold no late rank
+
+
+def test_a_slow_report_of_a_healthy_job_is_served_and_stands_still_nowhere():
+    """RAS answering in 1 s, five times the leader's interval here (a sick or huge job's report takes
+    seconds; RAS's own leg timeout is 5 s, the query's deadline 30 s): each report is accepted and
+    served until the next, and a healthy job's progress moves between them, so nothing stood still."""
+    with sim_server(sim_job(), [{"kind": "ras_slow", "seconds": 1.0, "since": time.time()}]) as address:
+        leader = ras_collector(address, HOSTS[0])
+        try:
+            wait_until(lambda: value(samples(scrape([leader])), catalog.NCCL_RAS_QUERIES.name) >= 3, 10,
+                       "fewer than three slow reports")
+            parsed = samples(scrape([leader]))
+        finally:
+            leader.close()
+    assert value(parsed, catalog.NCCL_RAS_UP.name) == 1
+    assert value(parsed, catalog.NCCL_RAS_QUERY_DURATION.name) >= 1.0
+    assert value(parsed, catalog.NCCL_RAS_QUERY_FAILURES.name, reason="error") == 0
+    assert {v for (name, _), v in parsed.items() if name == catalog.NCCL_RAS_STALLED.name} == {0.0}
+    assert not [key for key in parsed if key[0] == catalog.NCCL_RAS_BEHIND.name]
 
 
 def _parsed(job: Job) -> list[Communicator]:

@@ -27,7 +27,7 @@ NODE_KINDS = ("efa_stall", "efa_retransmit_storm", "lustre_eviction", "efa_devic
 # NCCL hangs as RAS sees them (exporter/sim/ras.py); on the hardware each looks like collective_stall.
 HANG_KINDS = ("nccl_hang", "nccl_hang_launched", "nccl_process_dead")
 JOB_KINDS = ("collective_stall", "compute_straggler", "nccl_late_arrival", "nccl_bandwidth_drop", "checkpoint",
-             "pipeline_imbalance", *HANG_KINDS, "ras_slow")
+             "pipeline_imbalance", *HANG_KINDS, "ras_slow", "ras_off")
 RANK_KINDS = ("compute_straggler", "nccl_late_arrival")  # aimed at one GPU: `node` and `gpu`
 AIMED_KINDS = (*RANK_KINDS, "nccl_hang", "nccl_process_dead")
 LINK_KINDS = ("nccl_bandwidth_drop",)  # aimed at one node's network: `node`

@@ -135,6 +135,7 @@ class SimulatedNode:
         self._load_job()
         self._load_faults()  # faults present at start are there at boot (a GPU that did not come up)
         self._write_inspector_files()
+        self._ras_off = False
         self._ras = self._start_ras()
         for fs in profile.get("idle_lustre", ()):  # a second mount nobody uses: its imports go IDLE
             write_lustre_tree(self.sysfs, LustreClient(
@@ -153,6 +154,7 @@ class SimulatedNode:
         """Applies any new job and faults, then moves every counter on by the time since the last call."""
         self._load_job()
         self._load_faults()
+        self._switch_ras()
         now = self._clock()
         dt, self._last = max(0.0, now - self._last), now
         self._elapsed += dt
@@ -220,6 +222,19 @@ class SimulatedNode:
             return None
         server.start()
         return server
+
+    def _switch_ras(self) -> None:
+        """A job running without RAS (`ras_off`: NCCL before 2.24, or NCCL_RAS_ENABLE=0): nothing listens
+        on its port until the fault clears."""
+        off = any(fault["kind"] == "ras_off" for fault in self._job_faults())
+        if off == self._ras_off:
+            return
+        self._ras_off = off
+        if off and self._ras is not None:
+            self._ras.stop()
+            self._ras = None
+        elif not off:
+            self._ras = self._start_ras()
 
     def _job_faults(self) -> list[dict[str, Any]]:
         """The job's faults as the node's update last read them (each carries the time it was injected, so

@@ -13,7 +13,8 @@ Faults (scenario kinds, aimed with `node` and `gpu`): `nccl_hang` (one rank neve
 collective; the others launch it and wait), `nccl_hang_launched` (every rank launched it and the
 kernel hangs: frozen counts, no mismatch), `nccl_process_dead` (a rank's process dies: unresponsive
 after 5 s, considered dead after 60 s, both times scaled by the job's `ras_timeout_factor` as
-NCCL_RAS_TIMEOUT_FACTOR does), `ras_slow` (the report takes `seconds` to come).
+NCCL_RAS_TIMEOUT_FACTOR does), `ras_slow` (the report takes `seconds` to come), `ras_off` (the job
+runs without RAS: the node stops its server, nothing listens).
 
 Formats: JSON on a server of 2.28.7 or later (`SET FORMAT json`), written line by line as
 jsonWriteHeader/jsonStartCommunicator/jsonWriteRankData/jsonWriteMissingRank/jsonWriteFooter print
