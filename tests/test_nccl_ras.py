@@ -206,9 +206,14 @@ def test_the_cadence_follows_the_role_and_an_error_waits_the_idle_interval():
     assert (view.queries, view.errors, view.refused, view.report, view.role) == (4, 1, 0, None, "none")
 
 
-def test_stalled_seconds_count_from_the_first_report_at_the_current_progress():
+@pytest.mark.parametrize(("progress", "stalled"), [
+    pytest.param([5, 7, 7, 7, 8], [0, 0, 10, 20, 0], id="from the first report at the current progress"),
+    # A job starting (INIT, loading its data): its communicators exist at 0 launches for as long as it
+    # takes, which is not a hang; the clock starts at the first launch.
+    pytest.param([0, 0, 0, 1, 1], [0, 0, 0, 0, 10], id="not while nothing was launched yet"),
+])
+def test_stalled_seconds_count_while_the_progress_stands_still(progress, stalled):
     now = [1000.0]
-    progress = [5, 7, 7, 7, 8]
 
     def ask(*_args):
         ranks = (Rank(0, "10.0.0.1", 1, 0, progress.pop(0)),)
@@ -220,27 +225,7 @@ def test_stalled_seconds_count_from_the_first_report_at_the_current_progress():
         poller.query_once()
         seen.append(poller.view().stalled["00000000000000aa"])
         now[0] += 10
-    assert seen == [0, 0, 10, 20, 0]
-
-
-def test_a_communicator_that_launched_nothing_yet_does_not_stall():
-    """A job starting (INIT, loading its data): its communicators exist at 0 launches for as long as
-    it takes, which is not a hang; the clock starts at the first launch. A text report's 0 is only
-    'counts not printed' and keeps its clock."""
-    now = [1000.0]
-    progress = [0, 0, 0, 1, 1]
-
-    def ask(*_args):
-        ranks = (Rank(0, "10.0.0.1", 1, 0, progress.pop(0)),)
-        return Report("2.29.2", "json", (Communicator("00000000000000aa", 1, ranks[0].launched, ranks),))
-
-    poller = RasPoller("x:1", frozenset({"10.0.0.1"}), ask=ask, clock=lambda: now[0])
-    seen = []
-    for _ in range(5):
-        poller.query_once()
-        seen.append(poller.view().stalled["00000000000000aa"])
-        now[0] += 10
-    assert seen == [0, 0, 0, 0, 10]
+    assert seen == stalled
 
 
 # --- the collector on a live simulated job -------------------------------------------------------------------
