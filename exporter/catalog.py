@@ -551,6 +551,10 @@ REMEDIATION_DECISIONS = counter(
     "combination starts at 0.", ("action", "outcome", "reason"))
 REMEDIATION_NOTIFICATIONS = counter("remediate", "gpuscope_remediation_notifications_total",
                                     "Webhook notifications received, by result (ok, invalid).", ("result",))
+REMEDIATION_CONFLICTS = counter(
+    "remediate", "gpuscope_remediation_write_conflicts_total",
+    "Node writes the Kubernetes API server refused as stale (409 Conflict: another writer changed the node between "
+    "the receiver's read and its write), each followed by a new read and write.")
 REMEDIATION_HELD = gauge("remediate", "gpuscope_remediation_nodes_held",
                          "Nodes gpuscope holds out of the scheduler now (in dry-run: would hold).")
 REMEDIATION_ENFORCING = gauge("remediate", "gpuscope_remediation_enforcing",

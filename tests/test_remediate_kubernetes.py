@@ -2,7 +2,10 @@
 
 No Kubernetes API server can run here, so the API is simulated at its boundary: a stub server that
 keeps nodes as the API returns them, applies JSON merge patches (RFC 7386) as the API server does
-for `application/merge-patch+json`, checks the bearer token and records every call. The resume
+for `application/merge-patch+json`, enforces optimistic concurrency as it does (every write moves the
+node's `metadata.resourceVersion`; a patch carrying another one is a 409 Conflict), checks the bearer
+token and records every call. `ApiStub.interfere` plays another controller writing the node between
+the receiver's read and its write. The resume
 check reads a real simulated exporter.
 """
 
@@ -12,7 +15,7 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -45,6 +48,30 @@ class ApiStub:
         self.nodes = nodes
         self.calls: list[tuple[str, str, dict | None]] = []
         self.lock = threading.Lock()
+        self.revision = 0
+        for item in nodes.values():
+            self.bump(item)
+        self.interfere: Callable[[dict], None] | None = None  # run once, on the node, before the next PATCH
+
+    def bump(self, item: dict) -> None:
+        """A write: the node's resourceVersion moves on (etcd's revision, one for the whole store)."""
+        self.revision += 1
+        item["metadata"]["resourceVersion"] = str(self.revision)
+
+    def patch(self, name: str, body: dict) -> tuple[int, dict]:
+        """The API server's merge patch: a resourceVersion in the patch is a precondition."""
+        if self.interfere:
+            self.interfere(self.nodes[name])
+            self.bump(self.nodes[name])
+            self.interfere = None
+        wanted = (body.get("metadata") or {}).get("resourceVersion")
+        if wanted is not None and wanted != self.nodes[name]["metadata"]["resourceVersion"]:
+            return 409, {"kind": "Status", "code": 409, "reason": "Conflict",
+                         "message": f'Operation cannot be fulfilled on nodes "{name}": the object has been '
+                                    "modified; please apply your changes to the latest version and try again"}
+        self.nodes[name] = merge_patch(self.nodes[name], body)
+        self.bump(self.nodes[name])
+        return 200, self.nodes[name]
 
 
 @contextmanager
@@ -71,8 +98,7 @@ def api_stub(nodes: dict[str, dict]) -> Iterator[tuple[str, ApiStub]]:
                     self._reply(404, {"kind": "Status", "code": 404})
                 elif method == "PATCH":
                     assert self.headers["Content-Type"] == "application/merge-patch+json"
-                    stub.nodes[name] = merge_patch(stub.nodes[name], body)
-                    self._reply(200, stub.nodes[name])
+                    self._reply(*stub.patch(name, body))
                 else:
                     self._reply(200, stub.nodes[name])
 
@@ -134,6 +160,38 @@ def test_kubernetes_cordon_taint_and_undo_leave_other_taints_and_cordons(tmp_pat
                 assert stub.nodes["ip-a"]["metadata"].get("annotations", {}) == {}
                 assert stub.nodes["ip-b"]["spec"]["unschedulable"] is True  # a person's cordon stays
                 assert all(call[0] in ("GET", "PATCH") for call in stub.calls)
+
+
+UNREACHABLE = {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}
+
+
+def test_a_taint_another_controller_sets_between_read_and_write_is_kept(tmp_path):
+    """The node lifecycle controller taints the node unreachable while the receiver drains it, and
+    again while it resumes it: each time the receiver's write, made at the version it read, is refused
+    (409), it reads the node again, and the controller's taint stays; both conflicts are counted."""
+    (tmp_path / "token").write_text(API_TOKEN)
+    (tmp_path / "bearer").write_text("hook-token\n")
+    ours = {"key": "gpuscope.io/unhealthy", "value": "true", "effect": "NoSchedule"}
+    with api_stub({"ip-1": node("ip-1")}) as (api, stub), exporter_process("--simulate=p5.48xlarge") as exporter:
+        policy = {"enforce": True, "scheduler": "kubernetes", "resume": {"check_url": f"{exporter}/metrics"},
+                  "kubernetes": {"api": api, "token_file": str(tmp_path / "token")}}
+        with receiver_process(tmp_path, policy, f"--web.bearer-token-file={tmp_path / 'bearer'}",
+                              token="hook-token") as base:
+            hook = {"Authorization": "Bearer hook-token"}
+            stub.interfere = lambda item: item["spec"].setdefault("taints", []).append(UNREACHABLE)
+            assert notify(base, "firing", "ip-1", **hook).json()[0]["reason"] == "drained"
+            with stub.lock:
+                assert stub.nodes["ip-1"]["spec"]["taints"] == [UNREACHABLE, ours]
+                stub.nodes["ip-1"]["spec"]["taints"] = [ours]  # the node is reachable again
+                stub.bump(stub.nodes["ip-1"])
+            stub.interfere = lambda item: item["spec"]["taints"].insert(0, UNREACHABLE)
+            assert notify(base, "resolved", "ip-1", **hook).json()[0]["reason"] == "resumed"
+            with stub.lock:
+                assert stub.nodes["ip-1"]["spec"] == {"unschedulable": False, "taints": [UNREACHABLE]}
+                patches = [c for c in stub.calls if c[0] == "PATCH"]
+            assert len(patches) == 4  # two refused, two written
+            metrics = requests.get(f"{base}/metrics", headers=hook, timeout=5).text
+            assert "gpuscope_remediation_write_conflicts_total 2.0" in metrics
 
 
 def test_kubernetes_fraction_is_of_the_node_group(tmp_path):

@@ -2,7 +2,10 @@
 
 Slurm through its own commands (exporter/scontrol.py). Kubernetes through the API server with
 `requests`: cordon (spec.unschedulable) plus a NoSchedule taint whose key marks the node as held by
-gpuscope, the reason in an annotation; resume removes exactly those.
+gpuscope, the reason in an annotation; resume removes exactly those. A merge patch replaces the whole
+taint list, so each write carries the resourceVersion its read saw: a taint another controller set in
+between (the node lifecycle controller's `unreachable`, the autoscaler's) makes it a 409 Conflict, and
+the node is read and written again instead of that taint being dropped.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import base64
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,6 +27,13 @@ CORDONED_ANNOTATION = "gpuscope.io/was-cordoned"  # so resuming leaves a person'
 
 class SchedulerError(RuntimeError):
     """The scheduler refused or could not be reached; the message says which call and why."""
+
+
+class Conflict(SchedulerError):
+    """The API server refused a write made at a resourceVersion that is no longer the node's."""
+
+
+WRITE_ATTEMPTS = 5  # reads and writes of one node before a write that keeps conflicting is an error
 
 
 @dataclass(frozen=True)
@@ -132,10 +143,11 @@ def _named(data: dict, section: str, name: object) -> dict:
 class KubernetesApi:
     """Nodes through the API server: GET /api/v1/nodes, PATCH /api/v1/nodes/<name> (merge patch)."""
 
-    def __init__(self, settings: Kubernetes, timeout: float = 10.0) -> None:
+    def __init__(self, settings: Kubernetes, on_conflict: Callable[[], None], timeout: float = 10.0) -> None:
         import requests  # the remediate extra; Slurm users never need it
 
         self._settings = settings
+        self._on_conflict = on_conflict
         self._requests = requests
         self._timeout = timeout
         self._scratch = tempfile.TemporaryDirectory(prefix="gpuscope-kube-")
@@ -161,6 +173,8 @@ class KubernetesApi:
                                               timeout=self._timeout, verify=connection.verify, cert=connection.cert)
         except self._requests.RequestException as exc:
             raise SchedulerError(f"kubernetes {method} {path}: {exc}") from None
+        if response.status_code == 409:
+            raise Conflict(f"kubernetes {method} {path}: HTTP 409 {response.text[:200]}")
         if response.status_code >= 300:
             raise SchedulerError(f"kubernetes {method} {path}: HTTP {response.status_code} {response.text[:200]}")
         return response.json()
@@ -175,28 +189,39 @@ class KubernetesApi:
             found[meta["name"]] = NodeState(meta["name"], bool(spec.get("unschedulable")) or ours, ours, (group,))
         return found
 
-    def _others(self, node: str) -> tuple[list[dict], bool, dict]:
-        """The node's taints other than ours, whether it is cordoned, and its annotations."""
-        item = self._call("GET", f"/api/v1/nodes/{node}")
-        spec = item.get("spec", {})
-        taints = [t for t in spec.get("taints") or [] if t.get("key") != self._settings.taint_key]
-        return taints, bool(spec.get("unschedulable")), item.get("metadata", {}).get("annotations") or {}
+    def _write(self, node: str, change: Callable[[list[dict], bool, dict], dict]) -> None:
+        """Reads the node and writes the patch `change` makes of its taints other than ours, whether it
+        is cordoned and its annotations, at the resourceVersion read; a conflict reads and writes again."""
+        path = f"/api/v1/nodes/{node}"
+        for _ in range(WRITE_ATTEMPTS):
+            item = self._call("GET", path)
+            spec, meta = item.get("spec", {}), item.get("metadata", {})
+            taints = [t for t in spec.get("taints") or [] if t.get("key") != self._settings.taint_key]
+            patch = change(taints, bool(spec.get("unschedulable")), meta.get("annotations") or {})
+            if meta.get("resourceVersion"):
+                patch.setdefault("metadata", {})["resourceVersion"] = meta["resourceVersion"]
+            try:
+                self._call("PATCH", path, patch)
+                return
+            except Conflict:
+                self._on_conflict()
+        raise SchedulerError(f"kubernetes PATCH {path}: another writer changed the node at each of "
+                             f"{WRITE_ATTEMPTS} attempts (HTTP 409)")
 
     def drain(self, node: str, reason: str) -> None:
         """Cordon and taint; a node someone had cordoned already stays cordoned when resumed."""
-        taints, cordoned, _ = self._others(node)
-        taints.append({"key": self._settings.taint_key, "value": "true", "effect": "NoSchedule"})
-        annotations = {REASON_ANNOTATION: reason, CORDONED_ANNOTATION: "true" if cordoned else "false"}
-        self._call("PATCH", f"/api/v1/nodes/{node}", {"spec": {"unschedulable": True, "taints": taints},
-                                                     "metadata": {"annotations": annotations}})
+        ours = {"key": self._settings.taint_key, "value": "true", "effect": "NoSchedule"}
+        self._write(node, lambda taints, cordoned, _: {
+            "spec": {"unschedulable": True, "taints": [*taints, ours]},
+            "metadata": {"annotations": {REASON_ANNOTATION: reason,
+                                         CORDONED_ANNOTATION: "true" if cordoned else "false"}}})
 
     def resume(self, node: str) -> None:
-        taints, _, annotations = self._others(node)
-        cordoned = annotations.get(CORDONED_ANNOTATION) == "true"
-        self._call("PATCH", f"/api/v1/nodes/{node}", {
-            "spec": {"unschedulable": cordoned, "taints": taints},
+        self._write(node, lambda taints, _, annotations: {
+            "spec": {"unschedulable": annotations.get(CORDONED_ANNOTATION) == "true", "taints": taints},
             "metadata": {"annotations": {REASON_ANNOTATION: None, CORDONED_ANNOTATION: None}}})
 
 
-def for_policy(policy: Policy) -> Scheduler:
-    return KubernetesApi(policy.kubernetes) if policy.scheduler == "kubernetes" else Slurm(policy)
+def for_policy(policy: Policy, on_conflict: Callable[[], None]) -> Scheduler:
+    """The policy's scheduler; `on_conflict` is told of every Kubernetes write refused as stale."""
+    return KubernetesApi(policy.kubernetes, on_conflict) if policy.scheduler == "kubernetes" else Slurm(policy)

@@ -42,6 +42,7 @@ class Metrics:
 
         self.decisions = counter(c.REMEDIATION_DECISIONS)
         self.notifications = counter(c.REMEDIATION_NOTIFICATIONS)
+        self.conflicts = counter(c.REMEDIATION_CONFLICTS)
         for outcome in OUTCOMES:
             self.decisions.labels(*outcome)
         for result in ("ok", "invalid"):
@@ -153,7 +154,7 @@ def run(args: dict) -> int:
         except ValueError as exc:
             raise ConfigError(f"--web.listen-address: {exc}") from None
         metrics = Metrics(policy.enforce)
-        engine = Engine(policy, for_policy(policy), node_check(policy), metrics.record)
+        engine = Engine(policy, for_policy(policy, metrics.conflicts.inc), node_check(policy), metrics.record)
     except (ConfigError, ValueError, SchedulerError) as exc:
         print(f"gpuscope remediate: error: {exc}", file=sys.stderr)
         return 2
