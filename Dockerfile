@@ -1,4 +1,4 @@
-# gpuscope exporter image: `docker build -t gpuscope:0.1.0 .` from the repository root.
+# gpuscope image (the exporter; `gpuscope remediate` for the receiver): `docker build -t gpuscope:0.1.0 .` from the repository root.
 # Multi-stage: wheels are built in the first stage; the final image has no compiler, no pip cache,
 # and runs as nobody. The NVIDIA container runtime mounts libnvidia-ml into it (runtime class
 # `nvidia`, NVIDIA_DRIVER_CAPABILITIES=utility), so no CUDA base image is needed.
@@ -7,7 +7,8 @@ WORKDIR /src
 COPY pyproject.toml README.md LICENSE NOTICE ./
 COPY exporter ./exporter
 COPY alerts ./alerts
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# The remediate extra (requests) too: the same image runs the remediation receiver's Deployment.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[remediate]"
 
 FROM python:3.11-slim-bookworm
 COPY --from=build /wheels /wheels

@@ -16,7 +16,7 @@ from typing import Any
 
 from alerts import promql
 from exporter import xid
-from exporter.config import ConfigError, load_yaml
+from exporter.configfile import ConfigError, load_yaml
 
 SEVERITIES = ("critical", "warning", "info")
 # Prometheus duration units, as the settings' durations and the rules' range selectors use them.

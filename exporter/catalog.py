@@ -391,7 +391,8 @@ GPU_PCIE_WIDTH_MAX = _gpu_gauge("pcie_link_width_max", "Highest PCIe link width 
                                 "nvmlDeviceGetMaxPcieLinkWidth")
 GPU_NVLINK_LINKS = _gpu_gauge("nvlink_links", "NVLink links of the GPU.", (), "field 91 NVLINK_LINK_COUNT")
 GPU_NVLINK_ACTIVE = _gpu_gauge("nvlink_active_links", "NVLinks of the GPU that are up, counted every 30 s in the "
-                               "background.", (), "nvmlDeviceGetNvLinkState per link")
+                               "background.", (), "field 165 NVLINK_GET_STATE per link, one call per GPU "
+                               "(nvmlDeviceGetNvLinkState per link where the driver lacks it)")
 GPU_NVLINK_TX = _gpu_counter("nvlink_transmit_bytes", "Bytes sent over all NVLinks.", (),
                              "field 138 NVLINK_THROUGHPUT_DATA_TX, summed over links")
 GPU_NVLINK_RX = _gpu_counter("nvlink_receive_bytes", "Bytes received over all NVLinks.", (),
@@ -549,8 +550,10 @@ REMEDIATION_DECISIONS = counter(
     "remediate", "gpuscope_remediation_decisions_total",
     "Decisions on alerts, by action (drain, resume), outcome (done, dry_run, skipped, refused) and reason; every "
     "combination starts at 0.", ("action", "outcome", "reason"))
-REMEDIATION_NOTIFICATIONS = counter("remediate", "gpuscope_remediation_notifications_total",
-                                    "Webhook notifications received, by result (ok, invalid).", ("result",))
+REMEDIATION_NOTIFICATIONS = counter(
+    "remediate", "gpuscope_remediation_notifications_total",
+    "Webhook notifications received, by result (ok; invalid, answered 400; unrecorded: an audit or state record "
+    "could not be written, answered 503).", ("result",))
 REMEDIATION_CONFLICTS = counter(
     "remediate", "gpuscope_remediation_write_conflicts_total",
     "Node writes the Kubernetes API server refused as stale (409 Conflict: another writer changed the node between "

@@ -2,7 +2,9 @@
 
 Slurm runs it as HealthCheckProgram (every HealthCheckInterval) or from a prolog; exit 0 means fit.
 It reads one scrape, of the local exporter (`--exporter URL`, the default) or of the collectors run
-once in this process (`--collect`), and judges it as the hardware alerts do, without their history:
+once in this process (`--collect`, in exporter/cli.py: this module never loads a collector, so the
+remediation receiver shares its judgement without the node agent), and judges it as the hardware
+alerts do, without their history:
 
 - fewer GPUs answer NVML than the instance type has, or a GPU answers but is lost;
 - a critical XID (exporter/xid.py): since the last check with `--state-file`, else any the scrape
@@ -195,15 +197,3 @@ def run(text_source, state_file: str = "", ignore_ports: str = "", drain: bool =
         except scontrol.SlurmError as exc:
             print(f"gpuscope check: cannot drain {name}: {exc}", file=sys.stderr)
     return UNFIT
-
-
-def collect_once(sysfs: str, procfs: str, instance_type: str, timeout: float) -> str:
-    """One scrape of the collectors the verdict reads, run in this process (no exporter needed)."""
-    from exporter.collectors import Roots, build, close
-    from exporter.registry import ScrapeRegistry
-
-    collectors = build(("identity", "gpu", "rdma", "lustre"), Roots(sysfs, procfs, instance_type=instance_type))
-    try:
-        return ScrapeRegistry(collectors, timeout).render()
-    finally:
-        close(collectors)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from exporter import __version__
-from exporter.config import DEFAULT_PORT, OPTIONS, ConfigError, config_file_from, parse_count, resolve
+from exporter.configfile import DEFAULT_PORT, parse_count
 from exporter.sim.profiles import DEFAULT_PROFILE, PROFILES
 from exporter.sim.scenarios import SCENARIOS
 
@@ -24,7 +24,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
 
 
-def _exporter_parser(subparsers) -> None:
+def _exporter_parser(subparsers, with_options: bool) -> None:
+    """The daemon's flags come from its option table, which imports every collector's options: only
+    built when the command line may be the daemon's (`gpuscope remediate` loads no collector)."""
     parser = subparsers.add_parser(
         "exporter", help="run the per-node metrics daemon",
         description=f"Serve GPU, EFA/RDMA, Lustre and host metrics to Prometheus (default port {DEFAULT_PORT}). "
@@ -33,6 +35,10 @@ def _exporter_parser(subparsers) -> None:
     parser.add_argument("--version", action="version", version=f"gpuscope {__version__}")
     parser.add_argument("--config.file", dest="config.file", metavar="FILE",
                         help="YAML file of flag names to values (env GPUSCOPE_CONFIG_FILE)")
+    if not with_options:
+        return
+    from exporter.config import OPTIONS
+
     for option in OPTIONS:
         kwargs = {"dest": option.name, "help": f"{option.help} (env {option.env}; default {option.default})"}
         if option.is_flag:
@@ -163,18 +169,31 @@ def _run_check(args: dict) -> int:
 
     def source() -> str:
         if args["collect"]:
-            return check.collect_once(args["sysfs"], args["procfs"], args["instance_type"], args["timeout"])
+            return _collect_once(args["sysfs"], args["procfs"], args["instance_type"], args["timeout"])
         return check.read_exporter(args["exporter"], args["timeout"])
 
     return check.run(source, args["state_file"], args["ignore_rdma_devices"], args["drain"], args["node_name"],
                      args["scontrol"])
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _collect_once(sysfs: str, procfs: str, instance_type: str, timeout: float) -> str:
+    """One scrape of the collectors the check's verdict reads, run in this process (no exporter needed)."""
+    from exporter.collectors import Roots, build, close
+    from exporter.registry import ScrapeRegistry
+
+    collectors = build(("identity", "gpu", "rdma", "lustre"), Roots(sysfs, procfs, instance_type=instance_type))
+    try:
+        return ScrapeRegistry(collectors, timeout).render()
+    finally:
+        close(collectors)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand; the daemon's flags only when `command` may be the daemon (None: any)."""
     parser = _Parser(prog="gpuscope", description="Observability for GPU training clusters.")
     parser.add_argument("--version", action="version", version=f"gpuscope {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    _exporter_parser(subparsers)
+    _exporter_parser(subparsers, command in (None, "exporter"))
     _simulate_parser(subparsers)
     _alerts_parser(subparsers)
     _demo_parser(subparsers)
@@ -187,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_exporter(cli: dict) -> int:
     # Imported here so `gpuscope --help` and config errors stay fast and free of server imports.
     from exporter import app, logs, webconfig
+    from exporter.config import ConfigError, config_file_from, resolve
 
     try:
         settings = resolve(cli, os.environ, config_file_from(cli))
@@ -266,7 +286,8 @@ def _dashboards(args: dict) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = vars(build_parser(next((a for a in given if not a.startswith("-")), None)).parse_args(given))
     command = args.pop("command")
     if command == "exporter":
         return _run_exporter(args)

@@ -13,60 +13,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from exporter.collectors import FACTORIES, Roots
 from exporter.collectors.gpu import GpuOptions
 from exporter.collectors.kmsg import KmsgOptions
 from exporter.collectors.nccl import NcclOptions
 from exporter.collectors.nccl_ras import Cadence
+from exporter.configfile import (
+    DEFAULT_PORT,
+    ConfigError,
+    load_yaml,
+    parse_bool,
+    parse_count,
+    parse_duration,
+    parse_listen_address,
+)
 from exporter.logs import LEVELS
 from exporter.sim.profiles import PROFILES
-
-DEFAULT_PORT = 19400
-
-
-class ConfigError(Exception):
-    """A configuration problem, already phrased for the operator as one line."""
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(value: Any) -> float:
-    """`500ms`, `5s`, `1m` or a plain number of seconds; must be positive."""
-    match = _DURATION.match(str(value).strip())
-    if not match or float(match[1]) <= 0:
-        raise ValueError(f"invalid duration {value!r} (examples: 500ms, 5s, 1m)")
-    return float(match[1]) * _DURATION_UNITS[match[2]]
-
-
-def parse_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"invalid boolean {value!r} (use true or false)")
-
-
-def parse_count(value: Any) -> int:
-    """A positive whole number."""
-    text = str(value)
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"invalid count {value!r} (a whole number of 1 or more)")
-    return int(text)
-
-
-def parse_listen_address(value: Any) -> tuple[str, int]:
-    """`host:port`, `:port` (every interface) or `[v6addr]:port`."""
-    host, sep, port = str(value).rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"invalid listen address {value!r} (expected host:port, e.g. :{DEFAULT_PORT})")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    return (host or "::", int(port))
 
 
 def parse_ras_address(value: Any) -> str:
@@ -257,17 +219,6 @@ def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) ->
         simulate_interval=values["simulate.interval"],
         simulate_efa_layout=values["simulate.efa-layout"],
     )
-
-
-def load_yaml(path: str, what: str) -> Any:
-    """A YAML file's content (an empty file is {}); ConfigError naming `what` and the path otherwise."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return yaml.safe_load(handle) or {}
-    except OSError as exc:
-        raise ConfigError(f"{what} {path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {path}: invalid YAML: {' '.join(str(exc).split())}") from None
 
 
 def _load_config_file(path: str) -> dict[str, Any]:

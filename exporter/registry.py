@@ -15,10 +15,13 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from exporter import __version__, catalog
-from exporter.collectors import Collector
 from exporter.exposition import TextRenderer
+
+if TYPE_CHECKING:  # the HTTP edge imports this module; the remediation receiver must not load collectors
+    from exporter.collectors import Collector
 
 MAX_PARKED_RUNS = 4
 

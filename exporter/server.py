@@ -20,14 +20,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 import bcrypt
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter import __version__
 from exporter.exposition import CONTENT_TYPE
-from exporter.registry import ScrapeRegistry
 from exporter.webconfig import WebConfig
+
+if TYPE_CHECKING:  # the remediation receiver serves through this module without the collectors
+    from exporter.registry import ScrapeRegistry
 
 REQUEST_TIMEOUT_SECONDS = 30.0
 _AUTH_CACHE_SIZE = 64
@@ -35,7 +38,6 @@ _AUTH_CACHE_SIZE = 64
 # for SYN retries (issue 21). The kernel caps it at net.core.somaxconn.
 LISTEN_BACKLOG = 1024
 BCRYPT_MAX_BYTES = 72  # bcrypt's limit; a longer password made checkpw raise and the connection drop
-ALLOWED_METHODS = "GET, HEAD"
 MAX_DISCARDED_BODY = 65536
 # Open connections at most; past it the oldest idle one is closed for the newcomer (issue 21: 1,000
 # idle clients held a thread each, unbounded).
@@ -269,12 +271,34 @@ class ExporterHTTPServer(WebServer):
         super().__init__(address, handler, web)
 
 
-class Handler(BaseHTTPRequestHandler):
-    server: ExporterHTTPServer
+TEXT = "text/plain; charset=utf-8"
+Routes = dict[str, dict[str, Callable[[], None]]]  # method -> path -> what answers it
+
+
+class BaseHandler(BaseHTTPRequestHandler):
+    """What every gpuscope endpoint does with a request (the exporter's and the remediation
+    receiver's): the header lines under one deadline, routes by method and path, HEAD as GET without
+    the body, 405 with `Allow` for other methods, a GET's body discarded, a POST's bounded, the web
+    config's authentication (except on `open_paths`) and response headers, the request marked in
+    progress (never evicted, waited for at a stop), debug logging. Subclasses give `routes()`."""
+
+    server: WebServer
     server_version = f"gpuscope/{__version__}"
     protocol_version = "HTTP/1.1"
     default_request_version = "HTTP/1.0"  # a garbled request line still gets a status line back
+    open_paths: frozenset[str] = frozenset()  # answered without authentication (probes)
+    max_body = 0  # bytes a POST body may have
     _head = False
+
+    def routes(self) -> Routes:
+        raise NotImplementedError
+
+    def authorized(self) -> bool:
+        """The web config's basic auth, when it has users."""
+        return not self.server.auth.enabled or self.server.auth.allows(self.headers.get("Authorization"))
+
+    def challenge(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Basic realm="gpuscope"'} if self.server.auth.enabled else {}
 
     def parse_request(self) -> bool:
         """Reads the header lines, under the server's overall deadline for them."""
@@ -287,16 +311,40 @@ class Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         """GET's status and headers, without the body."""
         self._head = True
-        self.do_GET()
-
-    def _not_allowed(self) -> None:
-        self._send(405, "text/plain; charset=utf-8", b"Method Not Allowed\n", {"Allow": ALLOWED_METHODS})
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+        self._dispatch("GET")
 
     def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def _other(self) -> None:
+        self._dispatch(self.command)
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other
+
+    def _dispatch(self, method: str) -> None:
         with self.server.handling(self.client_address):
-            self._get()
+            routes = self.routes()
+            if method not in routes:
+                allowed = ", ".join(sorted({*routes, *(["HEAD"] if "GET" in routes else [])}))
+                self.close_connection = method != "GET" and "Content-Length" in self.headers
+                self._send(405, TEXT, b"Method Not Allowed\n", {"Allow": allowed})
+                return
+            if method == "GET":
+                self._discard_body()
+            path = self.path.split("?", 1)[0]
+            if path not in self.open_paths and not self.authorized():
+                self.close_connection = method != "GET"  # a body left unread
+                self._send(401, TEXT, b"Unauthorized\n", self.challenge())
+                return
+            route = routes[method].get(path)
+            if route is None:
+                self.close_connection = method != "GET"
+                self._send(404, TEXT, b"Not Found\n")
+            else:
+                route()
 
     def _discard_body(self) -> None:
         """A GET may carry a body; left unread, it would be parsed as the next request on the connection.
@@ -309,23 +357,49 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.close_connection = True
 
-    def _get(self) -> None:
-        self._discard_body()
-        if self.server.auth.enabled and not self.server.auth.allows(self.headers.get("Authorization")):
-            self._send(401, "text/plain; charset=utf-8", b"Unauthorized\n",
-                       {"WWW-Authenticate": 'Basic realm="gpuscope"'})
-            return
-        path = self.path.split("?", 1)[0]
-        route: Callable[[], None] | None = {
+    def read_body(self) -> bytes | None:
+        """A POST's body, at most `max_body` bytes; None once a 411, 400 or 413 has answered it (the
+        connection then closes: what follows on it cannot be told from the body)."""
+        length = self.headers.get("Content-Length")
+        refusal = (
+            (411, b"Length Required: a Content-Length is needed\n") if length is None else
+            (400, b"Bad Request: Content-Length is not a number\n") if not length.strip().isdigit() else
+            (413, f"Content Too Large: at most {self.max_body} bytes\n".encode()) if int(length) > self.max_body
+            else None)
+        if refusal:
+            self.close_connection = True
+            self._send(refusal[0], TEXT, refusal[1])
+            return None
+        return self.rfile.read(int(length))
+
+    def _send(self, status: int, content_type: str, body: bytes, extra: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in {**self.server.web.headers, **(extra or {})}.items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if not self._head:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:
+        log.debug(format % args, extra={"client": self.client_address[0]})
+
+
+class Handler(BaseHandler):
+    """The exporter: metrics, a landing page, health and readiness."""
+
+    server: ExporterHTTPServer
+
+    def routes(self) -> Routes:
+        return {"GET": {
             self.server.telemetry_path: self._metrics,
             "/": self._landing,
-            "/-/healthy": lambda: self._send(200, "text/plain; charset=utf-8", b"Healthy\n"),
+            "/-/healthy": lambda: self._send(200, TEXT, b"Healthy\n"),
             "/-/ready": self._ready,
-        }.get(path)
-        if route is None:
-            self._send(404, "text/plain; charset=utf-8", b"Not Found\n")
-        else:
-            route()
+        }}
 
     def _metrics(self) -> None:
         # Always the 0.0.4 text format: every Prometheus version accepts it, whatever it asks first.
@@ -338,9 +412,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _ready(self) -> None:
         if self.server.scrapes.ever_succeeded.is_set():
-            self._send(200, "text/plain; charset=utf-8", b"Ready\n")
+            self._send(200, TEXT, b"Ready\n")
         else:
-            self._send(503, "text/plain; charset=utf-8", b"Not ready: no collector has succeeded yet\n")
+            self._send(503, TEXT, b"Not ready: no collector has succeeded yet\n")
 
     def _landing(self) -> None:
         rows = []
@@ -356,19 +430,6 @@ class Handler(BaseHTTPRequestHandler):
                 f"<table><tr><th>collector</th><th>last status</th><th>duration</th></tr>{''.join(rows)}"
                 f"</table></body></html>\n")
         self._send(200, "text/html; charset=utf-8", page.encode())
-
-    def _send(self, status: int, content_type: str, body: bytes, extra: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in {**self.server.web.headers, **(extra or {})}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if not self._head:
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args) -> None:
-        log.debug(format % args, extra={"client": self.client_address[0]})
 
 
 def accepts_gzip(header: str) -> bool:

@@ -9,6 +9,7 @@ import pynvml
 import pytest
 
 from exporter.collectors.gpu import GpuCollector, GpuOptions
+from exporter.collectors.gpu_background import LinkWatcher
 from exporter.registry import ScrapeRegistry
 from exporter.sim.nvml import UPTIME_AT_START, Fault, SimulatedNvml
 from tests.helpers import samples, series, value
@@ -300,3 +301,30 @@ def test_hung_nvml_call_costs_one_scrape_then_only_its_gpu(gpu_setup):
     assert value(later, "gpuscope_collector_success", collector="gpu") == 1
     assert value(later, "gpuscope_gpu_up", **gpu(2, sim)) == 0
     assert len(series(later, "gpuscope_gpu_power_watts")) == 7
+
+
+def test_active_nvlinks_are_counted_with_one_call_per_gpu(gpu_setup):
+    """NVML_FI_DEV_NVLINK_GET_STATE for every link in one field-values call per GPU (18 calls of
+    nvmlDeviceGetNvLinkState before): GPU 3 with two links down counts 16."""
+    sim, collector, registry, _ = gpu_setup(link_interval=0.05)
+    sim.inject(3, Fault(nvlinks_down=2))
+    scrape_once(registry)  # discovery starts the watcher
+    parsed = wait_for(lambda: (p := scrape_once(registry)) and series(p, "gpuscope_gpu_nvlink_active_links") and p)
+    assert value(parsed, "gpuscope_gpu_nvlink_active_links", **gpu(3, sim)) == 16
+    assert value(parsed, "gpuscope_gpu_nvlink_active_links", **gpu(0, sim)) == 18
+    collector.close()
+    time.sleep(0.1)
+    assert sim.calls["nvmlDeviceGetNvLinkState"] == 0
+
+
+def test_a_driver_without_the_link_state_field_is_asked_link_by_link():
+    sim = SimulatedNvml("p5.48xlarge")
+    sim.nvmlInit()
+    sim.inject(0, Fault(nvlinks_down=1))
+    handle = sim.nvmlDeviceGetHandleByIndex(0)
+    watcher = LinkWatcher(sim, {0: (handle, 18)}, 60.0, lambda _handle, requests: [None] * len(requests))
+    try:
+        assert wait_for(lambda: watcher.active()) == {0: 17}
+    finally:
+        watcher.stop()
+    assert sim.calls["nvmlDeviceGetNvLinkState"] == 18

@@ -145,18 +145,87 @@ NOTHING_EXTRA = {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabl
                  "dashboards": {"enabled": False}, "runtimeClassName": ""}
 
 
+REMEDIATE = {**NOTHING_EXTRA, "remediate": {"enabled": True}, "serviceMonitor": {"enabled": True}}
+RECEIVER_KINDS = ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy",
+                  "PersistentVolumeClaim", "Secret", "Service", "ServiceAccount", "ServiceMonitor"]
+
+
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("values", [{}, ROOT_AND_PRIORITY, NOTHING_EXTRA], ids=["defaults", "root", "bare"])
+@pytest.mark.parametrize("values", [{}, ROOT_AND_PRIORITY, NOTHING_EXTRA, REMEDIATE],
+                         ids=["defaults", "root", "bare", "remediate"])
 def test_chart_renders_valid_manifests(tmp_path, values, version):
     path, documents = template(tmp_path, values)
     validate(path, version)
     kinds = sorted(d["kind"] for d in documents)
     if values is NOTHING_EXTRA:
         assert kinds == ["DaemonSet", "Service", "ServiceAccount"]
+    elif values is REMEDIATE:
+        assert kinds == sorted(["DaemonSet", "Service", "ServiceAccount", "ServiceMonitor", *RECEIVER_KINDS])
     else:
         assert kinds == ["ConfigMap"] * len(DASHBOARDS) + ["DaemonSet", "PrometheusRule", "Service", "ServiceAccount",
                                              "ServiceMonitor"]
-    assert {d["metadata"]["namespace"] for d in documents} == {"monitoring"}
+    assert {d["metadata"].get("namespace") for d in documents if not d["kind"].startswith("ClusterRole")} == {
+        "monitoring"}
+
+
+RECEIVER = REPO / "deploy" / "kubernetes" / "remediate"
+
+
+@pytest.fixture(scope="module")
+def receiver_kustomized(tmp_path_factory) -> tuple[str, list[dict]]:
+    result = subprocess.run([shutil.which("kubectl") or "kubectl", "kustomize", str(RECEIVER)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    path = tmp_path_factory.mktemp("k8s-remediate") / "rendered.yaml"
+    path.write_text(result.stdout)
+    return str(path), [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_receivers_kustomization_passes_strict_validation(receiver_kustomized, version):
+    validate(receiver_kustomized[0], version)
+
+
+def by_kind(documents: list[dict]) -> dict[str, dict]:
+    return {d["kind"]: d for d in documents if d["metadata"]["name"].endswith("-remediate")}
+
+
+def test_the_receiver_is_one_locked_down_replica_with_node_rbac_alone(tmp_path, receiver_kustomized):
+    """Chart and kustomization alike: one replica, never two at once; non-root, no capability, a
+    read-only root; probes on the paths that need no token; get, list and patch on nodes and nothing
+    else; its state on a volume; scraped as job gpuscope-remediate with the token; reachable only
+    from Alertmanager and Prometheus. The two give the pod the same arguments and policy."""
+    from alerts.settings import Settings
+
+    for documents in (template(tmp_path, REMEDIATE)[1], receiver_kustomized[1]):
+        objects = by_kind(documents)
+        deployment = objects["Deployment"]["spec"]
+        assert (deployment["replicas"], deployment["strategy"]) == (1, {"type": "Recreate"})
+        pod = deployment["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 65534
+        (container,) = pod["containers"]
+        assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                                "capabilities": {"drop": ["ALL"]}}
+        assert (container["livenessProbe"]["httpGet"]["path"], container["readinessProbe"]["httpGet"]["path"]) == (
+            "/-/healthy", "/-/ready")
+        assert "httpHeaders" not in container["livenessProbe"]["httpGet"]
+        assert {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"]} == {
+            "/etc/gpuscope/policy": True, "/etc/gpuscope/token": True, "/var/lib/gpuscope": False}
+        assert objects["ClusterRole"]["rules"] == [{"apiGroups": [""], "resources": ["nodes"],
+                                                    "verbs": ["get", "list", "patch"]}]
+        monitor = objects["ServiceMonitor"]["spec"]
+        job = objects["Service"]["metadata"]["labels"][monitor["jobLabel"]]
+        assert f'job="{job}"' in Settings().remediation_selector
+        assert monitor["endpoints"][0]["authorization"]["credentials"] == {"name": "gpuscope-remediate-token",
+                                                                           "key": "token"}
+        sources = objects["NetworkPolicy"]["spec"]["ingress"][0]["from"]
+        assert [peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in sources] == [
+            "alertmanager", "prometheus"]
+    chart, kustomized = by_kind(template(tmp_path, REMEDIATE)[1]), by_kind(receiver_kustomized[1])
+    assert (chart["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
+            == kustomized["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert (yaml.safe_load(chart["ConfigMap"]["data"]["policy.yml"])
+            == yaml.safe_load(kustomized["ConfigMap"]["data"]["policy.yml"]))
 
 
 def test_chart_defaults_match_the_kustomize_base(tmp_path, rendered):

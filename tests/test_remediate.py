@@ -8,16 +8,23 @@ check judges real scrapes of simulated nodes with faults.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
+import requests
 import yaml
 
 from alerts.actions import policy as policy_module
-from alerts.actions.engine import Engine
+from alerts.actions.engine import Engine, Unrecorded
 from alerts.actions.policy import DEFAULT_ALERTS, Limits, Policy
 from alerts.actions.schedulers import NodeState
 from exporter import check
+from tests.helpers import free_port, wait_until
 from tests.procs import run_gpuscope
 
 NOW = 1_800_000_000.0
@@ -85,6 +92,60 @@ def test_drains_with_the_alert_and_its_key_labels_in_the_reason(tmp_path):
     decisions = engine_for(tmp_path, slurm).handle(notification(alert("GpuXidCritical", "n3", gpu="6", xid="79")))
     assert outcomes(decisions) == [("n3", "done", "drained")]
     assert slurm.calls == [("drain", "n3", "gpuscope: GpuXidCritical gpu=6 xid=79")]
+
+
+def test_the_intent_is_recorded_before_the_scheduler_is_touched_then_the_outcome(tmp_path):
+    slurm = cluster()
+    seen_by_the_scheduler = []
+    drain = slurm.drain
+    slurm.drain = lambda node, reason: (seen_by_the_scheduler.extend(audit(tmp_path)), drain(node, reason))
+    engine = engine_for(tmp_path, slurm)
+    engine.handle(notification(alert("GpuLost", "n3", gpu="6")))
+    assert [(e["outcome"], e["reason"]) for e in seen_by_the_scheduler] == [("intent", "drained")]
+    assert [(e["outcome"], e["reason"], e["detail"]) for e in audit(tmp_path)] == [
+        ("intent", "drained", "gpuscope: GpuLost gpu=6"), ("done", "drained", "gpuscope: GpuLost gpu=6")]
+    assert "n3" in json.loads((tmp_path / "state.json").read_text())["held"]
+
+
+def make_unwritable(path) -> None:
+    """A directory where the file was: unwritable even for root (the suite runs as root in CI)."""
+    if os.path.isdir(path):
+        return
+    if os.path.exists(path):
+        os.remove(path)
+    os.mkdir(path)
+
+
+@pytest.mark.parametrize("record", ["audit.jsonl", "state.json"])
+def test_a_record_that_cannot_be_written_refuses_the_action_and_the_notification(tmp_path, record):
+    """The audit log or the state file turns unwritable while the receiver runs: the drain is refused
+    before the scheduler is touched (counted: GpuscopeRemediationRefused), the notification raises
+    Unrecorded (the receiver answers 503, Alertmanager retries), and the retry drains once the
+    record can be written again."""
+    slurm, recorded = cluster(), []
+    policy = Policy(enforce=True, audit_log=str(tmp_path / "audit.jsonl"), state_file=str(tmp_path / "state.json"))
+    engine = Engine(policy, slurm, lambda node: [], recorded.append, clock=lambda: NOW)
+    make_unwritable(tmp_path / record)
+    with pytest.raises(Unrecorded, match=f"{record}: cannot write: Is a directory") as raised:
+        engine.handle(notification(alert("GpuLost", "n3", gpu="6")))
+    assert outcomes(raised.value.decisions) == outcomes(recorded) == [("n3", "refused", "unrecorded")]
+    assert slurm.calls == [] and engine.held == {}
+    shutil.rmtree(tmp_path / record)
+    assert outcomes(engine.handle(notification(alert("GpuLost", "n3", gpu="6")))) == [("n3", "done", "drained")]
+    assert slurm.calls == [("drain", "n3", "gpuscope: GpuLost gpu=6")]
+
+
+@pytest.mark.parametrize(("field", "message"), [
+    ("audit_log", "audit_log {path}: cannot write: Is a directory"),
+    ("state_file", "state file {path}: unreadable ([Errno 21] Is a directory: '{path}'); move it away to start over"),
+])
+def test_records_that_cannot_be_written_stop_the_start(tmp_path, field, message):
+    path = tmp_path / "taken"
+    path.mkdir()
+    fields = {"audit_log": str(tmp_path / "audit.jsonl"), "state_file": str(tmp_path / "state.json"), field: str(path)}
+    with pytest.raises(ValueError) as raised:
+        Engine(Policy(enforce=True, **fields), cluster(), lambda node: [], clock=lambda: NOW)
+    assert str(raised.value) == message.format(path=path)
 
 
 @pytest.mark.parametrize(("sent", "expected"), [
@@ -301,3 +362,36 @@ def test_check_exit_codes_and_one_line(tmp_path):
     collected = run_gpuscope("check", "--collect", f"--path.sysfs={tmp_path}", f"--path.procfs={tmp_path}")
     assert collected.returncode == 1  # no NVML on this machine: the GPU collector fails, the node is unfit
     assert collected.stdout == "gpuscope check: collector gpu failing\n"
+
+
+def test_the_receiver_loads_no_collector_simulator_or_grafanalib(tmp_path):
+    """A real `gpuscope remediate`, started, notified and stopped, with every import it made logged:
+    it judges nodes with `gpuscope check`'s judgement (exporter/check.py) and serves through the
+    exporter's HTTP edge, and neither brings the node agent's collectors along."""
+    port = free_port()
+    (tmp_path / "policy.yml").write_text(yaml.safe_dump({
+        "audit_log": str(tmp_path / "audit.jsonl"), "state_file": str(tmp_path / "state.json"),
+        "slurm": {"scontrol": str(tmp_path / "no-scontrol"), "sinfo": str(tmp_path / "no-sinfo")}}))
+    command = [sys.executable, "-X", "importtime", "-c", "import sys; from exporter.cli import main; sys.exit(main())",
+               "remediate", f"--policy={tmp_path / 'policy.yml'}", f"--web.listen-address=127.0.0.1:{port}"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/-/healthy"), 15, "the receiver did not come up")
+        reply = requests.post(f"http://127.0.0.1:{port}/alerts", json=notification(alert("GpuLost", "n3")), timeout=10)
+        assert [(d["outcome"], d["reason"]) for d in reply.json()] == [("refused", "scheduler_error")]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    imported = {line.rsplit("|", 1)[1].strip() for line in err.splitlines() if line.startswith("import time:")}
+    assert {"alerts.actions.engine", "exporter.check", "exporter.server"} <= imported  # the log is complete
+    names_only = ("exporter.sim.profiles", "exporter.sim.scenarios")  # the command line's choices
+    unwanted = {m for m in imported if m.startswith(("exporter.collectors", "grafanalib", "pynvml"))
+                or m == "exporter.config" or (m.startswith("exporter.sim.") and m not in names_only)}
+    assert unwanted == set()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False

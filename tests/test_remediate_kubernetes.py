@@ -12,18 +12,22 @@ check reads a real simulated exporter.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import ssl
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import requests
 import yaml
 
-from tests.helpers import json_reply
+from tests.helpers import free_port, json_reply, wait_until
 from tests.procs import exporter_process, receiver_process
 
 CLI = [sys.executable, "-c", "import sys; from exporter.cli import main; sys.exit(main())"]
@@ -75,7 +79,9 @@ class ApiStub:
 
 
 @contextmanager
-def api_stub(nodes: dict[str, dict]) -> Iterator[tuple[str, ApiStub]]:
+def api_stub(nodes: dict[str, dict], tls: tuple[str, str] | None = None) -> Iterator[tuple[str, ApiStub]]:
+    """The stub on a free loopback port; with `tls` (certificate and key files) over HTTPS, as a real
+    API server answers a pod."""
     stub = ApiStub(nodes)
 
     class Handler(BaseHTTPRequestHandler):
@@ -112,9 +118,13 @@ def api_stub(nodes: dict[str, dict]) -> Iterator[tuple[str, ApiStub]]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", stub
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}", stub
     finally:
         server.shutdown()
         server.server_close()
@@ -194,6 +204,42 @@ def test_a_taint_another_controller_sets_between_read_and_write_is_kept(tmp_path
             assert "gpuscope_remediation_write_conflicts_total 2.0" in metrics
 
 
+def test_no_drain_without_its_audit_record_and_alertmanager_is_told_to_retry(tmp_path):
+    """The audit log turns unwritable (a directory where the file was) while the receiver runs: the
+    node is not touched, the decision is counted as refused, and Alertmanager gets a 503 (it retries);
+    its retry drains once the log can be written again."""
+    (tmp_path / "token").write_text(API_TOKEN)
+    with api_stub({"ip-1": node("ip-1")}) as (api, stub):
+        policy = {"enforce": True, "scheduler": "kubernetes",
+                  "kubernetes": {"api": api, "token_file": str(tmp_path / "token")}}
+        with receiver_process(tmp_path, policy) as base:
+            (tmp_path / "audit.jsonl").unlink()
+            (tmp_path / "audit.jsonl").mkdir()
+            refused = notify(base, "firing", "ip-1")
+            assert refused.status_code == 503
+            assert [(d["outcome"], d["reason"]) for d in refused.json()] == [("refused", "unrecorded")]
+            with stub.lock:
+                assert [c for c in stub.calls if c[0] == "PATCH"] == []
+            metrics = requests.get(f"{base}/metrics", timeout=5).text
+            assert ('gpuscope_remediation_decisions_total{action="drain",outcome="refused",reason="unrecorded"} 1.0'
+                    in metrics)
+            assert 'gpuscope_remediation_notifications_total{result="unrecorded"} 1.0' in metrics
+            (tmp_path / "audit.jsonl").rmdir()
+            assert notify(base, "firing", "ip-1").json()[0]["reason"] == "drained"
+    assert [json.loads(line)["outcome"] for line in (tmp_path / "audit.jsonl").read_text().splitlines()] == [
+        "intent", "done"]
+
+
+def test_a_record_that_cannot_be_written_stops_the_start_in_one_line(tmp_path):
+    (tmp_path / "audit").mkdir()
+    (tmp_path / "policy.yml").write_text(yaml.safe_dump({"audit_log": str(tmp_path / "audit"),
+                                                         "state_file": str(tmp_path / "state.json")}))
+    result = subprocess.run([*CLI, "remediate", f"--policy={tmp_path / 'policy.yml'}"], capture_output=True,
+                            text=True, timeout=20)
+    assert (result.returncode, result.stderr) == (
+        2, f"gpuscope remediate: error: audit_log {tmp_path / 'audit'}: cannot write: Is a directory\n")
+
+
 def test_kubernetes_fraction_is_of_the_node_group(tmp_path):
     (tmp_path / "token").write_text(API_TOKEN)
     nodes = {f"ip-{i}": node(f"ip-{i}") for i in range(10)}  # one group of 10: at most one held out
@@ -215,8 +261,9 @@ def test_the_receiver_edge_auth_bad_payloads_and_metrics(tmp_path):
     (tmp_path / "token").write_text(API_TOKEN)
     with api_stub(nodes) as (api, _stub):
         policy = {"scheduler": "kubernetes", "kubernetes": {"api": api, "token_file": str(tmp_path / "token")}}
+        (tmp_path / "web.yml").write_text(yaml.safe_dump({"http_server_config": {"headers": HEADERS}}))
         with receiver_process(tmp_path, policy, f"--web.bearer-token-file={tmp_path / 'bearer'}",
-                              token="hook-token") as base:
+                              f"--web.config.file={tmp_path / 'web.yml'}", token="hook-token") as base:
             good = {"Authorization": "Bearer hook-token"}
             assert notify(base, "firing", "ip-1").status_code == 401
             assert notify(base, "firing", "ip-1", Authorization="Bearer wrong").status_code == 401
@@ -226,6 +273,7 @@ def test_the_receiver_edge_auth_bad_payloads_and_metrics(tmp_path):
             assert (shapeless.status_code, shapeless.text) == (
                 400, "not an Alertmanager webhook notification (version 4): no alerts with labels\n")
             assert requests.post(f"{base}/elsewhere", json={}, headers=good, timeout=5).status_code == 404
+            _check_http_edges(base, good)
             decision = notify(base, "firing", "ip-1", **good).json()[0]
             assert (decision["outcome"], decision["reason"]) == ("dry_run", "would_drain")  # dry-run by default
             metrics = requests.get(f"{base}/metrics", headers=good, timeout=5).text
@@ -234,6 +282,35 @@ def test_the_receiver_edge_auth_bad_payloads_and_metrics(tmp_path):
             assert 'gpuscope_remediation_notifications_total{result="invalid"} 2.0' in metrics
             assert "gpuscope_remediation_enforcing 0.0" in metrics
             assert "gpuscope_remediation_nodes_held 1.0" in metrics
+
+
+HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "deny"}
+
+
+def _check_http_edges(base: str, good: dict[str, str]) -> None:
+    """The exporter's HTTP edge, on the receiver: probes answered without the token (a kubelet has
+    none), everything else with it; HEAD; 405 naming the methods; a Content-Length that is not a
+    number or too large answered and the connection closed; the web config's headers on every reply."""
+    for path in ("/-/healthy", "/-/ready"):
+        probe = requests.get(f"{base}{path}", timeout=5)
+        assert probe.status_code == 200 and probe.headers["X-Frame-Options"] == "deny", path
+    refused = requests.get(f"{base}/metrics", timeout=5)
+    assert (refused.status_code, refused.headers["WWW-Authenticate"], refused.headers["X-Frame-Options"]) == (
+        401, 'Bearer realm="gpuscope"', "deny")
+    head = requests.head(f"{base}/metrics", headers=good, timeout=5)
+    assert head.status_code == 200 and int(head.headers["Content-Length"]) > 0 and head.content == b""
+    for method in ("PUT", "DELETE", "PATCH", "OPTIONS"):
+        other = requests.request(method, f"{base}/alerts", headers=good, timeout=5)
+        assert (other.status_code, other.headers["Allow"]) == (405, "GET, HEAD, POST"), method
+    host, port = base.removeprefix("http://").split(":")
+    for length, status in ((b"abc", b"400"), (b"99999999999", b"413")):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"POST /alerts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer hook-token\r\n"
+                         b"Content-Length: " + length + b"\r\n\r\n{}")
+            reply = b""
+            while chunk := sock.recv(4096):  # the server closes the connection after its answer
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 " + status + b" "), reply
 
 
 @pytest.mark.parametrize("args", [("--web.listen-address=nowhere",), ("--web.bearer-token-file=/no/such/file",)])
@@ -276,3 +353,75 @@ def test_a_kubeconfig_that_runs_a_program_is_refused(tmp_path):
     assert result.stderr == (f"gpuscope remediate: error: kubeconfig {path}: user 'gpuscope' authenticates through "
                              "a program (exec or auth-provider), which gpuscope does not run: give it a "
                              "service-account token\n")
+
+
+def test_the_receiver_runs_with_the_configuration_the_chart_renders(tmp_path):
+    """The chart's Deployment and policy, as the pod sees them, under a temporary root: its arguments,
+    the ConfigMap's policy.yml (enforcing), the token Secret and the service account's token and CA
+    where Kubernetes mounts them, KUBERNETES_SERVICE_HOST/PORT pointing at the API stub over TLS. The
+    kubelet's probes pass without a token; Alertmanager's notification drains; Prometheus scrapes with
+    the token as the ServiceMonitor sends it."""
+    from tests.test_kubernetes import CHART, helm
+    from tests.test_server import _cert, _key, _write_pem
+
+    rendered = helm("template", "gpuscope", str(CHART), "--namespace", "monitoring", "--set", "remediate.enabled=true",
+                    "--set", "remediate.policy.enforce=true", "--show-only", "templates/remediate.yaml")
+    assert rendered.returncode == 0, rendered.stderr
+    objects = {d["kind"]: d for d in yaml.safe_load_all(rendered.stdout) if d}
+    root = tmp_path / "pod"
+
+    def place(path: str) -> str:
+        """A path in the pod, under the temporary root."""
+        return str(root) + path if path.startswith("/") else path
+
+    policy = yaml.safe_load(objects["ConfigMap"]["data"]["policy.yml"])
+    for key in ("audit_log", "state_file"):
+        policy[key] = place(policy[key])
+    for key in ("token_file", "ca_file"):
+        policy["kubernetes"][key] = place(policy["kubernetes"][key])
+    ca_key, server_key = _key(), _key()
+    ca = _cert("kubernetes test CA", ca_key, ca=True)
+    account = os.path.dirname(policy["kubernetes"]["token_file"])
+    os.makedirs(account)
+    _write_pem(tmp_path / "server.pem", _cert("127.0.0.1", server_key, ca, ca_key, san_ip="127.0.0.1"))
+    _write_pem(tmp_path / "server.key", key=server_key)
+    _write_pem(root / policy["kubernetes"]["ca_file"].removeprefix(str(root) + "/"), ca)
+    (root / policy["kubernetes"]["token_file"].removeprefix(str(root) + "/")).write_text(API_TOKEN)
+    (container,) = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+    args = {arg.split("=", 1)[0]: arg.split("=", 1)[1] for arg in container["args"][1:]}
+    os.makedirs(os.path.dirname(place(args["--policy"])))
+    (root / args["--policy"][1:]).write_text(yaml.safe_dump(policy))
+    os.makedirs(os.path.dirname(place(args["--web.bearer-token-file"])))
+    (root / args["--web.bearer-token-file"][1:]).write_text("hook-token")
+    port = free_port()
+    assert args["--web.listen-address"] == f":{container['ports'][0]['containerPort']}"
+    with api_stub({"ip-1": node("ip-1")}, tls=(str(tmp_path / "server.pem"), str(tmp_path / "server.key"))) as (
+            api, stub):
+        env = {**os.environ, "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": api.rsplit(":", 1)[1]}
+        command = [*CLI, container["args"][0], f"--policy={place(args['--policy'])}",
+                   f"--web.listen-address=127.0.0.1:{port}",
+                   f"--web.bearer-token-file={place(args['--web.bearer-token-file'])}"]
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            for probe in ("livenessProbe", "readinessProbe"):
+                path = container[probe]["httpGet"]["path"]
+                wait_until(lambda p=path: _status(f"{base}{p}") == 200, 15, f"{path} did not answer 200")
+            assert notify(base, "firing", "ip-1", Authorization="Bearer hook-token").json()[0]["reason"] == "drained"
+            assert requests.get(f"{base}/metrics", headers={"Authorization": "Bearer hook-token"},
+                                timeout=5).status_code == 200
+            assert _status(f"{base}/metrics") == 401
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=10)
+        with stub.lock:
+            assert stub.nodes["ip-1"]["spec"]["unschedulable"] is True
+    audit = Path(policy["audit_log"]).read_text().splitlines()
+    assert [json.loads(line)["outcome"] for line in audit] == ["intent", "done"]
+
+
+def _status(url: str) -> int:
+    try:
+        return requests.get(url, timeout=1).status_code
+    except requests.RequestException:
+        return 0

@@ -3,11 +3,15 @@ keeps the rails: dry-run until enabled, an allowlist, never on a resolved or sta
 most N drains per window and a fraction of a partition held out at once, resume only nodes it took
 out itself and only when the node passes the check. Every decision goes to the audit log (JSON
 lines) and the receiver's metrics; state survives restarts, so repeats and restarts change nothing.
+No action without its record: before the scheduler is touched the intent is written to the audit log
+and the state file; where either cannot be written the action is refused (`unrecorded`) and the
+notification is answered 5xx, so Alertmanager sends it again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -20,6 +24,7 @@ from alerts.actions.policy import KEY_LABELS, Policy
 from alerts.actions.schedulers import NodeState, Scheduler, SchedulerError
 
 DRAIN, RESUME = "drain", "resume"
+log = logging.getLogger("gpuscope")
 # Every (action, outcome, reason) a decision can have: the metrics start each at 0, so the first
 # refusal is an increase on any engine (a counter born at 1 is no increase to Prometheus).
 OUTCOMES = (
@@ -31,7 +36,9 @@ OUTCOMES = (
     (RESUME, "done", "resumed"), (RESUME, "dry_run", "would_resume"), (RESUME, "skipped", "not_held"),
     (RESUME, "skipped", "still_firing"), (RESUME, "skipped", "disabled"), (RESUME, "refused", "check_failed"),
     (RESUME, "refused", "check_unavailable"), (RESUME, "refused", "scheduler_error"),
+    (DRAIN, "refused", "unrecorded"), (RESUME, "refused", "unrecorded"),
 )
+UNRECORDED = "unrecorded"
 
 
 @dataclass
@@ -53,6 +60,15 @@ class Held:
     reason: str
     dry_run: bool
     alerts: dict[str, str] = field(default_factory=dict)  # fingerprint -> alert name
+
+
+class Unrecorded(RuntimeError):
+    """A notification some of whose records could not be written: its decisions (the actions that
+    needed a record refused) and which file failed. The receiver answers 5xx: Alertmanager retries."""
+
+    def __init__(self, message: str, decisions: list[Decision]) -> None:
+        super().__init__(message)
+        self.decisions = decisions
 
 
 def _parse_time(text: str) -> float | None:
@@ -78,7 +94,13 @@ class Engine:
         self._lock = threading.Lock()
         self.held: dict[str, Held] = {}
         self.drains: list[float] = []
+        self._unrecorded = ""  # why a record of the notification in hand could not be written ("" if all were)
         self._load_state()
+        for what, write in (("audit_log", self._touch_audit), ("state_file", self._save_state)):
+            try:
+                write()
+            except OSError as exc:
+                raise ValueError(f"{what} {getattr(policy, what)}: cannot write: {exc.strerror or exc}") from None
 
     # --- the notification -------------------------------------------------------------------------
 
@@ -89,17 +111,38 @@ class Engine:
                                                    for a in alerts):
             raise ValueError("not an Alertmanager webhook notification (version 4): no alerts with labels")
         with self._lock:
+            self._unrecorded = ""
             try:
                 nodes: dict[str, NodeState] | None = self._scheduler.nodes()
                 self._reconcile(nodes)
             except SchedulerError as exc:
                 nodes, error = None, str(exc)
             decisions = [self._decide(alert, nodes, error if nodes is None else "") for alert in alerts]
-            self._save_state()
-        for decision in decisions:
-            self._audit(decision)
-            self._record(decision)
+            self._write(self._save_state, self.policy.state_file)
+            for decision in decisions:
+                self._write(lambda d=decision: self._audit(d), self.policy.audit_log)
+                self._record(decision)
+            if self._unrecorded:
+                raise Unrecorded(self._unrecorded, decisions)
         return decisions
+
+    def _write(self, write: Callable[[], None], path: str) -> bool:
+        """A record written, or the failure logged and kept for `handle` to raise."""
+        try:
+            write()
+            return True
+        except OSError as exc:
+            self._unrecorded = f"{path}: cannot write: {exc.strerror or exc}"
+            log.error("remediation record not written", extra={"file": path, "error": exc.strerror or str(exc)})
+            return False
+
+    def _intend(self, decision: Decision, outcome: str, detail: str) -> bool:
+        """Before the scheduler is touched: the intent in the audit log, and the state file written (the
+        action's change must be kept). False, and the action must not happen, if either cannot be."""
+        intent = Decision(decision.action, "intent", outcome, decision.alert, decision.node, detail,
+                          decision.fingerprint)
+        return (self._write(lambda: self._audit(intent), self.policy.audit_log)
+                and self._write(self._save_state, self.policy.state_file))
 
     def _decide(self, alert: dict[str, Any], nodes: dict[str, NodeState] | None, error: str) -> Decision:
         labels = {str(k): str(v) for k, v in alert["labels"].items()}
@@ -149,13 +192,17 @@ class Engine:
         if crowded:
             return self._set(decision, "refused", "fraction_limit", crowded)
         reason = self._reason(decision.alert, labels)
+        self.held[decision.node] = Held(now, reason, not self.policy.enforce, {decision.fingerprint: decision.alert})
         if self.policy.enforce:
+            if not self._intend(decision, "drained", reason):
+                del self.held[decision.node]
+                return self._set(decision, "refused", UNRECORDED, self._unrecorded)
             try:
                 self._scheduler.drain(decision.node, reason)
             except SchedulerError as exc:
+                del self.held[decision.node]
                 return self._set(decision, "refused", "scheduler_error", str(exc))
         self.drains.append(now)
-        self.held[decision.node] = Held(now, reason, not self.policy.enforce, {decision.fingerprint: decision.alert})
         if self.policy.enforce:
             return self._set(decision, "done", "drained", reason)
         return self._set(decision, "dry_run", "would_drain", reason)
@@ -192,6 +239,8 @@ class Engine:
         if problems:
             return self._set(decision, "refused", "check_failed", "; ".join(problems))
         if not held.dry_run:
+            if not self._intend(decision, "resumed", "the node passed its check"):
+                return self._set(decision, "refused", UNRECORDED, self._unrecorded)
             try:
                 self._scheduler.resume(decision.node)
             except SchedulerError as exc:
@@ -230,9 +279,13 @@ class Engine:
             json.dump({"held": {n: asdict(h) for n, h in self.held.items()}, "drains": self.drains}, handle)
         os.replace(f"{path}.tmp", path)
 
+    def _touch_audit(self) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.policy.audit_log)), exist_ok=True)
+        with open(self.policy.audit_log, "a", encoding="utf-8"):
+            pass
+
     def _audit(self, decision: Decision) -> None:
         entry = {"time": datetime.fromtimestamp(self._clock()).astimezone().isoformat(timespec="seconds"),
                  "mode": "enforce" if self.policy.enforce else "dry-run", **asdict(decision)}
-        os.makedirs(os.path.dirname(os.path.abspath(self.policy.audit_log)), exist_ok=True)
         with open(self.policy.audit_log, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")

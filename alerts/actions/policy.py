@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alerts.settings import DURATION_UNITS
-from exporter.config import DEFAULT_PORT, ConfigError, load_yaml
+from exporter.configfile import DEFAULT_PORT, ConfigError, load_yaml
 
 # Critical hardware alerts after which a node should not take new work; alerts/alertmanager.yml routes
 # exactly these to the receiver (tests/test_remediate.py holds the two lists together).

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from alerts.actions.policy import Kubernetes, Policy
 from exporter import scontrol
-from exporter.config import ConfigError, load_yaml
+from exporter.configfile import ConfigError, load_yaml
 
 REASON_ANNOTATION = "gpuscope.io/drain-reason"
 CORDONED_ANNOTATION = "gpuscope.io/was-cordoned"  # so resuming leaves a person's own cordon in place

@@ -1,7 +1,8 @@
 """`gpuscope remediate`: the Alertmanager webhook receiver. POST /alerts takes a notification (webhook
-version 4), GET /metrics shows the decisions, /-/healthy answers. TLS and basic auth come from the
-exporter's web config file; a bearer token (Alertmanager's `http_config.authorization`) from a file.
-It binds 127.0.0.1 unless told otherwise.
+version 4), GET /metrics shows the decisions, /-/healthy and /-/ready answer probes without
+authentication. TLS, basic auth and response headers come from the exporter's web config file; a
+bearer token (Alertmanager's `http_config.authorization`) from a file. The HTTP edge is the
+exporter's (exporter/server.py). It binds 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -13,21 +14,20 @@ import re
 import signal
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from alerts.actions import policy as policy_module
-from alerts.actions.engine import OUTCOMES, Decision, Engine
+from alerts.actions.engine import OUTCOMES, Decision, Engine, Unrecorded
 from alerts.actions.schedulers import SchedulerError, for_policy
 from exporter import catalog as c
 from exporter import check, logs, webconfig
-from exporter.config import ConfigError, parse_listen_address
+from exporter.configfile import ConfigError, parse_listen_address
 from exporter.exposition import CONTENT_TYPE
-from exporter.server import WebServer
+from exporter.server import TEXT, BaseHandler, Routes, WebServer
 
 DEFAULT_ADDRESS = "127.0.0.1:19401"
-MAX_BODY_BYTES = 8 << 20  # Alertmanager sends every alert of a group in one notification
+MAX_BODY_BYTES = 8 << 20
 log = logging.getLogger("gpuscope")
 
 
@@ -45,7 +45,7 @@ class Metrics:
         self.conflicts = counter(c.REMEDIATION_CONFLICTS)
         for outcome in OUTCOMES:
             self.decisions.labels(*outcome)
-        for result in ("ok", "invalid"):
+        for result in ("ok", "invalid", "unrecorded"):
             self.notifications.labels(result)
         self.held = Gauge(c.REMEDIATION_HELD.name, c.REMEDIATION_HELD.help, registry=self.registry)
         Gauge(c.REMEDIATION_ENFORCING.name, c.REMEDIATION_ENFORCING.help, registry=self.registry).set(int(enforcing))
@@ -61,60 +61,52 @@ class ReceiverServer(WebServer):
         super().__init__(address, Handler, web)
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(BaseHandler):
+    """POST /alerts, GET /metrics (both authenticated); /-/healthy and /-/ready open to probes, so a
+    kubelet needs no token in the pod spec."""
+
     server: ReceiverServer
-    protocol_version = "HTTP/1.1"
+    open_paths = frozenset({"/-/healthy", "/-/ready"})
+    max_body = MAX_BODY_BYTES  # Alertmanager sends every alert of a group in one notification
 
-    def _allowed(self) -> bool:
-        header = self.headers.get("Authorization") or ""
+    def routes(self) -> Routes:
+        return {"GET": {"/metrics": self._metrics, "/-/healthy": lambda: self._send(200, TEXT, b"Healthy\n"),
+                        "/-/ready": lambda: self._send(200, TEXT, b"Ready\n")},
+                "POST": {"/alerts": self._alerts}}
+
+    def authorized(self) -> bool:
+        """The bearer token (Alertmanager's `http_config.authorization`) when one is set, else the web
+        config's basic auth."""
         if self.server.token:
+            header = self.headers.get("Authorization") or ""
             return hmac.compare_digest(header.encode(), f"Bearer {self.server.token}".encode())
-        return not self.server.auth.enabled or self.server.auth.allows(header)
+        return super().authorized()
 
-    def do_GET(self) -> None:
-        if not self._allowed():
-            self._send(401, b"Unauthorized\n")
-        elif self.path.split("?", 1)[0] == "/metrics":
-            self.server.metrics.held.set(len(self.server.engine.held))
-            self._send(200, generate_latest(self.server.metrics.registry), CONTENT_TYPE)
-        elif self.path == "/-/healthy":
-            self._send(200, b"Healthy\n")
-        else:
-            self._send(404, b"Not Found\n")
+    def challenge(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="gpuscope"'} if self.server.token else super().challenge()
 
-    def do_POST(self) -> None:
-        if not self._allowed():
-            self._send(401, b"Unauthorized\n")
+    def _metrics(self) -> None:
+        self.server.metrics.held.set(len(self.server.engine.held))
+        self._send(200, CONTENT_TYPE, generate_latest(self.server.metrics.registry))
+
+    def _alerts(self) -> None:
+        body = self.read_body()
+        if body is None:
             return
-        if self.path.split("?", 1)[0] != "/alerts":
-            self._send(404, b"Not Found: POST Alertmanager notifications to /alerts\n")
-            return
-        length = int(self.headers.get("Content-Length") or 0)
-        if not 0 < length <= MAX_BODY_BYTES:
-            self._send(413 if length else 411, b"a JSON body of at most 8 MiB is needed\n")
-            return
+        status = 200
         try:
-            decisions = self.server.engine.handle(json.loads(self.rfile.read(length)))
+            decisions = self.server.engine.handle(json.loads(body))
         except ValueError as exc:  # JSON or payload shape; Alertmanager would retry a 5xx forever
             self.server.metrics.notifications.labels("invalid").inc()
-            self._send(400, f"{exc}\n".encode())
+            self._send(400, TEXT, f"{exc}\n".encode())
             return
-        self.server.metrics.notifications.labels("ok").inc()
+        except Unrecorded as exc:  # no action without its record: Alertmanager sends it again
+            status, decisions = 503, exc.decisions
+        self.server.metrics.notifications.labels("ok" if status == 200 else "unrecorded").inc()
         for decision in decisions:
             log.info("decision", extra={"action": decision.action, "outcome": decision.outcome,
                                         "reason": decision.reason, "alert": decision.alert, "node": decision.node})
-        body = json.dumps([vars(d) for d in decisions]).encode()
-        self._send(200, body, "application/json")
-
-    def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args) -> None:
-        log.debug(format % args)
+        self._send(status, "application/json", json.dumps([vars(d) for d in decisions]).encode())
 
 
 def node_check(policy: policy_module.Policy):

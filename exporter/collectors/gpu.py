@@ -187,7 +187,7 @@ class GpuCollector:
             self._xids = XidWatcher(self._nvml, {gpu.index: gpu.handle for gpu in opened})
             self._gpm = GpmSampler(self._nvml, {gpu.index: gpu.handle for gpu in opened}, self._options.gpm_interval)
             self._links = LinkWatcher(self._nvml, {gpu.index: (gpu.handle, gpu.links) for gpu in opened if gpu.links},
-                                      self._options.link_interval)
+                                      self._options.link_interval, self._fields)
             if not self._options.job_mapping_dir:
                 self._jobs = JobWatcher(self._nvml, {gpu.index: gpu.handle for gpu in opened}, self._options.procfs,
                                         self._options.job_interval)

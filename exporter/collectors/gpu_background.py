@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from exporter import catalog
@@ -142,14 +143,23 @@ class JobWatcher:
         self._stop.set()
 
 
-class LinkWatcher:
-    """Counts each GPU's active NVLinks every `interval` seconds: one NVML call per link (18 on an
-    H100) is too many for every scrape, and a link that went down stays down."""
+# NVML_FI_DEV_NVLINK_GET_STATE, read per link (scopeId): NVML_NVLINK_STATE_INACTIVE 0, ACTIVE 1, SLEEP 2
+# (a low-power link, up), ACTIVE_TRAFFIC_DISABLED 3 (up, carrying nothing: not active).
+NVLINK_STATE_FIELD = 165
+NVLINK_UP_STATES = (1, 2)
 
-    def __init__(self, nvml: Any, links: dict[int, tuple[Any, int]], interval: float) -> None:
+
+class LinkWatcher:
+    """Counts each GPU's active NVLinks every `interval` seconds, in one batched field-values call per
+    GPU (`fields`, the collector's reader: None for a field the driver lacks). A driver without the
+    state field answers one nvmlDeviceGetNvLinkState per link instead (18 on an H100)."""
+
+    def __init__(self, nvml: Any, links: dict[int, tuple[Any, int]], interval: float,
+                 fields: Callable[[Any, list[tuple[int, int]]], list[float | None]]) -> None:
         self._nvml = nvml
         self._links = links  # GPU index -> (handle, links it has)
         self._interval = interval
+        self._fields = fields
         self._lock = threading.Lock()
         self._active: dict[int, int] = {}
         self._stop = threading.Event()
@@ -160,14 +170,20 @@ class LinkWatcher:
             active = {}
             for index, (handle, links) in self._links.items():
                 try:
-                    active[index] = sum(self._nvml.nvmlDeviceGetNvLinkState(handle, link)
-                                        == self._nvml.NVML_FEATURE_ENABLED for link in range(links))
+                    active[index] = self._count(handle, links)
                 except self._nvml.NVMLError:
-                    continue  # a lost GPU, or a driver without the call: no count for it
+                    continue  # a lost GPU: no count for it
             with self._lock:
                 self._active = active
             if self._stop.wait(self._interval):
                 return
+
+    def _count(self, handle: Any, links: int) -> int:
+        states = self._fields(handle, [(NVLINK_STATE_FIELD, link) for link in range(links)])
+        if None not in states:
+            return sum(state in NVLINK_UP_STATES for state in states)
+        return sum(self._nvml.nvmlDeviceGetNvLinkState(handle, link) == self._nvml.NVML_FEATURE_ENABLED
+                   for link in range(links))
 
     def active(self) -> dict[int, int]:
         with self._lock:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from exporter.config import ConfigError
+from exporter.configfile import ConfigError
 from exporter.sim.faults import JOB_KINDS, NodeEffects, ScenarioError, check_fault, node_effects
 from exporter.sim.files import relative_symlink
 from exporter.sim.inspector import rank_buckets, write_rank_files

@@ -27,6 +27,7 @@ from exporter.sim.profiles import PROFILES
 
 UPTIME_AT_START = 86_400.0  # the node has been up a day when the simulation starts
 _THRESHOLDS = {"shutdown": 0, "slowdown": 1, "memory_max": 2, "gpu_max": 3}
+_LINK_FIELDS = (138, 139, 165)  # per link (scopeId): NVLink throughput TX, RX; NVML_FI_DEV_NVLINK_GET_STATE
 _TLIMIT_FIELDS = {193: "shutdown", 194: "slowdown", 195: "memory_max", 196: "gpu_max"}
 # GPM metric id -> profile key of the busy pattern (a ratio).
 _GPM_RATIOS = {1: "graphics_active", 2: "sm_active", 3: "sm_occupancy", 5: "tensor_active", 10: "dram_active",
@@ -376,7 +377,7 @@ class SimulatedNvml:
             field_id, scope = request if isinstance(request, tuple) else (request, 0)
             entry = values[slot]
             entry.fieldId, entry.scopeId = field_id, scope
-            value = self._link_field(state, field_id, scope) if field_id in (138, 139) else scalars.get(field_id)
+            value = self._link_field(state, field_id, scope) if field_id in _LINK_FIELDS else scalars.get(field_id)
             if value is None:
                 entry.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
                 continue
@@ -412,9 +413,13 @@ class SimulatedNvml:
         return scalar
 
     def _link_field(self, state: _GpuState, field_id: int, link: int) -> int | None:
-        """NVLink throughput in KiB for one link (the simulation splits traffic evenly both ways)."""
-        if link >= self.profile["gpu"]["nvlinks"]:
+        """One link's field: its state (165: active 1, inactive 0; the last links go down) or its
+        throughput in KiB (138, 139: the simulation splits traffic evenly both ways)."""
+        links = self.profile["gpu"]["nvlinks"]
+        if link >= links:
             return None
+        if field_id == 165:
+            return int(link < links - state.fault.nvlinks_down)
         return int(state.nvlink_bytes[link] / 1024)
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Any]:
