@@ -43,15 +43,20 @@ def assert_locked_down(daemonset: dict, uid: int = 65534, added: tuple[str, ...]
     assert "nvidia.com/gpu" not in container["resources"].get("limits", {})  # sees GPUs without taking one
 
 
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory) -> tuple[str, list[dict]]:
+def kustomized(directory, tmp_path_factory) -> tuple[str, list[dict]]:
+    """`kubectl kustomize` of a directory: the file it wrote and its documents."""
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl missing: scripts/test installs it"
-    result = subprocess.run([kubectl, "kustomize", str(BASE)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     path = tmp_path_factory.mktemp("k8s") / "rendered.yaml"
     path.write_text(result.stdout)
     return str(path), [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> tuple[str, list[dict]]:
+    return kustomized(BASE, tmp_path_factory)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -173,12 +178,7 @@ RECEIVER = REPO / "deploy" / "kubernetes" / "remediate"
 
 @pytest.fixture(scope="module")
 def receiver_kustomized(tmp_path_factory) -> tuple[str, list[dict]]:
-    result = subprocess.run([shutil.which("kubectl") or "kubectl", "kustomize", str(RECEIVER)], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    path = tmp_path_factory.mktemp("k8s-remediate") / "rendered.yaml"
-    path.write_text(result.stdout)
-    return str(path), [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return kustomized(RECEIVER, tmp_path_factory)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
