@@ -296,3 +296,41 @@ def test_chart_refuses_bad_values_naming_the_field(tmp_path, values, field):
     result = helm("template", "gpuscope", str(CHART), "-f", str(tmp_path / "values.yaml"))
     assert result.returncode != 0 and "values don't meet the specifications of the schema" in result.stderr
     assert field in result.stderr, result.stderr
+
+
+AGENTS = {"agents": {"enabled": True, "shards": 3, "cluster": "p5-east",
+                     "remoteWrite": {"url": "http://victoria-metrics.monitoring:8428/api/v1/write"}}}
+
+
+@pytest.fixture(scope="module")
+def agents_kustomized(tmp_path_factory) -> tuple[str, list[dict]]:
+    return kustomized(REPO / "deploy" / "kubernetes" / "agents", tmp_path_factory)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_agents_render_and_validate(tmp_path, agents_kustomized, version):
+    validate(template(tmp_path, AGENTS)[0], version)
+    validate(agents_kustomized[0], version)
+
+
+def test_the_agents_shard_the_exporters_servicemonitor_into_the_store_with_read_only_discovery(
+        tmp_path, rendered, agents_kustomized):
+    """Chart and kustomization: a PrometheusAgent whose selector picks the exporters' ServiceMonitor
+    (and not the receiver's), split into shards, remote-writing with the larger batches the scale-out
+    config ships; its service account may only read services, endpoints and pods."""
+    chart = template(tmp_path, {**AGENTS, "remediate": {"enabled": True}})[1]
+    for documents, monitors in ((chart, chart), (agents_kustomized[1], rendered[1])):
+        agent = next(d for d in documents if d["kind"] == "PrometheusAgent")["spec"]
+        selected = [m["metadata"]["name"] for m in monitors if m["kind"] == "ServiceMonitor"
+                    and agent["serviceMonitorSelector"]["matchLabels"].items() <= m["metadata"]["labels"].items()]
+        assert selected == ["gpuscope"]
+        assert agent["remoteWrite"][0]["queueConfig"] == {"maxSamplesPerSend": 2000}
+        assert agent["securityContext"]["runAsNonRoot"] is True
+        role = next(d for d in documents if d["kind"] == "Role")
+        assert {verb for rule in role["rules"] for verb in rule["verbs"]} == {"get", "list", "watch"}
+    agent = next(d for d in chart if d["kind"] == "PrometheusAgent")["spec"]
+    assert (agent["shards"], agent["externalLabels"], agent["remoteWrite"][0]["url"]) == (
+        3, {"cluster": "p5-east"}, "http://victoria-metrics.monitoring:8428/api/v1/write")
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump({"agents": {"enabled": True}}))
+    missing = helm("template", "gpuscope", str(CHART), "-f", str(tmp_path / "values.yaml"))
+    assert missing.returncode != 0 and "agents.remoteWrite.url is required" in missing.stderr
