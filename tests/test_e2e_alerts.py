@@ -47,6 +47,9 @@ pytestmark = pytest.mark.e2e  # real Prometheus (and Alertmanager) over simulate
 # (alertname, node, gpu/target); EFA error alerts name the node alone.
 TABLE: dict[str, tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]] = {
     "healthy": (set(), set()),
+    # RAS answering in 2 s, twice the leader's interval here (two hours in the rules' time): each slow
+    # report is served, the healthy job's progress moves between them, nothing stood still.
+    "nccl_ras_slow": (set(), set()),
     "straggler": ({("GpuStraggler", "node-1", "5")}, {("GpuStraggler", "node-1", "5")}),
     "thermal_throttle": (
         {("GpuThermalThrottling", "node-1", "3"), ("GpuTemperatureNearLimit", "node-1", "3"),
@@ -279,6 +282,11 @@ def play(stack: Stack, name: str) -> None:
         assert seen == {engine.name: expected for engine in stack.engines}, f"{name}: expected {expected}, got {seen}"
         if name == "efa_retransmit_storm":  # one alert per node and kind, not one per EFA device
             assert set(most.values()) == {2}, most
+        if name == "nccl_ras_slow":  # the slow reports were served, not timed out: nothing paged with them there
+            prom = next(e.rules for e in stack.engines if isinstance(e.rules, Prometheus))
+            prom.wait_for("max(gpuscope_nccl_ras_query_duration_seconds) >= 2 and on () "
+                          "count(gpuscope_nccl_ras_communicator_progress_operations) > 0", 15)
+            assert not prom.query('sum(increase(gpuscope_nccl_ras_query_failures_total{reason="error"}[15s])) > 0')
         if name in EVIDENCE:  # which evidence named the waited-for rank
             assert evidence == {engine.name: EVIDENCE[name] for engine in stack.engines}, f"{name}: {evidence}"
         for engine in stack.engines:
