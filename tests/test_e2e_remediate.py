@@ -54,6 +54,11 @@ def audit(tmp_path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def decided(tmp_path) -> list[dict]:
+    """The audit log's decisions, without the intent line written before each action."""
+    return [entry for entry in audit(tmp_path) if entry["outcome"] != "intent"]
+
+
 def decisions(base: str) -> dict[tuple[str, str, str], float]:
     text = requests.get(f"{base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).text
     found = {}
@@ -106,12 +111,16 @@ def test_a_storm_of_alerts_drains_at_most_the_limit_and_the_refusals_page(tmp_pa
             prom.wait_for('gpuscope_remediation_enforcing{job="gpuscope-remediate"} == 1')
             post(am, *({"alertname": "GpuLost", "severity": "critical", "instance": f"n{i:02d}", "gpu": "0"}
                        for i in range(20)))
-            slurm.wait_for(lambda: len(audit(tmp_path)) >= 20, 60, "not every alert was decided")
+            slurm.wait_for(lambda: len(decided(tmp_path)) >= 20, 60, "not every alert was decided")
             time.sleep(2)  # anything more would have arrived by now
             assert len(slurm.reasons()) == 3
             assert set(slurm.reasons().values()) == {"gpuscope: GpuLost gpu=0"}
-            log = [(e["outcome"], e["reason"]) for e in audit(tmp_path)]
+            log = [(e["outcome"], e["reason"]) for e in decided(tmp_path)]
             assert sorted(log) == [("done", "drained")] * 3 + [("refused", "rate_limit")] * 17
+            written = [(e["outcome"], e["node"]) for e in audit(tmp_path) if e["reason"] == "drained"]
+            drained = sorted(slurm.reasons())
+            assert sorted(written) == [("done", n) for n in drained] + [("intent", n) for n in drained]
+            assert all(written.index(("intent", n)) < written.index(("done", n)) for n in drained)  # intent first
             counts = decisions(base)
             assert (counts[("drain", "done", "drained")], counts[("drain", "refused", "rate_limit")]) == (3, 17)
             assert counts[("drain", "refused", "fraction_limit")] == 0  # every combination is there from the start
