@@ -293,6 +293,10 @@ class BaseHandler(BaseHTTPRequestHandler):
     def routes(self) -> Routes:
         raise NotImplementedError
 
+    def healthy(self) -> None:
+        """/-/healthy: the process answers."""
+        self._send(200, TEXT, b"Healthy\n")
+
     def authorized(self) -> bool:
         """The web config's basic auth, when it has users."""
         return not self.server.auth.enabled or self.server.auth.allows(self.headers.get("Authorization"))
@@ -397,7 +401,7 @@ class Handler(BaseHandler):
         return {"GET": {
             self.server.telemetry_path: self._metrics,
             "/": self._landing,
-            "/-/healthy": lambda: self._send(200, TEXT, b"Healthy\n"),
+            "/-/healthy": self.healthy,
             "/-/ready": self._ready,
         }}
 

@@ -7,6 +7,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
+import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import catalog
@@ -57,6 +58,14 @@ def wait_until(check, timeout: float, what: str, pause: float = 0.5):
         if time.monotonic() > deadline:
             raise AssertionError(what() if callable(what) else what)
         time.sleep(pause)
+
+
+def http_status(url: str, **kwargs) -> int:
+    """The status a GET of `url` answers, 0 while nothing answers (a server starting)."""
+    try:
+        return requests.get(url, timeout=1, **kwargs).status_code
+    except requests.RequestException:
+        return 0
 
 
 def json_reply(handler: BaseHTTPRequestHandler, status: int, body: object) -> None:

@@ -197,7 +197,8 @@ def test_the_receiver_is_one_locked_down_replica_with_node_rbac_alone(tmp_path, 
     from Alertmanager and Prometheus. The two give the pod the same arguments and policy."""
     from alerts.settings import Settings
 
-    for documents in (template(tmp_path, REMEDIATE)[1], receiver_kustomized[1]):
+    rendered_chart = template(tmp_path, REMEDIATE)[1]
+    for documents in (rendered_chart, receiver_kustomized[1]):
         objects = by_kind(documents)
         deployment = objects["Deployment"]["spec"]
         assert (deployment["replicas"], deployment["strategy"]) == (1, {"type": "Recreate"})
@@ -221,7 +222,7 @@ def test_the_receiver_is_one_locked_down_replica_with_node_rbac_alone(tmp_path, 
         sources = objects["NetworkPolicy"]["spec"]["ingress"][0]["from"]
         assert [peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in sources] == [
             "alertmanager", "prometheus"]
-    chart, kustomized = by_kind(template(tmp_path, REMEDIATE)[1]), by_kind(receiver_kustomized[1])
+    chart, kustomized = by_kind(rendered_chart), by_kind(receiver_kustomized[1])
     assert (chart["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
             == kustomized["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"])
     assert (yaml.safe_load(chart["ConfigMap"]["data"]["policy.yml"])

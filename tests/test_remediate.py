@@ -24,7 +24,7 @@ from alerts.actions.engine import Engine, Unrecorded
 from alerts.actions.policy import DEFAULT_ALERTS, Limits, Policy
 from alerts.actions.schedulers import NodeState
 from exporter import check
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, http_status, wait_until
 from tests.procs import run_gpuscope
 
 NOW = 1_800_000_000.0
@@ -376,7 +376,7 @@ def test_the_receiver_loads_no_collector_simulator_or_grafanalib(tmp_path):
                "remediate", f"--policy={tmp_path / 'policy.yml'}", f"--web.listen-address=127.0.0.1:{port}"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/-/healthy"), 15, "the receiver did not come up")
+        wait_until(lambda: http_status(f"http://127.0.0.1:{port}/-/healthy") == 200, 15, "the receiver did not come up")
         reply = requests.post(f"http://127.0.0.1:{port}/alerts", json=notification(alert("GpuLost", "n3")), timeout=10)
         assert [(d["outcome"], d["reason"]) for d in reply.json()] == [("refused", "scheduler_error")]
     finally:
@@ -389,9 +389,3 @@ def test_the_receiver_loads_no_collector_simulator_or_grafanalib(tmp_path):
                 or m == "exporter.config" or (m.startswith("exporter.sim.") and m not in names_only)}
     assert unwanted == set()
 
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:
-        return False

@@ -27,7 +27,7 @@ import pytest
 import requests
 import yaml
 
-from tests.helpers import free_port, json_reply, wait_until
+from tests.helpers import free_port, http_status, json_reply, wait_until
 from tests.procs import exporter_process, receiver_process
 
 CLI = [sys.executable, "-c", "import sys; from exporter.cli import main; sys.exit(main())"]
@@ -406,11 +406,11 @@ def test_the_receiver_runs_with_the_configuration_the_chart_renders(tmp_path):
         try:
             for probe in ("livenessProbe", "readinessProbe"):
                 path = container[probe]["httpGet"]["path"]
-                wait_until(lambda p=path: _status(f"{base}{p}") == 200, 15, f"{path} did not answer 200")
+                wait_until(lambda p=path: http_status(f"{base}{p}") == 200, 15, f"{path} did not answer 200")
             assert notify(base, "firing", "ip-1", Authorization="Bearer hook-token").json()[0]["reason"] == "drained"
             assert requests.get(f"{base}/metrics", headers={"Authorization": "Bearer hook-token"},
                                 timeout=5).status_code == 200
-            assert _status(f"{base}/metrics") == 401
+            assert http_status(f"{base}/metrics") == 401
         finally:
             proc.terminate()
             proc.communicate(timeout=10)
@@ -419,9 +419,3 @@ def test_the_receiver_runs_with_the_configuration_the_chart_renders(tmp_path):
     audit = Path(policy["audit_log"]).read_text().splitlines()
     assert [json.loads(line)["outcome"] for line in audit] == ["intent", "done"]
 
-
-def _status(url: str) -> int:
-    try:
-        return requests.get(url, timeout=1).status_code
-    except requests.RequestException:
-        return 0

@@ -70,7 +70,7 @@ class Handler(BaseHandler):
     max_body = MAX_BODY_BYTES  # Alertmanager sends every alert of a group in one notification
 
     def routes(self) -> Routes:
-        return {"GET": {"/metrics": self._metrics, "/-/healthy": lambda: self._send(200, TEXT, b"Healthy\n"),
+        return {"GET": {"/metrics": self._metrics, "/-/healthy": self.healthy,
                         "/-/ready": lambda: self._send(200, TEXT, b"Ready\n")},
                 "POST": {"/alerts": self._alerts}}
 

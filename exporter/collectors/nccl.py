@@ -195,7 +195,7 @@ class NcclCollector:
             gpu, uuid_label = identities.get(uuid.lower(), (("", uuid), ()))[0]
             age = max(0.0, now - snapshot.mtime)
             scrape.add(catalog.NCCL_SNAPSHOT_AGE, age, gpu, uuid_label, snapshot.job)
-            if age <= STALE_INTERVALS * self._options.interval:
+            if self._fresh(age):
                 budget = self._add_series(scrape, snapshot, gpu, uuid_label, budget)
         if self._ras:
             self._add_ras(scrape, self._ras.view(), identities, now)
@@ -300,10 +300,14 @@ class NcclCollector:
         """The job that wrote a file: the one it names (Slurm), else the GPU's if the file is fresh; a
         stale file of a job without Slurm stays unattributed (it may be a finished pod's)."""
         named = next((line.job for line in lines if line.job not in ("", "unknown")), "")
-        if named or age > STALE_INTERVALS * self._options.interval:
+        if named or not self._fresh(age):
             return named
         jobs = identities.get(uuid.lower(), ((), ()))[1]
         return jobs[0] if jobs else ""
+
+    def _fresh(self, age: float) -> bool:
+        """A file Inspector rewrote within three dump intervals: its job is still completing collectives."""
+        return age <= STALE_INTERVALS * self._options.interval
 
     def _add_series(self, scrape: Scrape, snapshot: _Snapshot, gpu: str, uuid: str, budget: int) -> int:
         """Adds one file's series within the remaining series budget; returns what is left of it."""

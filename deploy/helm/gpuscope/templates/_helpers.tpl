@@ -6,6 +6,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{- define "gpuscope.labels" -}}
 {{ include "gpuscope.selectorLabels" . }}
+{{ include "gpuscope.commonLabels" . }}
+{{- end }}
+
+{{- define "gpuscope.commonLabels" -}}
 app.kubernetes.io/part-of: gpuscope
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
@@ -27,10 +31,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "gpuscope.remediate.labels" -}}
 {{ include "gpuscope.remediate.selectorLabels" . }}
 app.kubernetes.io/component: remediate
-app.kubernetes.io/part-of: gpuscope
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{ include "gpuscope.commonLabels" . }}
 {{- end }}
 
 {{- define "gpuscope.remediate.tokenSecret" -}}
