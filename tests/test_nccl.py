@@ -119,12 +119,12 @@ def test_a_file_is_read_once_it_settled(tmp_path):
 def test_a_file_not_rewritten_for_three_intervals_drops_its_series_and_keeps_its_age(tmp_path):
     """Inspector rewrites a file only after completions: a hung job's file ages, and so does a finished
     job's. Its series go; its age stays, with the job that wrote it, for the rules to judge."""
-    write(tmp_path, UUID, [BIG], mtime=NOW - 89)
-    write(tmp_path, OTHER, [BIG], job="4243", mtime=NOW - 91)
+    write(tmp_path, UUID, [BIG], mtime=NOW - 94)  # three 30 s intervals and 4 s late: a starved dump thread
+    write(tmp_path, OTHER, [BIG], job="4243", mtime=NOW - 96)
     parsed = samples(scrape([collector(tmp_path, [NOW])]))
     assert {labels: v for (name, labels), v in parsed.items() if name == catalog.NCCL_SNAPSHOT_AGE.name} == {
-        frozenset({("gpu", "3"), ("uuid", UUID), ("job_id", "4242")}): 89.0,
-        frozenset({("gpu", "4"), ("uuid", OTHER), ("job_id", "4243")}): 91.0}
+        frozenset({("gpu", "3"), ("uuid", UUID), ("job_id", "4242")}): 94.0,
+        frozenset({("gpu", "4"), ("uuid", OTHER), ("job_id", "4243")}): 96.0}
     assert {labels for name, labels in parsed if name == catalog.NCCL_EXEC_TIME.name} == {
         frozenset({("gpu", "3"), ("uuid", UUID), ("job_id", "4242"), ("comm", "DP Group 0"), ("nranks", "48"),
                    ("collective", "AllReduce"), ("message_size", "all")})}

@@ -61,6 +61,10 @@ DEVICE_METRICS = {
 }
 BANDWIDTHS = {catalog.NCCL_BUS_BANDWIDTH.name, catalog.NCCL_P2P_BUS_BANDWIDTH.name}
 STALE_INTERVALS = 3
+# A dump thread (or a simulator sped up for a test) starved of CPU writes late: this much later than
+# three intervals a file is still fresh, so a busy host does not blink a rank's series out and reset
+# an alert's pending time.
+DUMP_SLACK_SECONDS = 5.0
 # A file is read once it has been still this long (Inspector rewrites it in place), or a third of the
 # dump interval where dumps come faster than every 3 s (a simulator sped up for a test).
 SETTLE_SECONDS = 1.0
@@ -306,8 +310,9 @@ class NcclCollector:
         return jobs[0] if jobs else ""
 
     def _fresh(self, age: float) -> bool:
-        """A file Inspector rewrote within three dump intervals: its job is still completing collectives."""
-        return age <= STALE_INTERVALS * self._options.interval
+        """A file Inspector rewrote within three dump intervals (and the slack for a late dump): its job
+        is still completing collectives."""
+        return age <= STALE_INTERVALS * self._options.interval + DUMP_SLACK_SECONDS
 
     def _add_series(self, scrape: Scrape, snapshot: _Snapshot, gpu: str, uuid: str, budget: int) -> int:
         """Adds one file's series within the remaining series budget; returns what is left of it."""
