@@ -41,7 +41,8 @@ def node_roots(settings: ExporterSettings) -> Iterator[Roots]:
     if not settings.simulate:
         yield settings.roots
         return
-    from exporter.sim.node import INSPECTOR_EVERY, SimulatedNode  # the simulator only when asked for
+    from exporter.sim import dcgm_engine  # the simulator only when asked for
+    from exporter.sim.node import INSPECTOR_EVERY, SimulatedNode
     from exporter.sim.nvml import SimulatedNvml, load_profile
 
     profile = load_profile(settings.simulate)
@@ -49,7 +50,10 @@ def node_roots(settings: ExporterSettings) -> Iterator[Roots]:
         nvml = SimulatedNvml(profile)
         if not settings.simulate_dir:  # a node of its own runs a one-node training job
             SimulatedNode.write_job(work, "4242", node=0, nodes=1)
-        node = SimulatedNode(settings.simulate_dir or work, profile, nvml, layout=settings.simulate_efa_layout)
+        dcgm = settings.roots.gpu.dcgm
+        engine = dcgm_engine.serve(nvml, profile, dcgm.address)  # a p4d's nv-hostengine, behind the emulated bindings
+        node = SimulatedNode(settings.simulate_dir or work, profile, nvml, layout=settings.simulate_efa_layout,
+                             dcgm=engine)
         node.start(settings.simulate_interval)
         log.info("serving a simulated node", extra={"profile": settings.simulate, "sysfs": node.sysfs,
                                                     "faults": node.faults_file})
@@ -58,9 +62,12 @@ def node_roots(settings: ExporterSettings) -> Iterator[Roots]:
             nccl = dataclasses.replace(settings.roots.nccl, interval=INSPECTOR_EVERY * settings.simulate_interval,
                                        directory=settings.roots.nccl.directory or node.inspector_dir)
             kmsg = KmsgOptions(path=node.kmsg_file, boot_procfs=node.procfs)  # the node's own kernel log
-            yield dataclasses.replace(settings.roots, sysfs=node.sysfs, nvml=nvml, nccl=nccl, kmsg=kmsg)
+            gpu = dataclasses.replace(settings.roots.gpu,
+                                      dcgm=dataclasses.replace(dcgm, bindings=(dcgm_engine.BINDINGS,)))
+            yield dataclasses.replace(settings.roots, sysfs=node.sysfs, nvml=nvml, nccl=nccl, kmsg=kmsg, gpu=gpu)
         finally:
             node.stop()
+            dcgm_engine.unregister(dcgm.address)
 
 
 def run(settings: ExporterSettings, web: WebConfig) -> int:

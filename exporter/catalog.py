@@ -310,8 +310,9 @@ def _gpu_counter(name: str, help_: str, labels: tuple[str, ...] = (), source: st
     return counter("gpu", f"gpuscope_gpu_{name}_total", help_, _GPU + labels, source)
 
 
-GPU_INFO = _gpu_gauge("info", "GPU identity (value 1): model, PCI bus id.", ("model", "pci_bus_id"),
-                      "nvmlDeviceGetName, nvmlDeviceGetPciInfo")
+GPU_INFO = _gpu_gauge("info", "GPU identity (value 1): model, PCI bus id, and where its profiling ratios come "
+                      "from (gpm: NVML GPM, dcgm: DCGM's host engine, none).", ("model", "pci_bus_id", "profiling"),
+                      "nvmlDeviceGetName, nvmlDeviceGetPciInfo; --collector.gpu.profiling")
 GPU_DRIVER_INFO = gauge("gpu", "gpuscope_gpu_driver_info",
                         "NVIDIA driver, CUDA driver API and NVML versions (value 1).",
                         ("driver_version", "cuda_version", "nvml_version"), "nvmlSystemGetDriverVersion")
@@ -405,7 +406,8 @@ GPU_NVLINK_LINK_RX = _gpu_counter("nvlink_link_receive_bytes",
                                   "field 139 per link")
 GPU_NVLINK_ERRORS = _gpu_counter("nvlink_errors", "NVLink errors over all links: crc_flit, crc_data, replay, recovery.",
                                  ("type",), "fields 38/45/52/59 NVLINK_*_ERROR_COUNT_TOTAL")
-# Profiling (DCGM_FI_PROF_* equivalents) from NVML GPM, sampled in the background (Hopper and later).
+# Profiling (DCGM_FI_PROF_* equivalents) from NVML GPM (Hopper and later) or DCGM's host engine
+# (before Hopper), sampled in the background; gpuscope_gpu_info's `profiling` label says which.
 GPU_GRAPHICS_ACTIVE = _gpu_gauge("graphics_engine_active_ratio", "Fraction of time the graphics/compute engine "
                                  "was active (DCGM_FI_PROF_GR_ENGINE_ACTIVE).", (), "GPM GRAPHICS_UTIL")
 GPU_SM_ACTIVE = _gpu_gauge("sm_active_ratio", "Fraction of time at least one warp was active on an SM, averaged "
@@ -419,6 +421,22 @@ GPU_DRAM_ACTIVE = _gpu_gauge("dram_active_ratio", "Fraction of time device memor
 GPU_FP64_ACTIVE = _gpu_gauge("fp64_active_ratio", "Fraction of time the FP64 pipe was active.", (), "GPM FP64_UTIL")
 GPU_FP32_ACTIVE = _gpu_gauge("fp32_active_ratio", "Fraction of time the FP32 pipe was active.", (), "GPM FP32_UTIL")
 GPU_FP16_ACTIVE = _gpu_gauge("fp16_active_ratio", "Fraction of time the FP16 pipe was active.", (), "GPM FP16_UTIL")
+# DCGM's host engine (before Hopper: the profiling source; with it, DCGM's health checks).
+DCGM_UP = gauge("gpu", "gpuscope_dcgm_up", "1 while gpuscope reads from DCGM's host engine, else 0 (present when "
+                "DCGM is a source: --collector.gpu.profiling=dcgm, or auto with GPUs lacking GPM).", (),
+                "dcgmConnect_v2 --collector.gpu.dcgm-address")
+DCGM_PROFILING_BLOCKED = gauge("gpu", "gpuscope_dcgm_profiling_blocked",
+                               "1 while DCGM refuses gpuscope's profiling watch: locked (-37, another owner of the "
+                               "counters: a second engine, Nsight), multi_pass (-38), not_supported (-36); retried "
+                               "every minute.", ("reason",), "dcgmWatchFields")
+GPU_DCGM_HEALTH = _gpu_gauge("dcgm_health", "DCGM's health check of this GPU's system: 0 pass, 1 warn, 2 fail.",
+                             ("system",), "dcgmHealthCheck")
+GPU_DCGM_INCIDENT = _gpu_gauge("dcgm_health_incident", "A current DCGM health incident (1 warn, 2 fail); code is "
+                               "DCGM's dcgmError_t (DCGM_FR_*), its message is in the exporter's log.",
+                               ("system", "code"), "dcgmHealthCheck incidents")
+NVSWITCH_DCGM_HEALTH = gauge("gpu", "gpuscope_nvswitch_dcgm_health",
+                             "DCGM's health check of an NVSwitch (switch: DCGM's id): 0 pass, 1 warn, 2 fail.",
+                             ("switch", "system"), "dcgmHealthCheck")
 
 # --- NCCL Inspector (NCCL's own per-rank collective telemetry) ---------------------------------------
 # `gpu` and `uuid` are the NVML GPU of the file (its name carries the CUDA UUID; Inspector's own `gpu`

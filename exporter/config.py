@@ -15,6 +15,7 @@ from typing import Any
 
 from exporter.collectors import FACTORIES, Roots
 from exporter.collectors.gpu import GpuOptions
+from exporter.collectors.gpu_dcgm import DEFAULT_BINDINGS, DcgmOptions
 from exporter.collectors.kmsg import KmsgOptions
 from exporter.collectors.nccl import NcclOptions
 from exporter.collectors.nccl_ras import Cadence
@@ -110,7 +111,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("collector.gpu.nvlink-per-link", False, parse_bool,
            "also export NVLink bytes per link (18 links x 8 GPUs more series)", is_flag=True),
     Option("collector.gpu.gpm-interval", "10s", parse_duration,
-           "how often GPM profiling samples are taken in the background (set it to the scrape interval)"),
+           "how often profiling (GPM, or DCGM's watch) is sampled in the background (set it to the scrape interval)"),
+    Option("collector.gpu.profiling", "auto", _choice("auto", "gpm", "dcgm", "off"),
+           "profiling ratios (SM active, tensor, DRAM): auto (NVML GPM where the GPU has it, else DCGM's host "
+           "engine: A100), gpm, dcgm, off"),
+    Option("collector.gpu.dcgm-address", "127.0.0.1:5555", str,
+           "DCGM host engine (nv-hostengine) to read profiling and health from: host:port, or a unix socket "
+           "path; 'embedded' starts an engine inside gpuscope (only where no other engine runs)"),
+    Option("collector.gpu.dcgm-bindings", ",".join(DEFAULT_BINDINGS), parse_names,
+           "comma-separated folders to load DCGM's Python bindings from (the DCGM package's own; first found)"),
     Option("collector.gpu.job-mapping-dir", "", str,
            "dcgm-exporter style HPC job mapping directory (one file per GPU index, a job id per line); "
            "empty: find each GPU's Slurm job from its processes"),
@@ -193,6 +202,9 @@ def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) ->
         roots=Roots(sysfs=values["path.sysfs"], procfs=values["path.procfs"],
                     gpu=GpuOptions(nvlink_per_link=values["collector.gpu.nvlink-per-link"],
                                    gpm_interval=values["collector.gpu.gpm-interval"],
+                                   profiling=values["collector.gpu.profiling"],
+                                   dcgm=DcgmOptions(address=values["collector.gpu.dcgm-address"],
+                                                    bindings=values["collector.gpu.dcgm-bindings"]),
                                    job_mapping_dir=values["collector.gpu.job-mapping-dir"],
                                    procfs=values["path.procfs"],
                                    pod_resources_socket=values["collector.gpu.pod-resources-socket"],

@@ -20,12 +20,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from exporter import catalog
 from exporter.catalog import Family, Metric, Scrape
 from exporter.collectors.gpu_background import GpmSampler, JobWatcher, LinkWatcher, XidWatcher
+from exporter.collectors.gpu_dcgm import DcgmOptions, DcgmSampler, DcgmView
 from exporter.collectors.jobs import MappingDirectory
 from exporter.collectors.pods import PodResourcesWatcher
 from exporter.files import InFlight
@@ -83,7 +84,9 @@ _UNSUPPORTED = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound", "NVMLErr
 @dataclass(frozen=True)
 class GpuOptions:
     nvlink_per_link: bool = False
-    gpm_interval: float = 10.0
+    gpm_interval: float = 10.0  # profiling's sampling interval, GPM or DCGM
+    profiling: str = "auto"  # auto: GPM where the GPU has it, else DCGM; gpm; dcgm; off
+    dcgm: DcgmOptions = field(default_factory=DcgmOptions)
     job_mapping_dir: str = ""  # dcgm-exporter's HPC job mapping; empty: find jobs from GPU processes
     procfs: str = "/proc"
     job_interval: float = 15.0
@@ -138,6 +141,7 @@ class GpuCollector:
         self._in_flight = InFlight()
         self._xids: XidWatcher | None = None
         self._gpm: GpmSampler | None = None
+        self._dcgm: DcgmSampler | None = None
         self._links: LinkWatcher | None = None
         self._jobs: MappingDirectory | JobWatcher | None = (
             MappingDirectory(options.job_mapping_dir) if options.job_mapping_dir else None)
@@ -185,7 +189,7 @@ class GpuCollector:
             self._backoff, self._last_error, self._gpus = 1.0, "", gpus
             opened = [gpu for gpu in gpus if gpu.uuid]
             self._xids = XidWatcher(self._nvml, {gpu.index: gpu.handle for gpu in opened})
-            self._gpm = GpmSampler(self._nvml, {gpu.index: gpu.handle for gpu in opened}, self._options.gpm_interval)
+            self._start_profiling(opened)
             self._links = LinkWatcher(self._nvml, {gpu.index: (gpu.handle, gpu.links) for gpu in opened if gpu.links},
                                       self._options.link_interval, self._fields)
             if not self._options.job_mapping_dir:
@@ -193,6 +197,18 @@ class GpuCollector:
                                         self._options.job_interval)
             log.info("NVML initialised", extra={"gpus": len(gpus), "driver": self._driver[0]})
             return gpus
+
+    def _start_profiling(self, opened: list[_Gpu]) -> None:
+        """GPM for the GPUs that have it (unless --collector.gpu.profiling says dcgm or off); DCGM's host
+        engine for the others (auto), or for all (dcgm)."""
+        mode, interval = self._options.profiling, self._options.gpm_interval
+        handles = {gpu.index: gpu.handle for gpu in opened}
+        self._gpm = GpmSampler(self._nvml, handles if mode in ("auto", "gpm") else {}, interval)
+        by_dcgm = frozenset(handles) - self._gpm.supported if mode == "auto" else frozenset(
+            handles if mode == "dcgm" else ())
+        if by_dcgm:
+            options = replace(self._options.dcgm, interval=interval)
+            self._dcgm = DcgmSampler(options, {gpu.uuid: gpu.index for gpu in opened}, by_dcgm)
 
     def _fail_init(self, now: float, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -212,10 +228,10 @@ class GpuCollector:
 
     def _stop_nvml_workers(self) -> None:
         """Stops the threads that hold NVML handles; initialisation starts them again."""
-        for worker in (self._xids, self._gpm, self._jobs, self._links):
-            if isinstance(worker, (XidWatcher, GpmSampler, JobWatcher, LinkWatcher)):
+        for worker in (self._xids, self._gpm, self._dcgm, self._jobs, self._links):
+            if isinstance(worker, (XidWatcher, GpmSampler, DcgmSampler, JobWatcher, LinkWatcher)):
                 worker.stop()
-        self._xids = self._gpm = self._links = None
+        self._xids = self._gpm = self._dcgm = self._links = None
         if isinstance(self._jobs, JobWatcher):
             self._jobs = None
 
@@ -297,13 +313,14 @@ class GpuCollector:
         scrape = Scrape()
         scrape.add(catalog.GPU_DRIVER_INFO, 1, *self._driver)
         driver_gone = False
+        dcgm = self._dcgm.view() if self._dcgm else None
         for gpu in gpus:
             key = str(gpu.index)
             up = False
             if not driver_gone and not self._in_flight.busy(key):
                 with self._in_flight.hold(key):
                     try:
-                        up = self._read_gpu(gpu, scrape)
+                        up = self._read_gpu(gpu, scrape, self._profiling_source(gpu.index, dcgm))
                     except _DriverGone:
                         driver_gone = True
             scrape.add(catalog.GPU_UP, 1 if up else 0, *gpu.labels)
@@ -311,9 +328,16 @@ class GpuCollector:
             self._reset()
             raise RuntimeError("NVML lost the driver (reload?); reinitialising")
         self._add_background(gpus, scrape)
+        if dcgm is not None:
+            _add_dcgm({gpu.index: gpu for gpu in gpus if not gpu.lost}, dcgm, scrape)
         yield from scrape.families.values()
 
-    def _read_gpu(self, gpu: _Gpu, scrape: Scrape) -> bool:
+    def _profiling_source(self, index: int, dcgm: DcgmView | None) -> str:
+        if self._gpm and index in self._gpm.supported:
+            return "gpm"
+        return "dcgm" if dcgm and index in dcgm.profiled else "none"
+
+    def _read_gpu(self, gpu: _Gpu, scrape: Scrape, profiling: str) -> bool:
         """Adds one GPU's samples; False if the GPU is lost."""
         n, labels = self._nvml, gpu.labels
         if not gpu.uuid:  # never opened: nothing to read until NVML initialises again
@@ -335,7 +359,7 @@ class GpuCollector:
         if gpu.lost:
             log.info("GPU back", extra={"gpu": gpu.index, "uuid": gpu.uuid})
         gpu.lost = False
-        scrape.add(catalog.GPU_INFO, 1, *labels, gpu.model, gpu.pci_bus_id)
+        scrape.add(catalog.GPU_INFO, 1, *labels, gpu.model, gpu.pci_bus_id, profiling)
         for metric, extra, value in gpu.static:
             scrape.add(metric, value, *labels, *extra)
         return True
@@ -473,6 +497,25 @@ class GpuCollector:
                     continue
                 for metric, value in values:
                     scrape.add(metric, value, *by_index[index].labels)
+
+
+def _add_dcgm(gpus: dict[int, _Gpu], view: DcgmView, scrape: Scrape) -> None:
+    """DCGM's profiling values and health checks, from its sampler's last round."""
+    scrape.add(catalog.DCGM_UP, 1 if view.up else 0)
+    if view.blocked:
+        scrape.add(catalog.DCGM_PROFILING_BLOCKED, 1, view.blocked)
+    for index, values in sorted(view.values.items()):
+        for metric, value in values if index in gpus else ():
+            scrape.add(metric, value, *gpus[index].labels)
+    for index, systems in sorted(view.health.items()):
+        for system, result in systems.items() if index in gpus else ():
+            scrape.add(catalog.GPU_DCGM_HEALTH, result, *gpus[index].labels, system)
+    for index, system, code, result in view.incidents:
+        if index in gpus:
+            scrape.add(catalog.GPU_DCGM_INCIDENT, result, *gpus[index].labels, system, code)
+    for switch, systems in sorted(view.switches.items()):
+        for system, result in systems.items():
+            scrape.add(catalog.NVSWITCH_DCGM_HEALTH, result, str(switch), system)
 
 
 def pci_address(bus_id: str) -> str:

@@ -217,6 +217,7 @@ class GpmSampler:
             except nvml.NVMLError as exc:
                 log.info("GPM profiling unavailable for GPU", extra={"gpu": index, "error": type(exc).__name__})
         self._taken: set[int] = set()
+        self.supported = frozenset(self._handles)  # the GPUs with GPM (another source profiles the rest)
         if self._handles:
             threading.Thread(target=self._run, name="gpu-gpm", daemon=True).start()
 

@@ -22,8 +22,9 @@ from typing import Any
 from exporter.sim.nvml import Fault
 
 GPU_KINDS = ("straggler", "thermal_throttle", "power_brake", "nvlink_errors", "gpu_lost", "ecc_uncorrectable",
-             "row_remap_failure", "xid", "kernel_xid", "nvlink_down", "gpu_missing_at_boot")
-NODE_KINDS = ("efa_stall", "efa_retransmit_storm", "lustre_eviction", "efa_device_missing", "sxid", "rdma_port_down")
+             "row_remap_failure", "xid", "kernel_xid", "nvlink_down", "gpu_missing_at_boot", "dcgm_health")
+NODE_KINDS = ("efa_stall", "efa_retransmit_storm", "lustre_eviction", "efa_device_missing", "sxid", "rdma_port_down",
+              "dcgm_engine_down", "dcgm_profiling_locked")
 # NCCL hangs as RAS sees them (exporter/sim/ras.py); on the hardware each looks like collective_stall.
 HANG_KINDS = ("nccl_hang", "nccl_hang_launched", "nccl_process_dead")
 JOB_KINDS = ("collective_stall", "compute_straggler", "nccl_late_arrival", "nccl_bandwidth_drop", "checkpoint",
@@ -47,6 +48,22 @@ class EfaEffect:
     traffic_scale: float = 1.0
     error_rates: dict[str, float] = field(default_factory=dict)  # counter name -> per second per device
     missing_devices: int = 0  # the node's last devices gone from class/infiniband (a card that did not come up)
+
+
+@dataclass
+class DcgmEffect:
+    """The node's DCGM host engine: stopped, its profiling counters taken by another owner, health
+    incidents per GPU as (DCGM system bit, result 10 warn / 20 fail, dcgmError_t code)."""
+
+    down: bool = False
+    locked: bool = False
+    incidents: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
+
+
+# dcgm_health's `system` names -> DCGM_HEALTH_WATCH_* bits; `result` names -> DCGM_HEALTH_RESULT_*.
+DCGM_SYSTEMS = {"pcie": 0x1, "nvlink": 0x2, "memory": 0x10, "sm": 0x20, "inforom": 0x40, "thermal": 0x80,
+                "power": 0x100, "driver": 0x200}
+DCGM_RESULTS = {"warn": 10, "fail": 20}
 
 
 @dataclass
@@ -79,6 +96,7 @@ class NodeEffects:
     efa: EfaEffect = field(default_factory=EfaEffect)
     lustre: LustreEffect = field(default_factory=LustreEffect)
     ports_down: set[int] = field(default_factory=set)  # indexes of InfiniBand HCAs whose port went down
+    dcgm: DcgmEffect = field(default_factory=DcgmEffect)
 
 
 def check_fault(fault: Any, where: str, gpus: int) -> dict[str, Any]:
@@ -96,6 +114,10 @@ def check_fault(fault: Any, where: str, gpus: int) -> dict[str, Any]:
         raise ScenarioError(f"{where}: fault {kind} needs 'xid', the XID number")
     if kind == "sxid" and not (isinstance(fault.get("switch"), int) and isinstance(fault.get("sxid"), int)):
         raise ScenarioError(f"{where}: fault sxid needs 'switch' (an NVSwitch index) and 'sxid', the SXID number")
+    if kind == "dcgm_health" and (fault.get("system", "memory") not in DCGM_SYSTEMS
+                                  or fault.get("result", "fail") not in DCGM_RESULTS):
+        raise ScenarioError(f"{where}: fault dcgm_health takes 'system' ({', '.join(DCGM_SYSTEMS)}) and "
+                            f"'result' (warn or fail)")
     if kind == "rdma_port_down" and not (isinstance(fault.get("device", 0), int) and fault.get("device", 0) >= 0):
         raise ScenarioError(f"{where}: fault rdma_port_down takes 'device', the index of an InfiniBand HCA (0, 1, ...)")
     if kind in AIMED_KINDS + LINK_KINDS and not isinstance(fault.get("node"), int):
@@ -123,6 +145,14 @@ def node_effects(faults: list[dict[str, Any]], profile: dict[str, Any], node: in
             effects.kernel_xids.append((fault["gpu"], fault["xid"]))
         elif kind == "sxid":
             effects.sxids.append((fault["switch"], fault["sxid"], bool(fault.get("fatal", False))))
+        elif kind == "dcgm_health":  # DCGM_FR_VOLATILE_DBE_DETECTED (4) unless the fault names a code
+            effects.dcgm.incidents.setdefault(fault["gpu"], []).append(
+                (DCGM_SYSTEMS[fault.get("system", "memory")], DCGM_RESULTS[fault.get("result", "fail")],
+                 int(fault.get("code", 4))))
+        elif kind == "dcgm_engine_down":
+            effects.dcgm.down = True
+        elif kind == "dcgm_profiling_locked":  # Nsight or a second engine holds the counters
+            effects.dcgm.locked = True
         elif kind == "gpu_lost":
             effects.gpus[fault["gpu"]] = Fault(lost=True)  # the simulated NVML raises XID 79 itself
         elif kind in GPU_KINDS:

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from exporter.configfile import ConfigError
+from exporter.sim.dcgm_engine import HostEngine
 from exporter.sim.faults import JOB_KINDS, NodeEffects, ScenarioError, check_fault, node_effects
 from exporter.sim.files import relative_symlink
 from exporter.sim.inspector import rank_buckets, write_rank_files
@@ -82,8 +83,11 @@ class SimulatedNode:
     """
 
     def __init__(self, root: str, profile: dict[str, Any], nvml: SimulatedNvml | None = None,
-                 layout: str = "split", clock: Callable[[], float] = time.monotonic) -> None:
-        """`layout` is the EFA counter layout: split (kernel >= 5.15) or combined (older kernels)."""
+                 layout: str = "split", clock: Callable[[], float] = time.monotonic,
+                 dcgm: HostEngine | None = None) -> None:
+        """`layout` is the EFA counter layout: split (kernel >= 5.15) or combined (older kernels);
+        `dcgm` the node's simulated DCGM host engine, if it runs one."""
+        self._dcgm = dcgm
         self.sysfs = os.path.join(root, "sys")
         self.faults_file = os.path.join(root, "faults.yaml")
         self.job_file = os.path.join(root, "job.yaml")
@@ -311,6 +315,8 @@ class SimulatedNode:
             if (gpu, xid) not in self._raised:
                 self._nvml.raise_xid(gpu, xid)
         self._raised = set(effects.xids)
+        if self._dcgm is not None:
+            self._dcgm.apply(effects.dcgm.down, effects.dcgm.locked, effects.dcgm.incidents)
 
     def _log_kernel_events(self, effects: NodeEffects) -> None:
         """Kernel-log records for the faults that started since the last change."""

@@ -483,6 +483,15 @@ class SimulatedNvml:
         self._gpm_samples[ctypes.addressof(sample.contents)] = (state.index, self._clock(), self._activity(state))
         return sample
 
+    def uuid_of(self, index: int) -> str:
+        """The GPU's UUID as NVML gives it (for the simulated DCGM engine, which joins by UUID)."""
+        return self._gpus[index].uuid
+
+    def activity_of(self, index: int) -> dict[str, float]:
+        """What GPU `index` is doing now, as profiling counters (GPM here, DCGM's engine) measure it."""
+        with self._lock:
+            return self._activity(self._gpus[index])
+
     def _activity(self, state: _GpuState) -> dict[str, float]:
         """What the GPU is doing now, as GPM would average it between two samples."""
         fault = state.fault

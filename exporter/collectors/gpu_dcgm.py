@@ -1,0 +1,314 @@
+"""Profiling and health from NVIDIA DCGM's host engine, for GPUs without NVML GPM (A100: p4d).
+
+Before Hopper, SM activity and the other profiling ratios come only from DCGM, and the counters
+have one owner per node: gpuscope reads them from the site's nv-hostengine (the GPU Operator's,
+the DLAMI's) as one more client and never starts an engine of its own unless asked
+(`--collector.gpu.dcgm-address=embedded`): a second engine would take the counters from the site's.
+
+Everything runs on one background thread (a scrape never waits on DCGM):
+1. load the bindings the DCGM package installed (`dcgm_structs`, `dcgm_fields`, `dcgm_agent`, flat
+   modules in its python3 bindings folder; they load the library of the same major version);
+2. connect, list DCGM's GPUs and join them to NVML's by UUID (DCGM's gpuIds are its own);
+3. watch the profiling fields one pass of the GPU can count together
+   (`dcgmProfGetSupportedMetricGroups`), with a small keep age and sample count, and set health
+   watches on the systems that matter for training;
+4. every interval read the latest values and run `dcgmHealthCheck`.
+DCGM absent, the engine not running or restarting, another owner of the counters (-37) or a
+multi-pass request (-38): one log line each, the profiling series go with the reason in
+`gpuscope_dcgm_profiling_blocked`, and the thread tries again (the rest of the GPU collector is
+untouched). Calls made: see docs/gpu.md "A100 and DCGM".
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import threading
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from exporter import catalog
+from exporter.catalog import Metric
+
+log = logging.getLogger("gpuscope")
+
+# Where the DCGM packages put their Python bindings: DCGM 4 (datacenter-gpu-manager-4-*), then 3.
+DEFAULT_BINDINGS = ("/usr/share/datacenter-gpu-manager-4/bindings/python3", "/usr/local/dcgm/bindings/python3")
+# DCGM profiling field -> gpuscope metric. DCGM reports ratios (0-1), GPM percentages: the same series.
+PROFILING_FIELDS: dict[int, Metric] = {
+    1001: catalog.GPU_GRAPHICS_ACTIVE, 1002: catalog.GPU_SM_ACTIVE, 1003: catalog.GPU_SM_OCCUPANCY,
+    1004: catalog.GPU_TENSOR_ACTIVE, 1005: catalog.GPU_DRAM_ACTIVE, 1006: catalog.GPU_FP64_ACTIVE,
+    1007: catalog.GPU_FP32_ACTIVE, 1008: catalog.GPU_FP16_ACTIVE,
+}
+# dcgmHealthSet systems (DCGM_HEALTH_WATCH_*) watched, by the name the series carry.
+GPU_SYSTEMS = {"pcie": 0x1, "nvlink": 0x2, "memory": 0x10, "sm": 0x20, "inforom": 0x40, "thermal": 0x80,
+               "power": 0x100, "driver": 0x200}
+SWITCH_SYSTEMS = {"nvswitch_nonfatal": 0x400, "nvswitch_fatal": 0x800}
+SYSTEM_NAMES = {bit: name for name, bit in {**GPU_SYSTEMS, **SWITCH_SYSTEMS}.items()}
+HEALTH_RESULTS = {0: 0.0, 10: 1.0, 20: 2.0}  # DCGM_HEALTH_RESULT_PASS/WARN/FAIL -> 0/1/2
+FE_GPU, FE_SWITCH = 1, 3  # dcgm_fields.DCGM_FE_GPU, DCGM_FE_SWITCH
+FP64_BLANK, INT64_BLANK = 2.0 ** 47, 0x7FFFFFFFFFFFFFF0  # a value at or above these is DCGM's "no value"
+# Why profiling is off, by DCGM return code: another owner of the counters, more than one pass, no support.
+BLOCKED_BY_CODE = {-37: "locked", -38: "multi_pass", -36: "not_supported"}
+RETRY_SECONDS = (5.0, 60.0)  # reconnect backoff: from, to
+KEEP_SAMPLES = 2  # DCGM keeps this many samples per field: memory stays flat
+
+
+@dataclass(frozen=True)
+class DcgmOptions:
+    address: str = "127.0.0.1:5555"  # nv-hostengine's default; a path (or unix:path) for a unix socket
+    bindings: tuple[str, ...] = DEFAULT_BINDINGS
+    interval: float = 10.0
+
+
+@dataclass
+class DcgmView:
+    """What the last round read, for a scrape: per NVML index, profiling values and health."""
+
+    up: bool = False
+    profiled: frozenset[int] = frozenset()  # NVML indexes DCGM profiles now
+    values: dict[int, list[tuple[Metric, float]]] = field(default_factory=dict)
+    health: dict[int, dict[str, float]] = field(default_factory=dict)  # index -> system -> 0/1/2
+    incidents: list[tuple[int, str, str, float]] = field(default_factory=list)  # (index, system, code, 0/1/2)
+    switches: dict[int, dict[str, float]] = field(default_factory=dict)  # DCGM's NVSwitch id -> system -> 0/1/2
+    blocked: str = ""
+
+
+def load_bindings(folders: tuple[str, ...]) -> tuple[ModuleType, ModuleType, ModuleType] | str:
+    """(dcgm_structs, dcgm_fields, dcgm_agent) from the first folder that has them, or why not."""
+    for folder in folders:
+        try:
+            sys.path.insert(0, folder)
+            modules = tuple(importlib.import_module(name) for name in ("dcgm_structs", "dcgm_fields", "dcgm_agent"))
+        except ImportError:
+            sys.path.remove(folder)
+            continue
+        return modules  # the bindings import each other by their flat names: the folder stays on the path
+    return (f"no DCGM Python bindings in {', '.join(folders)} "
+            "(install the DCGM package, or point --collector.gpu.dcgm-bindings at its bindings/python3)")
+
+
+class DcgmSampler:
+    """The background thread: connection, watches, and the latest view, rebuilt after any failure."""
+
+    def __init__(self, options: DcgmOptions, gpus: dict[str, int], profile: frozenset[int]) -> None:
+        """`gpus`: NVML UUID -> index of every GPU (health); `profile`: the indexes DCGM profiles."""
+        self._options = options
+        self._gpus = {uuid.lower(): index for uuid, index in gpus.items()}
+        self._profile = profile
+        self._lock = threading.Lock()
+        self._view = DcgmView()
+        self._stop = threading.Event()
+        self._logged = ""
+        self._backoff = RETRY_SECONDS[0]
+        self._thread = threading.Thread(target=self._run, name="gpu-dcgm", daemon=True)
+        self._thread.start()
+
+    def view(self) -> DcgmView:
+        with self._lock:
+            return self._view
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _publish(self, view: DcgmView) -> None:
+        with self._lock:
+            self._view = view
+
+    def _note(self, message: str, **extra: Any) -> None:
+        """One log line per distinct condition (not one per retry)."""
+        key = message + repr(sorted(extra.items()))
+        if key != self._logged:
+            self._logged = key
+            log.warning(message, extra=extra)
+
+    def _run(self) -> None:
+        bindings = load_bindings(self._options.bindings)
+        if isinstance(bindings, str):
+            self._note("DCGM unavailable; profiling and health from DCGM off", reason=bindings)
+            return
+        while not self._stop.is_set():
+            session = _Session(bindings, self._options, self._gpus, self._profile, self._note)
+            if session.open():
+                self._backoff = RETRY_SECONDS[0]
+                session.serve(self._publish, self._stop)
+            session.close()
+            self._publish(DcgmView(blocked=session.blocked))
+            self._stop.wait(self._backoff)
+            self._backoff = min(self._backoff * 2, RETRY_SECONDS[1])
+
+
+class _Session:
+    """One connection to the engine and what gpuscope set up on it."""
+
+    def __init__(self, bindings: tuple[ModuleType, ModuleType, ModuleType], options: DcgmOptions,
+                 gpus: dict[str, int], profile: frozenset[int], note: Any) -> None:
+        self._structs, self._fields, self._agent = bindings
+        self._options = options
+        self._gpus = gpus
+        self._profile = profile
+        self._note = note
+        self._handle: Any = None
+        self._health_group: Any = None
+        self._entities: list[Any] = []  # profiled GPUs as c_dcgmGroupEntityPair_t
+        self._index_of: dict[int, int] = {}  # DCGM gpuId -> NVML index
+        self._fields_watched: list[int] = []
+        self._switches: list[int] = []
+        self.blocked = ""
+
+    def open(self) -> bool:
+        """Connects and sets up watches; False (logged once) when the engine cannot be used now. A
+        profiling watch DCGM refuses leaves health running, with the reason in `blocked`."""
+        try:
+            self._connect()
+            self._join()
+            self._watch_health()
+            self._watch_profiling()
+        except self._structs.DCGMError as exc:
+            self._note("DCGM host engine not usable; retrying", address=self._options.address,
+                       error=type(exc).__name__)
+            return False
+        return True
+
+    def _connect(self) -> None:
+        self._structs._dcgmInit()  # the library of the bindings' major version, or DCGMError_LibraryNotFound
+        self._agent.dcgmInit()
+        address = self._options.address
+        if address == "embedded":
+            self._handle = self._agent.dcgmStartEmbedded(self._structs.DCGM_OPERATION_MODE_AUTO)
+            return
+        params = self._structs.c_dcgmConnectV2Params_v2()
+        params.persistAfterDisconnect, params.timeoutMs = 0, 2000
+        socket = address.startswith(("/", "unix:"))
+        params.addressIsUnixSocket = 1 if socket else 0
+        self._handle = self._agent.dcgmConnect_v2(address.removeprefix("unix:") if socket else address, params)
+
+    def _join(self) -> None:
+        """DCGM's GPUs joined to NVML's by UUID; a GPU NVML has and DCGM lacks is logged, never guessed."""
+        for gpu_id in self._agent.dcgmGetAllSupportedDevices(self._handle):
+            uuid = self._agent.dcgmGetDeviceAttributes(self._handle, gpu_id).identifiers.uuid
+            index = self._gpus.get((uuid.decode() if isinstance(uuid, bytes) else uuid).lower())
+            if index is not None:
+                self._index_of[gpu_id] = index
+        missing = sorted(set(self._gpus.values()) - set(self._index_of.values()))
+        if missing:
+            self._note("GPUs NVML lists are missing in DCGM; no DCGM data for them", gpus=missing)
+
+    def _group(self, name: str, entities: list[tuple[int, int]]) -> Any:
+        group = self._agent.dcgmGroupCreate(self._handle, self._structs.DCGM_GROUP_EMPTY, f"gpuscope-{name}")
+        for entity_group, entity in entities:
+            self._agent.dcgmGroupAddEntity(self._handle, group, entity_group, entity)
+        return group
+
+    def _watch_health(self) -> None:
+        switches = self._agent.dcgmGetEntityGroupEntities(self._handle, FE_SWITCH, 0)
+        entities = [(FE_GPU, gpu_id) for gpu_id in sorted(self._index_of)] + [(FE_SWITCH, s) for s in switches]
+        self._health_group = self._group("health", entities)
+        self._switches = list(switches)
+        self._agent.dcgmHealthSet(self._handle, self._health_group,
+                                  sum(GPU_SYSTEMS.values()) + sum(SWITCH_SYSTEMS.values()))
+
+    def _watch_profiling(self) -> None:
+        """The wanted fields one pass of the first profiled GPU counts together, on every profiled GPU."""
+        profiled = sorted(gpu_id for gpu_id, index in self._index_of.items() if index in self._profile)
+        if not profiled:
+            return
+        try:
+            fields = self._one_pass(profiled[0])
+            group = self._group("profiling", [(FE_GPU, gpu_id) for gpu_id in profiled])
+            field_group = self._agent.dcgmFieldGroupCreate(self._handle, fields, "gpuscope-profiling")
+            interval = self._options.interval
+            self._agent.dcgmWatchFields(self._handle, group, field_group, int(interval * 1e6), 3 * interval,
+                                        KEEP_SAMPLES)
+        except self._structs.DCGMError as exc:
+            if exc.value not in BLOCKED_BY_CODE:
+                raise
+            self.blocked = BLOCKED_BY_CODE[exc.value]
+            self._note("DCGM refuses the profiling watch; profiling series off, retried later",
+                       reason=self.blocked, code=exc.value)
+            return
+        self._fields_watched = fields
+        for gpu_id in profiled:
+            pair = self._structs.c_dcgmGroupEntityPair_t()
+            pair.entityGroupId, pair.entityId = FE_GPU, gpu_id
+            self._entities.append(pair)
+
+    def _one_pass(self, gpu_id: int) -> list[int]:
+        """gpuscope's fields in the metric group that holds most of them: DCGM counts a group in one
+        pass; fields of two groups would be multiplexed (-38, or values that are estimates)."""
+        groups = self._agent.dcgmProfGetSupportedMetricGroups(self._handle, gpu_id)
+        fields = max(([f for f in list(g.fieldIds)[:g.numFieldIds] if f in PROFILING_FIELDS]
+                      for g in list(groups.metricGroups)[:groups.numMetricGroups]), key=len, default=[])
+        if not fields:
+            raise self._structs.DCGMError(self._structs.DCGM_ST_PROFILING_NOT_SUPPORTED)
+        return sorted(fields)
+
+    def serve(self, publish: Any, stop: threading.Event) -> None:
+        """Reads every interval until the engine fails or the profiling block is due for a retry."""
+        rounds = 0
+        while not stop.is_set():
+            try:
+                view = self._read()
+            except self._structs.DCGMError as exc:
+                self._note("DCGM host engine lost; reconnecting", address=self._options.address,
+                           error=type(exc).__name__)
+                return
+            publish(view)
+            rounds += 1
+            if self.blocked and rounds * self._options.interval >= RETRY_SECONDS[1]:
+                return  # try the profiling watch again on a new connection
+            stop.wait(self._options.interval)
+
+    def _read(self) -> DcgmView:
+        view = DcgmView(up=True, blocked=self.blocked)
+        if self._entities:
+            values = self._agent.dcgmEntitiesGetLatestValues(self._handle, self._entities, self._fields_watched, 0)
+            view.values = self._profiling(values)
+            view.profiled = frozenset(view.values)
+        response = self._agent.dcgmHealthCheck(self._handle, self._health_group)
+        self._health(response, view)
+        return view
+
+    def _profiling(self, values: Any) -> dict[int, list[tuple[Metric, float]]]:
+        out: dict[int, list[tuple[Metric, float]]] = {}
+        for value in values:
+            index = self._index_of.get(value.entityId)
+            if value.status != 0 or index is None or value.fieldId not in PROFILING_FIELDS:
+                continue
+            number = value.value.dbl if value.fieldType == self._fields.DCGM_FT_DOUBLE else float(value.value.i64)
+            if number >= FP64_BLANK or (value.fieldType != self._fields.DCGM_FT_DOUBLE and number >= INT64_BLANK):
+                continue  # blank: DCGM has no value yet (the first interval) or the counters were taken
+            out.setdefault(index, []).append((PROFILING_FIELDS[value.fieldId], number))
+        return out
+
+    def _health(self, response: Any, view: DcgmView) -> None:
+        """Every watched system of every GPU passes unless an incident says otherwise."""
+        view.health = {index: dict.fromkeys(GPU_SYSTEMS, 0.0) for index in self._index_of.values()}
+        view.switches = {switch: dict.fromkeys(SWITCH_SYSTEMS, 0.0) for switch in self._switches}
+        for incident in list(response.incidents)[:response.incidentCount]:
+            system = SYSTEM_NAMES.get(incident.system, str(incident.system))
+            result = HEALTH_RESULTS.get(incident.health, 2.0)
+            entity = incident.entityInfo
+            if entity.entityGroupId == FE_SWITCH and entity.entityId in view.switches:
+                systems = view.switches[entity.entityId]
+            elif entity.entityGroupId == FE_GPU and entity.entityId in self._index_of:
+                systems = view.health[self._index_of[entity.entityId]]
+                view.incidents.append((self._index_of[entity.entityId], system, str(incident.error.code), result))
+            else:
+                continue
+            systems[system] = max(systems.get(system, 0.0), result)
+
+    def close(self) -> None:
+        """Disconnects (the engine drops this client's groups and watches with the connection)."""
+        if self._handle is None:
+            return
+        try:
+            if self._options.address == "embedded":
+                self._agent.dcgmStopEmbedded(self._handle)
+            else:
+                self._agent.dcgmDisconnect(self._handle)
+        except self._structs.DCGMError:
+            pass
+        self._handle = None
