@@ -66,7 +66,8 @@ def test_p5_values_are_exact(gpu_setup):
     g0 = gpu(0, sim)
     assert value(parsed, "gpuscope_collector_success", collector="gpu") == 1
     assert len(series(parsed, "gpuscope_gpu_up")) == 8
-    assert value(parsed, "gpuscope_gpu_info", model="NVIDIA H100 80GB HBM3", pci_bus_id="0000:53:00.0", **g0) == 1
+    assert value(parsed, "gpuscope_gpu_info", model="NVIDIA H100 80GB HBM3", pci_bus_id="0000:53:00.0", profiling="gpm",
+                 **g0) == 1
     expected = {
         "gpuscope_gpu_utilization_ratio": 1.0, "gpuscope_gpu_memory_utilization_ratio": 0.42,
         "gpuscope_gpu_memory_total_bytes": 85520809984, "gpuscope_gpu_memory_used_bytes": 76235669504,

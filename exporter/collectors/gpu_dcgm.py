@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -79,6 +80,8 @@ class DcgmView:
 def load_bindings(folders: tuple[str, ...]) -> tuple[ModuleType, ModuleType, ModuleType] | str:
     """(dcgm_structs, dcgm_fields, dcgm_agent) from the first folder that has them, or why not."""
     for folder in folders:
+        if not os.path.isfile(os.path.join(folder, "dcgm_agent.py")):
+            continue
         try:
             sys.path.insert(0, folder)
             modules = tuple(importlib.import_module(name) for name in ("dcgm_structs", "dcgm_fields", "dcgm_agent"))

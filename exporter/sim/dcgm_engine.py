@@ -68,6 +68,7 @@ class HostEngine:
         self.switches = switches
         self.running = True
         self.profiling_owner = ""  # another client of the counters (Nsight, a second engine): -37
+        self.other_clients: set[int] = set()  # profiling fields other clients of this engine watch
         self.hidden: set[int] = set()  # NVML indexes DCGM does not list (a GPU it cannot handle)
         self.incidents: dict[tuple[int, int], list[Incident]] = {}  # (entity group, id) -> incidents
         self.calls: Counter[str] = Counter()
@@ -143,7 +144,8 @@ class HostEngine:
         if profiling:
             if self.profiling_owner:
                 raise EngineError(PROFILING_LIBRARY_ERROR)
-            if not any(set(profiling) <= set(group_fields) for group_fields in self.metric_groups):
+            together = set(profiling) | self.other_clients  # one engine counts all its clients' fields at once
+            if not any(together <= set(group_fields) for group_fields in self.metric_groups):
                 raise EngineError(PROFILING_MULTI_PASS)
         session.watched |= {(e, f) for e in entities for f in fields}
 

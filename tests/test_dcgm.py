@@ -1,0 +1,169 @@
+"""The DCGM source at the bindings' boundary: gpuscope's emulator of DCGM's Python bindings
+(exporter/sim/dcgm_bindings) answering from a simulated nv-hostengine, as the NVML emulator does
+for NVML. The collector code is the one that runs against the DCGM package's bindings."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from exporter.collectors import gpu_dcgm
+from exporter.collectors.gpu_dcgm import DcgmOptions
+from exporter.sim import dcgm_engine
+from exporter.sim.dcgm_engine import HostEngine
+from exporter.sim.nvml import Fault, load_profile
+from tests.helpers import series, value
+from tests.test_gpu import gpu, gpu_setup, scrape_once, wait_for  # noqa: F401 (gpu_setup: a fixture)
+
+ADDRESS = "127.0.0.1:15555"
+PROFILING = {"gpuscope_gpu_graphics_engine_active_ratio": 0.97, "gpuscope_gpu_sm_active_ratio": 0.88,
+             "gpuscope_gpu_sm_occupancy_ratio": 0.38, "gpuscope_gpu_tensor_active_ratio": 0.52,
+             "gpuscope_gpu_dram_active_ratio": 0.41}  # the p4d profile's busy GPU, one pass of fields 1001-1005
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch):
+    monkeypatch.setattr(gpu_dcgm, "RETRY_SECONDS", (0.05, 0.3))
+
+
+@pytest.fixture
+def a100(gpu_setup):  # noqa: F811 (the fixture imported above)
+    """A p4d node whose nv-hostengine listens at ADDRESS; returns (sim, engine, make) where make(**options)
+    starts the GPU collector and returns its registry."""
+    engines = []
+
+    def start(profile: str = "p4d.24xlarge", engine_setup=None, address: str = ADDRESS, **options):
+        sim, _, registry, _ = gpu_setup(profile, dcgm=DcgmOptions(address=address,
+                                                                          bindings=(dcgm_engine.BINDINGS,)), **options)
+        engine = HostEngine(sim, load_profile("p4d.24xlarge")["dcgm"], switches=6)
+        (engine_setup or (lambda _: None))(engine)
+        dcgm_engine.ENGINES[dcgm_engine.key(address)] = engine
+        engines.append(address)
+        return sim, engine, registry
+
+    yield start
+    for address in engines:
+        dcgm_engine.unregister(address)
+
+
+def profiled(registry, gpus: int = 8) -> dict:
+    return wait_for(lambda: (p := scrape_once(registry)) and len(series(p, "gpuscope_gpu_sm_active_ratio")) == gpus
+                    and p)
+
+
+def test_an_a100_node_gets_every_one_pass_profiling_series_from_dcgm_with_exact_values(a100):
+    sim, engine, registry = a100()
+    parsed = profiled(registry)
+    for index in range(8):
+        for name, expected in PROFILING.items():
+            assert value(parsed, name, **gpu(index, sim)) == pytest.approx(expected)
+    assert {(i["gpu"], i["uuid"], i["profiling"]) for i in series(parsed, "gpuscope_gpu_info")} == {
+        (str(index), gpu(index, sim)["uuid"], "dcgm") for index in range(8)}
+    # FP64/FP32/FP16 need passes of their own on this GPU: never asked for, never estimated
+    assert not series(parsed, "gpuscope_gpu_fp16_active_ratio")
+    assert value(parsed, "gpuscope_dcgm_up") == 1
+    assert not series(parsed, "gpuscope_dcgm_profiling_blocked")
+    assert engine.calls["dcgmWatchFields"] == 1
+
+
+def sources(parsed) -> dict[str, str]:
+    return {i["gpu"]: i["profiling"] for i in series(parsed, "gpuscope_gpu_info")}
+
+
+def test_dcgm_gpus_are_joined_to_nvml_by_uuid_and_a_gpu_dcgm_lacks_gets_none(a100):
+    """The engine numbers GPUs in reverse of NVML (as DCGM's gpuIds are its own) and does not list GPU 3."""
+    sim, _, registry = a100(engine_setup=lambda engine: engine.hidden.add(3))
+    sim.inject(5, Fault(activity_scale=0.5))
+    parsed = profiled(registry, gpus=7)
+    assert value(parsed, "gpuscope_gpu_sm_active_ratio", **gpu(5, sim)) == pytest.approx(0.44)
+    assert value(parsed, "gpuscope_gpu_sm_active_ratio", **gpu(4, sim)) == pytest.approx(0.88)
+    assert "3" not in {s["gpu"] for s in series(parsed, "gpuscope_gpu_sm_active_ratio")}
+    assert "3" not in {s["gpu"] for s in series(parsed, "gpuscope_gpu_dcgm_health")}
+    assert sources(parsed)["3"] == "none" and sources(parsed)["4"] == "dcgm"
+
+
+def test_blank_values_drop_the_series_and_keep_the_source_up(a100):
+    """Counters taken after the watch (DCGM answers its blank sentinel): no value, never 2**47."""
+    _, engine, registry = a100()
+    profiled(registry)
+    engine.profiling_owner = "nsight"
+    parsed = wait_for(lambda: (p := scrape_once(registry)) and not series(p, "gpuscope_gpu_sm_active_ratio") and p)
+    assert value(parsed, "gpuscope_dcgm_up") == 1
+    assert len(series(parsed, "gpuscope_gpu_dcgm_health")) == 64
+
+
+@pytest.mark.parametrize(("setup", "reason"), [
+    (lambda engine: setattr(engine, "profiling_owner", "nsight"), "locked"),  # -37: another owner of the counters
+    (lambda engine: engine.other_clients.add(1006), "multi_pass"),  # -38: another client watches FP64
+])
+def test_a_refused_profiling_watch_drops_profiling_with_its_reason_and_retries(a100, caplog, setup, reason):
+    caplog.set_level(logging.WARNING, logger="gpuscope")
+    sim, engine, registry = a100(engine_setup=setup)
+    parsed = wait_for(lambda: (p := scrape_once(registry)) and series(p, "gpuscope_dcgm_profiling_blocked") and p)
+    assert series(parsed, "gpuscope_dcgm_profiling_blocked") == [{"reason": reason}]
+    assert not series(parsed, "gpuscope_gpu_sm_active_ratio")
+    assert value(parsed, "gpuscope_gpu_dcgm_health", system="memory", **gpu(0, sim)) == 0  # health goes on
+    assert value(parsed, "gpuscope_collector_success", collector="gpu") == 1
+    engine.profiling_owner, engine.other_clients = "", set()
+    parsed = profiled(registry)  # the retry takes the counters once they are free
+    assert not series(parsed, "gpuscope_dcgm_profiling_blocked")
+    refused = [r for r in caplog.records if "refuses the profiling watch" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].reason == reason
+
+
+def test_the_engine_restarting_is_survived_and_the_source_comes_back(a100):
+    sim, engine, registry = a100()
+    profiled(registry)
+    engine.apply(down=True, locked=False, incidents={})
+    parsed = wait_for(lambda: (p := scrape_once(registry)) and value(p, "gpuscope_dcgm_up") == 0 and p)
+    assert not series(parsed, "gpuscope_gpu_sm_active_ratio") and not series(parsed, "gpuscope_gpu_dcgm_health")
+    assert value(parsed, "gpuscope_gpu_up", **gpu(0, sim)) == 1  # NVML goes on
+    engine.apply(down=False, locked=False, incidents={})
+    parsed = profiled(registry)
+    assert value(parsed, "gpuscope_dcgm_up") == 1
+    assert engine.calls["connect"] >= 2
+
+
+def test_health_incidents_fail_and_warn_per_gpu_system_with_their_code(a100):
+    sim, engine, registry = a100()
+    profiled(registry)
+    engine.apply(down=False, locked=False, incidents={2: [(0x10, 20, 4)], 6: [(0x1, 10, 3)]})
+    parsed = wait_for(lambda: (p := scrape_once(registry)) and series(p, "gpuscope_gpu_dcgm_health_incident")
+                      and len(series(p, "gpuscope_gpu_dcgm_health_incident")) == 2 and p)
+    assert value(parsed, "gpuscope_gpu_dcgm_health", system="memory", **gpu(2, sim)) == 2
+    assert value(parsed, "gpuscope_gpu_dcgm_health", system="pcie", **gpu(6, sim)) == 1
+    assert value(parsed, "gpuscope_gpu_dcgm_health", system="memory", **gpu(6, sim)) == 0
+    assert value(parsed, "gpuscope_gpu_dcgm_health_incident", system="memory", code="4", **gpu(2, sim)) == 2
+    assert value(parsed, "gpuscope_gpu_dcgm_health_incident", system="pcie", code="3", **gpu(6, sim)) == 1
+    assert {s["switch"] for s in series(parsed, "gpuscope_nvswitch_dcgm_health")} == {str(n) for n in range(6)}
+    engine.apply(down=False, locked=False, incidents={})  # the incident cleared: the series go, the system passes
+    parsed = wait_for(lambda: (p := scrape_once(registry)) and not series(p, "gpuscope_gpu_dcgm_health_incident") and p)
+    assert value(parsed, "gpuscope_gpu_dcgm_health", system="memory", **gpu(2, sim)) == 0
+
+
+def test_dcgm_absent_is_one_log_line_and_the_gpu_collector_goes_on(gpu_setup, caplog):  # noqa: F811
+    caplog.set_level(logging.WARNING, logger="gpuscope")
+    _, _, registry, _ = gpu_setup("p4d.24xlarge", dcgm=DcgmOptions(bindings=("/nonexistent/dcgm",)))
+    parsed = wait_for(lambda: (p := scrape_once(registry)) and any("DCGM unavailable" in r.getMessage()
+                                                                  for r in caplog.records) and p)
+    assert value(parsed, "gpuscope_dcgm_up") == 0
+    assert value(parsed, "gpuscope_collector_success", collector="gpu") == 1
+    assert len(series(parsed, "gpuscope_gpu_up")) == 8 and sources(parsed)["0"] == "none"
+    assert "/nonexistent/dcgm" in next(r for r in caplog.records if "DCGM unavailable" in r.getMessage()).reason
+
+
+def test_a_unix_socket_address_reaches_the_engine(a100):
+    _, _, registry = a100(address="/run/nvidia-dcgm/dcgm.sock")
+    assert value(profiled(registry), "gpuscope_dcgm_up") == 1
+
+
+@pytest.mark.parametrize(("mode", "source", "dcgm_up"), [("auto", "gpm", None), ("gpm", "gpm", None),
+                                                        ("dcgm", "dcgm", 1), ("off", "none", None)])
+def test_the_profiling_mode_picks_the_source_on_hopper(a100, mode, source, dcgm_up):
+    """On a p5 auto reads GPM and never asks DCGM; dcgm reads the engine (DCGM computes from GPM there)."""
+    _, _, registry = a100("p5.48xlarge", profiling=mode)
+    parsed = wait_for(lambda: (p := scrape_once(registry)) and (mode == "off" or len(
+        series(p, "gpuscope_gpu_sm_active_ratio")) == 8) and p)
+    assert set(sources(parsed).values()) == {source}
+    assert (value(parsed, "gpuscope_dcgm_up") if dcgm_up else series(parsed, "gpuscope_dcgm_up")) == (dcgm_up or [])
