@@ -748,6 +748,19 @@ def gpu_health_alerts(s: Settings) -> list[Group]:
         Alert("GpuRowRemapPending", f"{c.GPU_REMAP_PENDING.name} == 1", s.remap_pending_for, "warning",
               "A GPU waits for a reset to remap a memory row",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} has a row remap pending until its next reset."),
+    )), Group("gpuscope-dcgm-health", (
+        Alert("GpuDcgmHealthFailing", f"{c.GPU_DCGM_HEALTH.name} == 2", s.dcgm_fail_for, "critical",
+              "DCGM's health check fails a GPU",
+              "DCGM fails the {{ $labels.system }} health of GPU {{ $labels.gpu }} on {{ $labels.instance }}; "
+              f"its incident codes are in {c.GPU_DCGM_INCIDENT.name}."),
+        Alert("GpuDcgmHealthWarning", f"{c.GPU_DCGM_HEALTH.name} == 1", s.dcgm_warn_for, "warning",
+              "DCGM's health check warns about a GPU",
+              "DCGM has warned about the {{ $labels.system }} health of GPU {{ $labels.gpu }} on "
+              "{{ $labels.instance }} for " + s.dcgm_warn_for + f"; its incident codes are in {c.GPU_DCGM_INCIDENT.name}."),
+        Alert("NvswitchDcgmHealthFailing", f"{c.NVSWITCH_DCGM_HEALTH.name} == 2", s.dcgm_fail_for, "critical",
+              "DCGM's health check fails an NVSwitch",
+              "DCGM fails {{ $labels.system }} on NVSwitch {{ $labels.switch }} of {{ $labels.instance }}: "
+              "the node's NVLink fabric is degraded."),
     ))]
 
 

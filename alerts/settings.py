@@ -130,6 +130,10 @@ class Settings:
     gpu_lost_for: str = "1m"
     rdma_port_down_for: str = "2m"
     remap_pending_for: str = "5m"
+    # DCGM's health check (issue 29): a FAIL pages after two checks (one check's glitch never pages),
+    # a WARN warns only when it lasts (a warning that clears within this is noise).
+    dcgm_fail_for: str = "15s"
+    dcgm_warn_for: str = "15m"
     lustre_disconnected_for: str = "2m"
     lustre_stall_for: str = "5m"
     lustre_health_for: str = "5m"

@@ -93,6 +93,10 @@ def judge(samples: list[Sample], previous_xids: dict[str, float] | None = None,
                          if s.value > 0]
     verdict.problems += [f"{_gpu(s)}: a row remap failed" for s in _values(samples, c.GPU_REMAP_FAILURE)
                          if s.value == 1]
+    verdict.problems += [f"{_gpu(s)}: DCGM health check fails {s.labels['system']}"
+                         for s in _values(samples, c.GPU_DCGM_HEALTH) if s.value == 2]
+    verdict.problems += [f"NVSwitch {s.labels['switch']}: DCGM health check fails {s.labels['system']}"
+                         for s in _values(samples, c.NVSWITCH_DCGM_HEALTH) if s.value == 2]
     verdict.problems += [f"NVSwitch {s.labels['switch']}: fatal SXID {s.labels['sxid']}"
                          for s in _values(samples, c.NVSWITCH_SXID_ERRORS, severity="fatal") if s.value > 0]
     verdict.problems += [f"RDMA {s.labels['device']} port {s.labels['port']} not ACTIVE (state {s.value:g})"

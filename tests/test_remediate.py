@@ -345,6 +345,16 @@ def test_check_names_each_problem_of_a_faulty_node(sim_scrape):
     assert again.problems == []  # the XID is not new since the last check
 
 
+def test_check_fails_what_dcgm_health_fails_and_not_what_it_warns_about():
+    scrape = "\n".join([
+        'gpuscope_gpu_dcgm_health{gpu="2",uuid="u2",system="memory"} 2',
+        'gpuscope_gpu_dcgm_health{gpu="2",uuid="u2",system="pcie"} 0',
+        'gpuscope_gpu_dcgm_health{gpu="5",uuid="u5",system="thermal"} 1',
+        'gpuscope_nvswitch_dcgm_health{switch="4",system="nvswitch_fatal"} 2', ""])
+    assert check.judge(check.parse(scrape)).problems == [
+        "GPU 2: DCGM health check fails memory", "NVSwitch 4: DCGM health check fails nvswitch_fatal"]
+
+
 def test_check_of_a_node_short_of_a_gpu_and_one_without_expectations(sim_scrape):
     assert check.judge(check.parse(sim_scrape({"kind": "gpu_missing_at_boot", "gpu": 2}))).problems == [
         "7 of 8 GPUs answer NVML (p5.48xlarge has 8)"]

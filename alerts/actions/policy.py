@@ -17,9 +17,10 @@ from exporter.configfile import DEFAULT_PORT, ConfigError, load_yaml
 # Critical hardware alerts after which a node should not take new work; alerts/alertmanager.yml routes
 # exactly these to the receiver (tests/test_remediate.py holds the two lists together).
 DEFAULT_ALERTS = ("GpuMissing", "GpuLost", "GpuXidCritical", "GpuUncorrectableEccErrors", "GpuRowRemapFailure",
-                  "EfaDeviceMissing", "NvlinkInactive", "NvswitchFatalError")
+                  "EfaDeviceMissing", "NvlinkInactive", "NvswitchFatalError", "GpuDcgmHealthFailing",
+                  "NvswitchDcgmHealthFailing")
 # Labels that say where on the node the fault is; they go into the drain reason after the alert name.
-KEY_LABELS = ("gpu", "xid", "device", "port", "switch", "fs", "target", "cause")
+KEY_LABELS = ("gpu", "xid", "device", "port", "switch", "system", "fs", "target", "cause")
 SCHEDULERS = ("slurm", "kubernetes")
 _TOP = {"enforce", "scheduler", "alerts", "node", "limits", "resume", "audit_log", "state_file", "reason_prefix",
         "slurm", "kubernetes"}
