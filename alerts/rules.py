@@ -756,7 +756,8 @@ def gpu_health_alerts(s: Settings) -> list[Group]:
         Alert("GpuDcgmHealthWarning", f"{c.GPU_DCGM_HEALTH.name} == 1", s.dcgm_warn_for, "warning",
               "DCGM's health check warns about a GPU",
               "DCGM has warned about the {{ $labels.system }} health of GPU {{ $labels.gpu }} on "
-              "{{ $labels.instance }} for " + s.dcgm_warn_for + f"; its incident codes are in {c.GPU_DCGM_INCIDENT.name}."),
+              f"{{{{ $labels.instance }}}} for {s.dcgm_warn_for}; its incident codes are in "
+              f"{c.GPU_DCGM_INCIDENT.name}."),
         Alert("NvswitchDcgmHealthFailing", f"{c.NVSWITCH_DCGM_HEALTH.name} == 2", s.dcgm_fail_for, "critical",
               "DCGM's health check fails an NVSwitch",
               "DCGM fails {{ $labels.system }} on NVSwitch {{ $labels.switch }} of {{ $labels.instance }}: "
