@@ -1,0 +1,64 @@
+"""A100 nodes, profiled through DCGM, end to end: real Prometheus and Alertmanager over five simulated
+p4d.24xlarge exporters whose SM activity comes from DCGM's host engine (the simulated nv-hostengine
+behind gpuscope's emulator of DCGM's Python bindings; NVML has no GPM there).
+
+Scenario `a100_stragglers`: a 32-GPU job whose pipeline's first and last stages are always busier
+(a trap), then the rank it waits for (GPU 3 of node-2, busy while the others spin in NCCL); on
+node-4, a classic straggler (GPU 6) and a GPU whose memory DCGM fails (GPU 2); and a DCGM warning on
+node-0 that clears before it may warn (a trap). Rule durations are divided by 60 as in
+test_e2e_job_waits.py. Exactly those three fire; the waited-for rank is named from the hardware
+(DCGM's SM activity) and from NCCL Inspector.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from alerts.render import write_shortened_rules
+from exporter.sim.cluster import Cluster, load_scenario
+from exporter.sim.stack import alertmanager, prometheus, webhook_receiver
+from tests.test_alertmanager import for_test
+from tests.test_e2e_alerts import firing, key
+
+pytestmark = pytest.mark.e2e
+
+WAITED_FOR, CLASSIC, MEMORY = ("GpuStraggler", "node-2", "3"), ("GpuStraggler", "node-4", "6"), (
+    "GpuDcgmHealthFailing", "node-4", "2")
+
+
+def test_a100_profiling_from_dcgm_names_the_waited_for_rank_and_the_classic_straggler(tmp_path):
+    scenario = load_scenario("a100_stragglers")
+    rules = write_shortened_rules(str(tmp_path / "rules.yml"), 60)
+    cluster = Cluster(str(tmp_path), nodes=scenario.nodes, jobs=scenario.jobs, profile="p4d.24xlarge",
+                      exporter_args=("--collector.gpu.gpm-interval=1s",))
+    with cluster, webhook_receiver() as (url, hook), alertmanager(for_test(url)) as am:
+        jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [cluster.write_targets()],
+                                                              "refresh_interval": "1s"}]}]
+        with prometheus(jobs, rule_files=[rules], alertmanager=am) as prom:
+            prom.wait_for('count(up{job="gpuscope"} == 1) == 5')
+            sources = prom.wait_for('count(gpuscope_gpu_sm_active_ratio) == 40 and on () '
+                                    'count(gpuscope_gpu_info{profiling="dcgm"}) == 40')
+            assert sources
+            seen, evidence = set(), set()
+
+            def watch(seconds: float) -> None:
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline:
+                    got, alerts = firing(prom)
+                    seen.update(got)
+                    evidence.update((key(a["labels"]), a["labels"].get("evidence", "")) for a in alerts)
+                    time.sleep(0.5)
+
+            steps = list(scenario.steps)
+            start = time.monotonic()
+            while steps:
+                while steps and steps[0].at <= time.monotonic() - start:
+                    cluster.apply(steps.pop(0))
+                watch(0.5)
+            watch(30)
+    assert seen == {WAITED_FOR, CLASSIC, MEMORY}, seen
+    assert {e for k, e in evidence if k == WAITED_FOR} == {"busiest_gpu", "nccl_early_rank"}
+    notified = {key(a["labels"]) for note in hook.received() for a in note["alerts"] if a["status"] == "firing"}
+    assert notified == {WAITED_FOR, CLASSIC, MEMORY}
