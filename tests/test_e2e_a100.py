@@ -31,7 +31,7 @@ WAITED_FOR, CLASSIC, MEMORY = ("GpuStraggler", "node-2", "3"), ("GpuStraggler", 
 def test_a100_profiling_from_dcgm_names_the_waited_for_rank_and_the_classic_straggler(tmp_path):
     scenario = load_scenario("a100_stragglers")
     rules = write_shortened_rules(str(tmp_path / "rules.yml"), 60)
-    cluster = Cluster(str(tmp_path), nodes=scenario.nodes, jobs=scenario.jobs, profile="p4d.24xlarge",
+    cluster = Cluster(str(tmp_path), nodes=scenario.nodes, jobs=scenario.jobs, profile=scenario.profile,
                       exporter_args=("--collector.gpu.gpm-interval=1s",))
     with cluster, webhook_receiver() as (url, hook), alertmanager(for_test(url)) as am:
         jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [cluster.write_targets()],

@@ -201,7 +201,8 @@ def test_a_broken_faults_file_is_ignored_and_logged(node, caplog):
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_built_in_scenarios_load(name):
     scenario = load_scenario(name)
-    assert scenario.nodes == (8 if name == "job_waits" else 4)  # the 48-GPU job and a second job
+    # the 48-GPU job and a second job; the 32-GPU A100 job and a node of its own
+    assert scenario.nodes == {"job_waits": 8, "a100_stragglers": 5}.get(name, 4)
     assert all(max(nodes) < scenario.nodes for _, nodes in scenario.jobs)
     for step in scenario.steps:
         if step.fault:
