@@ -189,7 +189,9 @@ def gpu():
         Panel("timeseries", "PCIe", (q(f"rate({c.GPU_PCIE_TX.name}{{{GPU}}}[{RATE}])", "transmit"),
                                      q(f"rate({c.GPU_PCIE_RX.name}{{{GPU}}}[{RATE}])", "receive")),
               unit="Bps", width=8),
-        Panel("table", "XIDs", (q(f"{c.GPU_XID_ERRORS.name}{{{GPU}}}"),), width=24, empty_when_healthy=True),
+        Panel("table", "XIDs", (q(f"{c.GPU_XID_ERRORS.name}{{{GPU}}}"),), width=12, empty_when_healthy=True),
+        Panel("table", "DCGM health incidents (1 warn, 2 fail; code: DCGM_FR_*)",
+              (q(f"{c.GPU_DCGM_INCIDENT.name}{{{GPU}}}"),), width=12, empty_when_healthy=True),
     ], LINKS)
 
 

@@ -5,6 +5,7 @@ for NVML. The collector code is the one that runs against the DCGM package's bin
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -105,6 +106,7 @@ def test_a_refused_profiling_watch_drops_profiling_with_its_reason_and_retries(a
     assert not series(parsed, "gpuscope_gpu_sm_active_ratio")
     assert value(parsed, "gpuscope_gpu_dcgm_health", system="memory", **gpu(0, sim)) == 0  # health goes on
     assert value(parsed, "gpuscope_collector_success", collector="gpu") == 1
+    time.sleep(1)  # retried meanwhile, refused again: still one log line
     engine.profiling_owner, engine.other_clients = "", set()
     parsed = profiled(registry)  # the retry takes the counters once they are free
     assert not series(parsed, "gpuscope_dcgm_profiling_blocked")
@@ -112,13 +114,25 @@ def test_a_refused_profiling_watch_drops_profiling_with_its_reason_and_retries(a
     assert len(refused) == 1 and refused[0].reason == reason
 
 
-def test_the_engine_restarting_is_survived_and_the_source_comes_back(a100):
+def test_an_engine_of_another_major_version_is_one_log_line_and_no_series(a100, caplog):
+    caplog.set_level(logging.WARNING, logger="gpuscope")
+    sim, _, registry = a100(engine_setup=lambda engine: setattr(engine, "version", "3.3.9"))
+    parsed = wait_for(lambda: (p := scrape_once(registry)) and len([
+        r for r in caplog.records if getattr(r, "error", "") == "DCGMError_VerMismatch"]) == 1 and p)
+    assert value(parsed, "gpuscope_dcgm_up") == 0 and not series(parsed, "gpuscope_gpu_dcgm_health")
+    assert value(parsed, "gpuscope_gpu_up", **gpu(0, sim)) == 1
+
+
+def test_the_engine_restarting_is_survived_and_the_source_comes_back(a100, caplog):
+    caplog.set_level(logging.WARNING, logger="gpuscope")
     sim, engine, registry = a100()
     profiled(registry)
     engine.apply(down=True, locked=False, incidents={})
     parsed = wait_for(lambda: (p := scrape_once(registry)) and value(p, "gpuscope_dcgm_up") == 0 and p)
     assert not series(parsed, "gpuscope_gpu_sm_active_ratio") and not series(parsed, "gpuscope_gpu_dcgm_health")
     assert value(parsed, "gpuscope_gpu_up", **gpu(0, sim)) == 1  # NVML goes on
+    time.sleep(1)  # several reconnects fail meanwhile: one log line
+    assert len([r for r in caplog.records if "not usable" in r.getMessage()]) == 1
     engine.apply(down=False, locked=False, incidents={})
     parsed = profiled(registry)
     assert value(parsed, "gpuscope_dcgm_up") == 1

@@ -136,6 +136,9 @@ class DcgmSampler:
             session = _Session(bindings, self._options, self._gpus, self._profile, self._note)
             if session.open():
                 self._backoff = RETRY_SECONDS[0]
+                if self._logged and not session.blocked:  # the next failure is news again
+                    log.info("DCGM host engine usable again", extra={"address": self._options.address})
+                    self._logged = ""
                 session.serve(self._publish, self._stop)
             session.close()
             self._publish(DcgmView(blocked=session.blocked))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # DCGM return codes the engine answers with (dcgm_structs.DCGM_ST_*).
-OK, BADPARAM, NOT_SUPPORTED, CONNECTION_NOT_VALID = 0, -1, -6, -21
+OK, BADPARAM, NOT_SUPPORTED, VER_MISMATCH, CONNECTION_NOT_VALID = 0, -1, -6, -12, -21
 NO_DATA, PROFILING_NOT_SUPPORTED, PROFILING_LIBRARY_ERROR, PROFILING_MULTI_PASS = -14, -36, -37, -38
 PROFILING_FIELDS = range(1001, 1013)
 FE_GPU, FE_SWITCH = 1, 3
@@ -97,10 +97,14 @@ class HostEngine:
 
     # --- the clients' side ---------------------------------------------------------------------------
 
-    def connect(self) -> int:
+    def connect(self, client_major: int) -> int:
+        """A client of the library's major version `client_major`; another major than the engine's is
+        refused, as libdcgm refuses an engine of another major."""
         self.calls["connect"] += 1
         if not self.running:
             raise EngineError(CONNECTION_NOT_VALID)
+        if int(self.version.split(".")[0]) != client_major:
+            raise EngineError(VER_MISMATCH)
         handle, self._next = self._next, self._next + 1
         self._sessions[handle] = _Session(self._generation)
         return handle

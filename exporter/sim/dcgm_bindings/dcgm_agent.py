@@ -12,6 +12,7 @@ import dcgm_structs
 
 from exporter.sim import dcgm_engine
 
+MAJOR = 4  # these emulate DCGM 4's bindings, which load libdcgm.so.4
 _CONNECTED: dict[int, tuple[dcgm_engine.HostEngine, int]] = {}  # handle value -> (engine, engine's handle)
 _initialized = [0]
 
@@ -53,7 +54,7 @@ def dcgmShutdown():
 @_raising
 def dcgmStartEmbedded(opMode):
     engine = dcgm_engine.find("embedded")
-    return _handle(engine, engine.connect())
+    return _handle(engine, engine.connect(MAJOR))
 
 
 @_raising
@@ -67,7 +68,7 @@ def dcgmConnect_v2(ip_address, connectParams, version=dcgm_structs.c_dcgmConnect
         raise dcgm_engine.EngineError(-10)  # DCGM_ST_UNINITIALIZED
     address = ip_address.decode() if isinstance(ip_address, bytes) else ip_address
     engine = dcgm_engine.find(dcgm_engine.key("unix:" + address if connectParams.addressIsUnixSocket else address))
-    return _handle(engine, engine.connect())
+    return _handle(engine, engine.connect(MAJOR))
 
 
 def dcgmDisconnect(dcgm_handle):
