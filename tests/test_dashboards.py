@@ -86,8 +86,9 @@ def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("dashboards")
     rules = write_shortened_rules(str(root / "rules.yml"), 60)
     with compiled_api(root / "api") as (pb, pb_grpc), serving(pb_grpc, two_pods(pb), str(root / "kubelet.sock")):
-        cluster = Cluster(str(root), nodes=2, job_nodes=(0,), exporter_args=(
-            "--collector.gpu.gpm-interval=1s", f"--collector.gpu.pod-resources-socket={root / 'kubelet.sock'}"))
+        cluster = Cluster(str(root), nodes=2, job_nodes=(0,), exporter_args=(  # profiling and health from DCGM
+            "--collector.gpu.gpm-interval=1s", f"--collector.gpu.pod-resources-socket={root / 'kubelet.sock'}",
+            "--collector.gpu.profiling=dcgm"))
         with cluster:
             jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [cluster.write_targets()],
                                                                   "refresh_interval": "1s"}]}]
@@ -187,6 +188,7 @@ def test_fault_panels_have_data_once_faults_are_injected(live):
     cluster.inject(1, {"kind": "nvlink_errors", "gpu": 2})
     cluster.inject(1, {"kind": "efa_retransmit_storm"})
     cluster.inject(1, {"kind": "lustre_eviction"})
+    cluster.inject(1, {"kind": "dcgm_health", "gpu": 3, "system": "memory", "result": "fail"})
     cluster.inject("job", {"kind": "nccl_hang", "node": 0, "gpu": 3})  # RAS: the rank the job's collectives wait for
     faulty = [(name, panel) for name, panel in PANELS if panel.empty_when_healthy]
     assert faulty
