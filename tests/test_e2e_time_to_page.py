@@ -38,6 +38,7 @@ SIMULATE_INTERVAL = "250ms"
 # them to fire or be notified, naming the scenario's node (and GPU where the alert names one).
 TARGETS: dict[str, tuple[int, set[tuple[str, str, str]]]] = {
     "kernel_xid": (30, {("GpuXidCritical", "node-3", "6")}),
+    "dcgm_health_fail": (60, {("GpuDcgmHealthFailing", "node-3", "6")}),
     "gpu_lost": (30, {("GpuXidCritical", "node-3", "6"), ("GpuLost", "node-3", "6")}),
     "thermal_throttle": (60, {("GpuThermalThrottling", "node-1", "3")}),
     "efa_stall": (60, {("EfaTrafficStalled", "node-2", "")}),
@@ -55,13 +56,14 @@ TARGETS: dict[str, tuple[int, set[tuple[str, str, str]]]] = {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """Four p5.48xlarge nodes, Prometheus with the shortened rules, the reference Alertmanager routes."""
+    """Four p5.48xlarge nodes (node-3 reading profiling and health from DCGM, as an A100 does), Prometheus with the shortened rules, the reference Alertmanager routes."""
     root = tmp_path_factory.mktemp("time-to-page")
     scrape = duration_seconds(SCRAPE_INTERVAL) / FACTOR
     rules = write_shortened_rules(str(root / "rules.yml"), FACTOR, scrape_seconds=scrape)
     sampling = prometheus_duration(GPM_SECONDS / FACTOR)
     cluster = Cluster(str(root), nodes=4, interval=SIMULATE_INTERVAL, ras_interval=sampling,
-                      ras_timeout_factor=1 / FACTOR, exporter_args=(f"--collector.gpu.gpm-interval={sampling}",))
+                      ras_timeout_factor=1 / FACTOR, exporter_args=(f"--collector.gpu.gpm-interval={sampling}",),
+                      node_args={3: ("--collector.gpu.profiling=dcgm",)})  # as an A100: profiling, health from DCGM
     with ExitStack() as started:
         started.enter_context(cluster)
         url, hook = started.enter_context(webhook_receiver())

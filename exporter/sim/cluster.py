@@ -85,11 +85,13 @@ class Cluster:
     def __init__(self, root: str, nodes: int = 4, profile: str = DEFAULT_PROFILE, job_nodes: Sequence[int] = (),
                  interval: str = "1s", exporter_args: Sequence[str] = (), base_port: int = 0,
                  job_id: str = "4242", jobs: Sequence[tuple[str, Sequence[int]]] = (), ras_interval: str = "1s",
-                 ras_version: str = "2.29.2", ras_timeout_factor: float = 1.0) -> None:
+                 ras_version: str = "2.29.2", ras_timeout_factor: float = 1.0,
+                 node_args: dict[int, Sequence[str]] | None = None) -> None:
         """One job (`job_id` on `job_nodes`, default every node) or several (`jobs`: id and nodes).
         Each node of a job answers NCCL RAS on its own loopback address (node i: 127.0.0.<i+2>, so
         RAS's `host` tells the nodes apart) as NCCL `ras_version` would, its exporter asking it every
-        `ras_interval` when it leads; `ras_timeout_factor` scales RAS's 5 s / 60 s timeouts."""
+        `ras_interval` when it leads; `ras_timeout_factor` scales RAS's 5 s / 60 s timeouts. `node_args`:
+        more exporter flags for some nodes (by index), after `exporter_args`."""
         self.root = root
         self.jobs = tuple((str(i), tuple(n)) for i, n in jobs) or ((job_id, tuple(job_nodes) or tuple(range(nodes))),)
         self.job_id, self.job_nodes = self.jobs[0]
@@ -97,6 +99,7 @@ class Cluster:
         self.profile = load_profile(profile)
         self._interval = interval
         self._exporter_args = tuple(exporter_args)
+        self._node_args = {index: tuple(args) for index, args in (node_args or {}).items()}
         self._ras = {"port": free_port(), "interval": ras_interval, "version": ras_version,
                      "timeout_factor": ras_timeout_factor}
         self.nodes = [SimNode(i, f"node-{i}", os.path.join(root, f"node-{i}"),
@@ -133,7 +136,8 @@ class Cluster:
              f"--collector.gpu.job-mapping-dir={node.directory}/job-mapping",
              f"--web.listen-address={node.address}", f"--collector.nccl.ras-address={self.ras_address(node)}",
              f"--collector.nccl.ras-hosts={ras_host(node.index)}",
-             f"--collector.nccl.ras-interval={self._ras['interval']}", *self._exporter_args],
+             f"--collector.nccl.ras-interval={self._ras['interval']}", *self._exporter_args,
+             *self._node_args.get(node.index, ())],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
 

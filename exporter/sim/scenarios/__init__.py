@@ -7,4 +7,4 @@ SCENARIOS = ("healthy", "straggler", "thermal_throttle", "power_brake", "collect
              "lustre_eviction", "compute_straggler", "nccl_late_arrival", "nccl_bandwidth_drop", "job_waits",
              "efa_device_missing", "rdma_port_down", "kernel_xid", "sxid_fatal", "nvlink_down", "nccl_hang",
              "nccl_hang_launched", "nccl_process_dead", "nccl_hang_inspector", "nccl_ras_slow", "a100_stragglers",
-             "demo")
+             "dcgm_health_fail", "demo")
