@@ -56,7 +56,8 @@ TARGETS: dict[str, tuple[int, set[tuple[str, str, str]]]] = {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """Four p5.48xlarge nodes (node-3 reading profiling and health from DCGM, as an A100 does), Prometheus with the shortened rules, the reference Alertmanager routes."""
+    """Four p5.48xlarge nodes (node-3 reading profiling and health from DCGM, as an A100 does),
+    Prometheus with the shortened rules, the reference Alertmanager routes."""
     root = tmp_path_factory.mktemp("time-to-page")
     scrape = duration_seconds(SCRAPE_INTERVAL) / FACTOR
     rules = write_shortened_rules(str(root / "rules.yml"), FACTOR, scrape_seconds=scrape)
