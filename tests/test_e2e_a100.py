@@ -12,15 +12,14 @@ test_e2e_job_waits.py. Exactly those three fire; the waited-for rank is named fr
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from alerts.render import write_shortened_rules
 from exporter.sim.cluster import Cluster, load_scenario
 from exporter.sim.stack import alertmanager, prometheus, webhook_receiver
 from tests.test_alertmanager import for_test
-from tests.test_e2e_alerts import firing, key
+from tests.test_e2e_alerts import key
+from tests.test_e2e_job_waits import play_watching
 
 pytestmark = pytest.mark.e2e
 
@@ -38,26 +37,10 @@ def test_a100_profiling_from_dcgm_names_the_waited_for_rank_and_the_classic_stra
                                                               "refresh_interval": "1s"}]}]
         with prometheus(jobs, rule_files=[rules], alertmanager=am) as prom:
             prom.wait_for('count(up{job="gpuscope"} == 1) == 5')
-            sources = prom.wait_for('count(gpuscope_gpu_sm_active_ratio) == 40 and on () '
-                                    'count(gpuscope_gpu_info{profiling="dcgm"}) == 40')
-            assert sources
-            seen, evidence = set(), set()
-
-            def watch(seconds: float) -> None:
-                deadline = time.monotonic() + seconds
-                while time.monotonic() < deadline:
-                    got, alerts = firing(prom)
-                    seen.update(got)
-                    evidence.update((key(a["labels"]), a["labels"].get("evidence", "")) for a in alerts)
-                    time.sleep(0.5)
-
-            steps = list(scenario.steps)
-            start = time.monotonic()
-            while steps:
-                while steps and steps[0].at <= time.monotonic() - start:
-                    cluster.apply(steps.pop(0))
-                watch(0.5)
-            watch(30)
+            # every GPU's SM activity, and from DCGM
+            prom.wait_for('count(gpuscope_gpu_sm_active_ratio) == 40 and on () '
+                          'count(gpuscope_gpu_info{profiling="dcgm"}) == 40')
+            seen, evidence = play_watching(cluster, scenario, prom, 30)
     assert seen == {WAITED_FOR, CLASSIC, MEMORY}, seen
     assert {e for k, e in evidence if k == WAITED_FOR} == {"busiest_gpu", "nccl_early_rank"}
     notified = {key(a["labels"]) for note in hook.received() for a in note["alerts"] if a["status"] == "firing"}

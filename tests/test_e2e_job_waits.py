@@ -34,25 +34,33 @@ def test_only_the_rank_the_job_waits_for_pages_and_both_sources_name_it(tmp_path
                                                               "refresh_interval": "1s"}]}]
         with prometheus(jobs, rule_files=[rules], alertmanager=am) as prom:
             prom.wait_for('count(up{job="gpuscope"} == 1) == 8')
-            seen, evidence = set(), set()
-
-            def watch(seconds: float) -> None:
-                deadline = time.monotonic() + seconds
-                while time.monotonic() < deadline:
-                    got, alerts = firing(prom)
-                    seen.update(got)
-                    evidence.update((key(a["labels"]), a["labels"].get("evidence", "")) for a in alerts)
-                    time.sleep(0.5)
-
-            steps = list(scenario.steps)
-            start = time.monotonic()
-            while steps:  # the imbalance from the start, then the checkpoint and the straggler at 20 s
-                while steps and steps[0].at <= time.monotonic() - start:
-                    cluster.apply(steps.pop(0))
-                watch(0.5)
-            watch(30)  # past the checkpoint's end (60 s): the traps had their time
+            seen, evidence = play_watching(cluster, scenario, prom, 30)  # past the checkpoint's end (60 s)
     assert seen == {STRAGGLER}, seen
     assert evidence == {(STRAGGLER, "busiest_gpu"), (STRAGGLER, "nccl_early_rank")}
     notified = {key(a["labels"]) for note in hook.received() for a in note["alerts"] if a["status"] == "firing"}
     assert notified == {STRAGGLER}
     assert {a["labels"]["severity"] for note in hook.received() for a in note["alerts"]} == {"critical"}
+
+
+def play_watching(cluster: Cluster, scenario, prom, after: float) -> tuple[set, set]:
+    """Plays the scenario's steps at their times, then `after` seconds more, recording every alert that
+    fired and, per alert, its evidence label."""
+    seen: set[tuple[str, str, str]] = set()
+    evidence: set[tuple[tuple[str, str, str], str]] = set()
+
+    def watch(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            got, alerts = firing(prom)
+            seen.update(got)
+            evidence.update((key(a["labels"]), a["labels"].get("evidence", "")) for a in alerts)
+            time.sleep(0.5)
+
+    steps = list(scenario.steps)
+    start = time.monotonic()
+    while steps:
+        while steps and steps[0].at <= time.monotonic() - start:
+            cluster.apply(steps.pop(0))
+        watch(0.5)
+    watch(after)
+    return seen, evidence

@@ -132,6 +132,20 @@ class DcgmSampler:
         if isinstance(bindings, str):
             self._note("DCGM unavailable; profiling and health from DCGM off", reason=bindings)
             return
+        structs, _, agent = bindings
+        try:
+            structs._dcgmInit()  # the library of the bindings' major version, or DCGMError_LibraryNotFound
+            agent.dcgmInit()
+        except structs.DCGMError as exc:
+            self._note("DCGM unavailable; profiling and health from DCGM off", reason=type(exc).__name__)
+            return
+        try:
+            self._serve_sessions(bindings)
+        finally:
+            agent.dcgmShutdown()
+
+    def _serve_sessions(self, bindings: tuple[ModuleType, ModuleType, ModuleType]) -> None:
+        """One connection after another until stopped, backing off between failed ones."""
         while not self._stop.is_set():
             session = _Session(bindings, self._options, self._gpus, self._profile, self._note)
             if session.open():
@@ -179,8 +193,6 @@ class _Session:
         return True
 
     def _connect(self) -> None:
-        self._structs._dcgmInit()  # the library of the bindings' major version, or DCGMError_LibraryNotFound
-        self._agent.dcgmInit()
         address = self._options.address
         if address == "embedded":
             self._handle = self._agent.dcgmStartEmbedded(self._structs.DCGM_OPERATION_MODE_AUTO)

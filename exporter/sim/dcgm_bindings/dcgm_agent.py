@@ -111,23 +111,12 @@ def dcgmGroupCreate(dcgm_handle, type, groupName):
 
 
 @_raising
-def dcgmGroupDestroy(dcgm_handle, group_id):
-    _, session = _session(dcgm_handle, "dcgmGroupDestroy")
-    session.groups.pop(group_id.value, None)
-    return dcgm_structs.DCGM_ST_OK
-
-
-@_raising
 def dcgmGroupAddEntity(dcgm_handle, group_id, entityGroupId, entityId):
     _, session = _session(dcgm_handle, "dcgmGroupAddEntity")
     if group_id.value not in session.groups:
         raise dcgm_engine.EngineError(dcgm_structs.DCGM_ST_BADPARAM)
     session.groups[group_id.value].append((entityGroupId, entityId))
     return dcgm_structs.DCGM_ST_OK
-
-
-def dcgmGroupAddDevice(dcgm_handle, group_id, gpu_id):
-    return dcgmGroupAddEntity(dcgm_handle, group_id, dcgm_fields.DCGM_FE_GPU, gpu_id)
 
 
 @_raising
@@ -139,22 +128,9 @@ def dcgmFieldGroupCreate(dcgm_handle, fieldIds, fieldGroupName):
 
 
 @_raising
-def dcgmFieldGroupDestroy(dcgm_handle, fieldGroupId):
-    _, session = _session(dcgm_handle, "dcgmFieldGroupDestroy")
-    session.field_groups.pop(fieldGroupId.value, None)
-    return dcgm_structs.DCGM_ST_OK
-
-
-@_raising
 def dcgmWatchFields(dcgm_handle, groupId, fieldGroupId, updateFreq, maxKeepAge, maxKeepSamples):
     engine, session = _session(dcgm_handle, "dcgmWatchFields")
     engine.watch(session, groupId.value, fieldGroupId.value)
-    return dcgm_structs.DCGM_ST_OK
-
-
-@_raising
-def dcgmUpdateAllFields(dcgm_handle, waitForUpdate):
-    _session(dcgm_handle, "dcgmUpdateAllFields")
     return dcgm_structs.DCGM_ST_OK
 
 
