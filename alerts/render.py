@@ -49,6 +49,9 @@ def prometheus_rule_manifest(rule_groups: list[Group], settings: Settings) -> di
 
 
 _DURATION = re.compile(r"(?<![\w.])(\d+)(ms|s|m|h|d)\b")
+# An event's age against a window in seconds (`time() - <last event timestamp> < 600`): a number, not a
+# duration, yet the window's length, shortened with the windows.
+_AGE = re.compile(r"(time\(\) - [a-z_:]+(?:\{[^}]*\})? < )(\d+(?:\.\d+)?)")
 
 
 def shorten_durations(rules: dict[str, Any], factor: float, scrape_seconds: float) -> dict[str, Any]:
@@ -76,7 +79,8 @@ def shorten_durations(rules: dict[str, Any], factor: float, scrape_seconds: floa
         if "interval" in group:
             group["interval"] = prometheus_duration(duration_seconds(group["interval"]) * per_scrape)
         for rule in group["rules"]:
-            rule["expr"] = _DURATION.sub(scale, rule["expr"])
+            rule["expr"] = _AGE.sub(lambda m: f"{m[1]}{max(floor, float(m[2]) / factor):g}",
+                                    _DURATION.sub(scale, rule["expr"]))
             if "for" in rule:  # a single-unit duration, as the settings' are
                 production = duration_seconds(rule["for"])
                 rule["for"] = prometheus_duration(max(production / factor, min(production * per_scrape, floor)))

@@ -143,6 +143,10 @@ def test_shortened_rules_keep_four_scrapes_in_every_window(factor, scrape, short
     assert fors["GpuStraggler"] == straggler
     assert fors["GpuRowRemapPending"] == prometheus_duration(max(300 / factor, 4 * scrape))  # 5m
     assert fors["EfaTrafficStalled"] == fors["CollectiveStall"] == two_samples
+    # an event's age is held against the window's length in seconds, shortened with the window: the
+    # 60-fold table once kept an SXID "recent" for 1,800 s and paged it again on a scrape gap (issue 30)
+    sxid = next(r["expr"] for g in shortened["groups"] for r in g["rules"] if r.get("alert") == "NvswitchFatalError")
+    assert sxid.endswith(f'severity="fatal"}} < {max(600 / factor, 4 * scrape):g}'), sxid
     assert {g["name"]: g["interval"] for g in shortened["groups"] if "interval" in g} == {
         "gpuscope-xid": fast_group, "gpuscope-nvswitch": fast_group, "gpuscope-network": fast_group,
         "gpuscope-nccl-ras-alerts": fast_group}
