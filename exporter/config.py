@@ -120,6 +120,8 @@ OPTIONS: tuple[Option, ...] = (
            "path; 'embedded' starts an engine inside gpuscope (only where no other engine runs)"),
     Option("collector.gpu.dcgm-bindings", ",".join(DEFAULT_BINDINGS), parse_names,
            "comma-separated folders to load DCGM's Python bindings from (the DCGM package's own; first found)"),
+    Option("collector.gpu.link-interval", "30s", parse_duration,
+           "how often the active NVLinks are counted in the background (one field-values call per GPU)"),
     Option("collector.gpu.job-mapping-dir", "", str,
            "dcgm-exporter style HPC job mapping directory (one file per GPU index, a job id per line); "
            "empty: find each GPU's Slurm job from its processes"),
@@ -206,6 +208,7 @@ def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) ->
                                    dcgm=DcgmOptions(address=values["collector.gpu.dcgm-address"],
                                                     bindings=values["collector.gpu.dcgm-bindings"]),
                                    job_mapping_dir=values["collector.gpu.job-mapping-dir"],
+                                   link_interval=values["collector.gpu.link-interval"],
                                    procfs=values["path.procfs"],
                                    pod_resources_socket=values["collector.gpu.pod-resources-socket"],
                                    pod_resource_names=values["collector.gpu.pod-resource-names"]),

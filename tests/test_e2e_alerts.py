@@ -168,8 +168,8 @@ def _stack(tmp_path_factory, profile: str):
     rules = write_shortened_rules(str(root / "rules.yml"), 60, settings)
     # The simulated hardware moves twice a scrape: a node whose counters moved once in two scrapes would
     # look stalled for one (irate) to rules that page on two samples.
-    cluster = Cluster(str(root), nodes=4, profile=profile, interval="500ms",
-                      exporter_args=("--collector.gpu.gpm-interval=1s",),
+    cluster = Cluster(str(root), nodes=4, profile=profile, interval="500ms",  # NVLinks counted as often as GPM
+                      exporter_args=("--collector.gpu.gpm-interval=1s", "--collector.gpu.link-interval=1s"),
                       ras_timeout_factor=1 / 60)  # RAS's 5 s / 60 s, shortened as the rules are
     with ExitStack() as started:
         started.enter_context(cluster)
