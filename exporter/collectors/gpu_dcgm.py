@@ -201,7 +201,9 @@ class _Session:
         params.persistAfterDisconnect, params.timeoutMs = 0, 2000
         socket = address.startswith(("/", "unix:"))
         params.addressIsUnixSocket = 1 if socket else 0
-        self._handle = self._agent.dcgmConnect_v2(address.removeprefix("unix:") if socket else address, params)
+        # bytes: the bindings hand strings to libdcgm as char* (older releases do not encode a str for you)
+        target = address.removeprefix("unix:") if socket else address
+        self._handle = self._agent.dcgmConnect_v2(target.encode(), params)
 
     def _join(self) -> None:
         """DCGM's GPUs joined to NVML's by UUID; a GPU NVML has and DCGM lacks is logged, never guessed."""
@@ -215,7 +217,7 @@ class _Session:
             self._note("GPUs NVML lists are missing in DCGM; no DCGM data for them", gpus=missing)
 
     def _group(self, name: str, entities: list[tuple[int, int]]) -> Any:
-        group = self._agent.dcgmGroupCreate(self._handle, self._structs.DCGM_GROUP_EMPTY, f"gpuscope-{name}")
+        group = self._agent.dcgmGroupCreate(self._handle, self._structs.DCGM_GROUP_EMPTY, f"gpuscope-{name}".encode())
         for entity_group, entity in entities:
             self._agent.dcgmGroupAddEntity(self._handle, group, entity_group, entity)
         return group
@@ -236,7 +238,7 @@ class _Session:
         try:
             fields = self._one_pass(profiled[0])
             group = self._group("profiling", [(FE_GPU, gpu_id) for gpu_id in profiled])
-            field_group = self._agent.dcgmFieldGroupCreate(self._handle, fields, "gpuscope-profiling")
+            field_group = self._agent.dcgmFieldGroupCreate(self._handle, fields, b"gpuscope-profiling")
             interval = self._options.interval
             self._agent.dcgmWatchFields(self._handle, group, field_group, int(interval * 1e6), 3 * interval,
                                         KEEP_SAMPLES)

@@ -66,7 +66,9 @@ def dcgmStopEmbedded(dcgm_handle):
 def dcgmConnect_v2(ip_address, connectParams, version=dcgm_structs.c_dcgmConnectV2Params_version):
     if not _initialized[0]:
         raise dcgm_engine.EngineError(-10)  # DCGM_ST_UNINITIALIZED
-    address = ip_address.decode() if isinstance(ip_address, bytes) else ip_address
+    if not isinstance(ip_address, bytes):  # as libdcgm takes it: a char*
+        raise dcgm_engine.EngineError(dcgm_structs.DCGM_ST_BADPARAM)
+    address = ip_address.decode()
     engine = dcgm_engine.find(dcgm_engine.key("unix:" + address if connectParams.addressIsUnixSocket else address))
     return _handle(engine, engine.connect(MAJOR))
 
