@@ -106,8 +106,7 @@ class DcgmSampler:
         self._stop = threading.Event()
         self._logged = ""
         self._backoff = RETRY_SECONDS[0]
-        self._thread = threading.Thread(target=self._run, name="gpu-dcgm", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._run, name="gpu-dcgm", daemon=True).start()
 
     def view(self) -> DcgmView:
         with self._lock:
@@ -297,8 +296,9 @@ class _Session:
             index = self._index_of.get(value.entityId)
             if value.status != 0 or index is None or value.fieldId not in PROFILING_FIELDS:
                 continue
-            number = value.value.dbl if value.fieldType == self._fields.DCGM_FT_DOUBLE else float(value.value.i64)
-            if number >= FP64_BLANK or (value.fieldType != self._fields.DCGM_FT_DOUBLE and number >= INT64_BLANK):
+            double = value.fieldType == self._fields.DCGM_FT_DOUBLE
+            number = value.value.dbl if double else float(value.value.i64)
+            if number >= (FP64_BLANK if double else INT64_BLANK):
                 continue  # blank: DCGM has no value yet (the first interval) or the counters were taken
             out.setdefault(index, []).append((PROFILING_FIELDS[value.fieldId], number))
         return out
