@@ -13,46 +13,49 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from exporter.collectors.gpu import GpuCollector, GpuOptions
 from exporter.collectors.gpu_dcgm import DcgmOptions
 from exporter.registry import ScrapeRegistry
 from exporter.sim import dcgm_engine
+from exporter.sim.dcgm_engine import HostEngine
 from exporter.sim.nvml import SimulatedNvml, load_profile
 
 PROFILE = "p4d.24xlarge"
 ADDRESS = "bench:5555"
 
 
-def nvml_calls_per_gpu(profiling: str, scrapes: int = 20) -> float:
+@contextmanager
+def a100(**options: Any) -> Iterator[tuple[SimulatedNvml, HostEngine, ScrapeRegistry]]:
+    """A simulated p4d, its engine at ADDRESS and a GPU collector reading it, past its first rounds."""
     nvml = SimulatedNvml(PROFILE)
-    dcgm_engine.serve(nvml, load_profile(PROFILE), ADDRESS)
-    collector = GpuCollector(nvml, GpuOptions(profiling=profiling, gpm_interval=3600,
-                                              dcgm=DcgmOptions(ADDRESS, (dcgm_engine.BINDINGS,))))
+    engine = dcgm_engine.serve(nvml, load_profile(PROFILE), ADDRESS)
+    assert engine is not None
+    collector = GpuCollector(nvml, GpuOptions(dcgm=DcgmOptions(ADDRESS, (dcgm_engine.BINDINGS,)), **options))
     registry = ScrapeRegistry([collector], 5.0)
     try:
         registry.render()
         time.sleep(0.5)  # background threads past their first round
-        before = sum(nvml.calls.values())
-        for _ in range(scrapes):
-            registry.render()
-        return (sum(nvml.calls.values()) - before) / scrapes / nvml.profile["gpu"]["count"]
+        yield nvml, engine, registry
     finally:
         collector.close()
         dcgm_engine.unregister(ADDRESS)
 
 
+def nvml_calls_per_gpu(profiling: str, scrapes: int = 20) -> float:
+    with a100(profiling=profiling, gpm_interval=3600) as (nvml, _, registry):
+        before = sum(nvml.calls.values())
+        for _ in range(scrapes):
+            registry.render()
+        return (sum(nvml.calls.values()) - before) / scrapes / nvml.profile["gpu"]["count"]
+
+
 def sampler(seconds: float, interval: float) -> tuple[int, dict[str, float], float, float]:
     """(rounds, DCGM calls per round by name, DCGM calls per scrape, CPU ms per round)."""
-    nvml = SimulatedNvml(PROFILE)
-    engine = dcgm_engine.serve(nvml, load_profile(PROFILE), ADDRESS)
-    assert engine is not None
-    options = GpuOptions(gpm_interval=interval, dcgm=DcgmOptions(ADDRESS, (dcgm_engine.BINDINGS,)))
-    collector = GpuCollector(nvml, options)
-    registry = ScrapeRegistry([collector], 5.0)
-    try:
-        registry.render()
-        time.sleep(0.5)
+    with a100(gpm_interval=interval) as (_, engine, registry):
         scrape_calls = 0
         for _ in range(50):
             calls = sum(engine.calls.values())
@@ -65,9 +68,6 @@ def sampler(seconds: float, interval: float) -> tuple[int, dict[str, float], flo
         per_round = {name: (count - start.get(name, 0)) / max(rounds, 1) for name, count in engine.calls.items()
                      if count - start.get(name, 0)}
         return rounds, per_round, scrape_calls / 50, 1000 * cpu / max(rounds, 1)
-    finally:
-        collector.close()
-        dcgm_engine.unregister(ADDRESS)
 
 
 def main() -> int:

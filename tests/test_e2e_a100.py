@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import pytest
 
-from alerts.render import write_shortened_rules
-from exporter.sim.cluster import Cluster, load_scenario
-from exporter.sim.stack import alertmanager, prometheus, webhook_receiver
-from tests.test_alertmanager import for_test
+from exporter.sim.cluster import load_scenario
 from tests.test_e2e_alerts import key
-from tests.test_e2e_job_waits import play_watching
+from tests.test_e2e_job_waits import play_watching, scenario_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -29,18 +26,11 @@ WAITED_FOR, CLASSIC, MEMORY = ("GpuStraggler", "node-2", "3"), ("GpuStraggler", 
 
 def test_a100_profiling_from_dcgm_names_the_waited_for_rank_and_the_classic_straggler(tmp_path):
     scenario = load_scenario("a100_stragglers")
-    rules = write_shortened_rules(str(tmp_path / "rules.yml"), 60)
-    cluster = Cluster(str(tmp_path), nodes=scenario.nodes, jobs=scenario.jobs, profile=scenario.profile,
-                      exporter_args=("--collector.gpu.gpm-interval=1s",))
-    with cluster, webhook_receiver() as (url, hook), alertmanager(for_test(url)) as am:
-        jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [cluster.write_targets()],
-                                                              "refresh_interval": "1s"}]}]
-        with prometheus(jobs, rule_files=[rules], alertmanager=am) as prom:
-            prom.wait_for('count(up{job="gpuscope"} == 1) == 5')
-            # every GPU's SM activity, and from DCGM
-            prom.wait_for('count(gpuscope_gpu_sm_active_ratio) == 40 and on () '
-                          'count(gpuscope_gpu_info{profiling="dcgm"}) == 40')
-            seen, evidence = play_watching(cluster, scenario, prom, 30)
+    with scenario_stack(tmp_path, scenario) as (cluster, prom, hook):
+        # every GPU's SM activity, and from DCGM
+        prom.wait_for('count(gpuscope_gpu_sm_active_ratio) == 40 and on () '
+                      'count(gpuscope_gpu_info{profiling="dcgm"}) == 40')
+        seen, evidence = play_watching(cluster, scenario, prom, 30)
     assert seen == {WAITED_FOR, CLASSIC, MEMORY}, seen
     assert {e for k, e in evidence if k == WAITED_FOR} == {"busiest_gpu", "nccl_early_rank"}
     notified = {key(a["labels"]) for note in hook.received() for a in note["alerts"] if a["status"] == "firing"}

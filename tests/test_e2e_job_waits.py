@@ -10,12 +10,15 @@ and from NCCL Inspector alike, and reaches the webhook; nothing else fires at an
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
 from alerts.render import write_shortened_rules
 from exporter.sim.cluster import Cluster, load_scenario
-from exporter.sim.stack import alertmanager, prometheus, webhook_receiver
+from exporter.sim.faults import Scenario
+from exporter.sim.stack import Prometheus, Webhook, alertmanager, prometheus, webhook_receiver
 from tests.test_alertmanager import for_test
 from tests.test_e2e_alerts import firing, key
 
@@ -26,20 +29,28 @@ STRAGGLER = ("GpuStraggler", "node-3", "5")
 
 def test_only_the_rank_the_job_waits_for_pages_and_both_sources_name_it(tmp_path):
     scenario = load_scenario("job_waits")
-    rules = write_shortened_rules(str(tmp_path / "rules.yml"), 60)
-    cluster = Cluster(str(tmp_path), nodes=scenario.nodes, jobs=scenario.jobs,
-                      exporter_args=("--collector.gpu.gpm-interval=1s",))
-    with cluster, webhook_receiver() as (url, hook), alertmanager(for_test(url)) as am:
-        jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [cluster.write_targets()],
-                                                              "refresh_interval": "1s"}]}]
-        with prometheus(jobs, rule_files=[rules], alertmanager=am) as prom:
-            prom.wait_for('count(up{job="gpuscope"} == 1) == 8')
-            seen, evidence = play_watching(cluster, scenario, prom, 30)  # past the checkpoint's end (60 s)
+    with scenario_stack(tmp_path, scenario) as (cluster, prom, hook):
+        seen, evidence = play_watching(cluster, scenario, prom, 30)  # past the checkpoint's end (60 s)
     assert seen == {STRAGGLER}, seen
     assert evidence == {(STRAGGLER, "busiest_gpu"), (STRAGGLER, "nccl_early_rank")}
     notified = {key(a["labels"]) for note in hook.received() for a in note["alerts"] if a["status"] == "firing"}
     assert notified == {STRAGGLER}
     assert {a["labels"]["severity"] for note in hook.received() for a in note["alerts"]} == {"critical"}
+
+
+@contextmanager
+def scenario_stack(tmp_path, scenario: Scenario) -> Iterator[tuple[Cluster, Prometheus, Webhook]]:
+    """The scenario's nodes (its profile and jobs, GPM sampled every second), Prometheus with the rules
+    shortened 60-fold and Alertmanager delivering to a webhook, every exporter scraped."""
+    rules = write_shortened_rules(str(tmp_path / "rules.yml"), 60)
+    cluster = Cluster(str(tmp_path), nodes=scenario.nodes, jobs=scenario.jobs, profile=scenario.profile,
+                      exporter_args=("--collector.gpu.gpm-interval=1s",))
+    with cluster, webhook_receiver() as (url, hook), alertmanager(for_test(url)) as am:
+        jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [cluster.write_targets()],
+                                                              "refresh_interval": "1s"}]}]
+        with prometheus(jobs, rule_files=[rules], alertmanager=am) as prom:
+            prom.wait_for(f'count(up{{job="gpuscope"}} == 1) == {scenario.nodes}')
+            yield cluster, prom, hook
 
 
 def play_watching(cluster: Cluster, scenario, prom, after: float) -> tuple[set, set]:

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # DCGM return codes the engine answers with (dcgm_structs.DCGM_ST_*).
-OK, BADPARAM, NOT_SUPPORTED, VER_MISMATCH, CONNECTION_NOT_VALID = 0, -1, -6, -12, -21
-NO_DATA, PROFILING_NOT_SUPPORTED, PROFILING_LIBRARY_ERROR, PROFILING_MULTI_PASS = -14, -36, -37, -38
+OK, BADPARAM, VER_MISMATCH, CONNECTION_NOT_VALID = 0, -1, -12, -21
+NO_DATA, PROFILING_LIBRARY_ERROR, PROFILING_MULTI_PASS = -14, -37, -38
 PROFILING_FIELDS = range(1001, 1013)
-FE_GPU, FE_SWITCH = 1, 3
+FE_GPU = 1  # dcgm_fields.DCGM_FE_GPU
 # What each profiling field reads of the simulated GPU's activity (the NVML simulator's keys).
 ACTIVITY_OF_FIELD = {1001: "graphics_active", 1002: "sm_active", 1003: "sm_occupancy", 1004: "tensor_active",
                      1005: "dram_active", 1006: "fp64_active", 1007: "fp32_active", 1008: "fp16_active"}
@@ -127,7 +127,7 @@ class HostEngine:
         return self._nvml.profile["gpu"]["count"] - 1 - index
 
     def _index(self, gpu_id: int) -> int:
-        index = self._nvml.profile["gpu"]["count"] - 1 - gpu_id
+        index = self._gpu_id(gpu_id)  # the reversal is its own inverse
         if not 0 <= index < self._nvml.profile["gpu"]["count"] or index in self.hidden:
             raise EngineError(BADPARAM)
         return index
