@@ -152,16 +152,17 @@ def prometheus_agent(scrape_configs: list[dict], remote_write: str, interval: st
 
 
 @contextmanager
-def victoria_metrics() -> Iterator[Prometheus]:
+def victoria_metrics(data_dir: str = "", flags: Sequence[str] = (), ready_timeout: float = 30) -> Iterator[Prometheus]:
     """Single-node VictoriaMetrics; queried through its Prometheus API like a Prometheus. Data is
-    searchable about a second after it arrives (the default hides the last 30 s)."""
+    searchable about a second after it arrives (the default hides the last 30 s). Its storage in
+    `data_dir` if given, else a fresh temporary one; `flags` added to the command line."""
     binary = find_binary("victoria-metrics")
     with tempfile.TemporaryDirectory(prefix="gpuscope-vm-") as work:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        with _server([binary, f"-storageDataPath={work}", f"-httpListenAddr=127.0.0.1:{port}",
+        with _server([binary, f"-storageDataPath={data_dir or work}", f"-httpListenAddr=127.0.0.1:{port}",
                       "-retentionPeriod=100y", "-search.latencyOffset=1s", "-search.disableCache",
-                      "-loggerLevel=ERROR"], base, "/health"):
+                      "-loggerLevel=ERROR", *flags], base, "/health", ready_timeout):
             yield Prometheus(base)
 
 
