@@ -99,6 +99,13 @@ class Engine:
         return int(float(re.search(r"^process_resident_memory_bytes (\S+)$", text, re.M)[1]))
 
 
+def tool(*command: str, timeout: float = 4 * 3600) -> None:
+    """Runs a tool; its own error output if it fails."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(command[:4])} ... exited {result.returncode}: {result.stderr[-2000:]}")
+
+
 def rule_groups() -> list[dict]:
     """The generated rule groups, as Prometheus loads them."""
     return prometheus_rules(groups(Settings()), Settings())["groups"]
@@ -129,9 +136,8 @@ def backfill_chunk(args: tuple) -> int:
                 with open(writer.path, "rb") as body:
                     requests.post(f"{victoria}/api/v1/import", data=body, timeout=3600).raise_for_status()
             else:
-                subprocess.run([find_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", "--quiet",
-                                f"--max-block-duration={BLOCK // 3600}h", writer.path, tsdb], check=True,
-                               capture_output=True)
+                tool(find_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", "--quiet",
+                     f"--max-block-duration={BLOCK // 3600}h", writer.path, tsdb)
     finally:
         for writer in writers:
             if os.path.exists(writer.path):
@@ -202,6 +208,8 @@ def computable(records: list[Record], present: set[str]) -> list[Record]:
             if hard or name not in bodies:
                 ok = False
                 break
+            # `group_left name` takes a parenthesis after it for its label list: give it an empty one
+            expr = re.sub(r"\b(group_(?:left|right))\s+(?!\()", r"\1 () ", expr)
             expr = re.sub(rf"\b{re.escape(name)}\b", f"({bodies[name]})", expr)
         if not ok:
             blocked.add(rule.record)
@@ -231,10 +239,9 @@ def backfill_records_prometheus(root: str, window: data.Window) -> int:
             path = os.path.join(root, "recording.yml")
             rules = [{"record": rule.record, "expr": rule.expr} for rule in plan]
             Path(path).write_text(yaml.safe_dump({"groups": [{"name": "backfill", "rules": rules}]}))
-            subprocess.run([find_binary("promtool"), "tsdb", "create-blocks-from", "rules", "--quiet",
-                            f"--url={prom.base}", f"--start={window.start}", f"--end={window.end}",
-                            f"--eval-interval={RECORD_STEP}s", f"--output-dir={out}", path],
-                           check=True, capture_output=True)
+            tool(find_binary("promtool"), "tsdb", "create-blocks-from", "rules", "--quiet", f"--url={prom.base}",
+                 f"--start={window.start}", f"--end={window.end}", f"--eval-interval={RECORD_STEP}s",
+                 f"--output-dir={out}", path)
         for block in blocks(out):
             shutil.move(os.path.join(out, block), tsdb)
         passes += 1
@@ -264,11 +271,10 @@ def backfill_records_victoria(base: str, root: str, window: data.Window) -> None
     ordered = [{**g, "interval": f"{RECORD_STEP}s"} for g in replay_order(rule_groups())]
     Path(path).write_text(yaml.safe_dump({"groups": ordered}))
     iso = lambda at: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))  # noqa: E731
-    subprocess.run([find_binary("vmalert"), f"-rule={path}", f"-datasource.url={base}", f"-remoteWrite.url={base}",
-                    f"-replay.timeFrom={iso(window.start)}", f"-replay.timeTo={iso(window.end)}",
-                    "-replay.disableProgressBar", "-replay.rulesDelay=1s", "-remoteWrite.maxQueueSize=100000000",
-                    "-remoteWrite.maxBatchSize=50000", "-remoteWrite.flushInterval=1s", "-loggerLevel=ERROR"],
-                   check=True, capture_output=True, timeout=4 * 3600)
+    tool(find_binary("vmalert"), f"-rule={path}", f"-datasource.url={base}", f"-remoteWrite.url={base}",
+         f"-replay.timeFrom={iso(window.start)}", f"-replay.timeTo={iso(window.end)}", "-replay.disableProgressBar",
+         "-replay.rulesDelay=1s", "-remoteWrite.maxQueueSize=100000000", "-remoteWrite.maxBatchSize=50000",
+         "-remoteWrite.flushInterval=1s", "-loggerLevel=ERROR")
     requests.get(f"{base}/internal/force_flush", timeout=600)
 
 
