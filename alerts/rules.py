@@ -91,6 +91,10 @@ NCCL_EXEC_MEDIAN = "job_id_comm_collective:gpuscope_nccl_collective_exec_time_se
 NCCL_EXEC_BASELINE = "job_id_comm_collective:gpuscope_nccl_collective_exec_time_seconds:median_baseline"
 NCCL_BW_MEDIAN = "job_id_comm_collective:gpuscope_nccl_bus_bandwidth_bytes_per_second:median"
 NCCL_BW_BASELINE = "job_id_comm_collective:gpuscope_nccl_bus_bandwidth_bytes_per_second:median_baseline"
+# Each node's slowest rank per communicator and collective (a third of the per-rank series), and the
+# ranks NCCL shows the job waiting for: read by the alerts and the goodput records instead of every rank.
+NCCL_BW_NODE_MIN = "instance_job_id_comm_collective:gpuscope_nccl_bus_bandwidth_bytes_per_second:min"
+NCCL_EARLY = "instance_gpu_job_id:gpuscope_nccl_collective_exec_time_seconds:early_ratio"
 COMM = "job_id, comm, collective"
 # NCCL RAS (issue 26): the share of a job's GPUs spinning in NCCL kernels (pinned utilization at
 # near-idle power), the hardware's half of a hang.
@@ -198,12 +202,19 @@ def job_wait_records(s: Settings) -> list[Group]:
             Record(JOB_BUSIEST, f"max by (job_id) ({JOB_SM_ACTIVE})"),
             Record(JOB_NEAR_BUSIEST, f"count by (job_id) ({near_busiest(s)})"),
         )),
-        Group("gpuscope-nccl-baselines", (
+        # Each group reads NCCL's per-rank series once (8 a GPU: at 2,048 nodes about 1 s a read).
+        Group("gpuscope-nccl-exec", (
             Record(NCCL_EXEC_MEDIAN, f"quantile by ({COMM}) (0.5, {exec_time})"),
             Record(NCCL_EXEC_BASELINE, f"min_over_time({NCCL_EXEC_MEDIAN}[{window}])"),
+        )),
+        Group("gpuscope-nccl-bandwidth", (
             Record(NCCL_BW_MEDIAN, f"quantile by ({COMM}) (0.5, {bandwidth})"),
             Record(NCCL_BW_BASELINE, f"max_over_time({NCCL_BW_MEDIAN}[{window}])"),
         )),
+        Group("gpuscope-nccl-bandwidth-nodes", (
+            Record(NCCL_BW_NODE_MIN, f"min by (cluster, instance, {COMM}) ({bandwidth})"),
+        )),
+        Group("gpuscope-nccl-early-ranks", (Record(NCCL_EARLY, early_rank(s)),)),
     ]
 
 
@@ -305,7 +316,7 @@ def goodput_records(s: Settings) -> list[Group]:
 
     hardware_share = f"clamp_min(1 - {JOB_ACTIVE_MEDIAN} / {JOB_ACTIVE_BASELINE}, 0)"
     nccl_share = f"max by (job_id) (clamp_min(1 - {NCCL_EXEC_BASELINE} / {NCCL_EXEC_MEDIAN}, 0))"
-    waited_for = f"max by (job_id) ({busiest_rank(s)}) or max by (job_id) ({early_rank(s)})"
+    waited_for = f"max by (job_id) ({busiest_rank(s)}) or max by (job_id) ({NCCL_EARLY})"
     clock_lost = (f"clamp_min(1 - {c.GPU_SM_CLOCK.name} / {c.GPU_SM_CLOCK_MAX.name}, 0)"
                   f" and on (instance, gpu, uuid) {THROTTLED}")
     idle = f"avg_over_time({c.GPU_UTILIZATION.name}[5m]) < bool {s.idle_utilization}"
@@ -518,7 +529,6 @@ def job_wait_alerts(s: Settings) -> list[Group]:
     and a change against the job's own recent level; a job whose ranks all wait is CollectiveStall,
     not this. The hardware evidence also needs the GPU to stand alone at the top: the busier first
     and last stages of a pipeline stay above the median through any slowdown, but they are many."""
-    bandwidth = nccl_ranks(c.NCCL_BUS_BANDWIDTH.name, s)
     return [Group("gpuscope-job-waits-alerts", (
         Alert("GpuStraggler", busiest_rank(s), s.straggler_for,
               "critical", "The job waits for this GPU: it is the busiest while its peers idle",
@@ -526,14 +536,13 @@ def job_wait_alerts(s: Settings) -> list[Group]:
               "activity of job {{ $labels.job_id }}, whose other GPUs slowed down waiting for it (full clocks: "
               "look at HBM, ECC, row remapping, PCIe and the host, not thermals).",
               (("scope", "job"), ("evidence", "busiest_gpu"))),
-        Alert("GpuStraggler", early_rank(s), s.straggler_for,
+        Alert("GpuStraggler", NCCL_EARLY, s.straggler_for,
               "critical", "NCCL says the job waits for this GPU: its collectives are the shortest",
               "The collectives of GPU {{ $labels.gpu }} on {{ $labels.instance }} take {{ $value | humanizePercentage "
               "}} of their communicator's median in job {{ $labels.job_id }}: the other ranks wait in NCCL for it.",
               (("scope", "job"), ("evidence", "nccl_early_rank"))),
         Alert("NcclBandwidthDegraded",
-              f"min by (cluster, instance, {COMM}) ({bandwidth})"
-              f" <= on ({COMM}) group_left 1.1 * min by ({COMM}) ({bandwidth})"
+              f"{NCCL_BW_NODE_MIN} <= on ({COMM}) group_left 1.1 * min by ({COMM}) ({NCCL_BW_NODE_MIN})"
               f" and on ({COMM}) {NCCL_BW_MEDIAN} < {s.nccl_bandwidth_drop_ratio} * {NCCL_BW_BASELINE}",
               s.straggler_for, "warning", "A communicator's bus bandwidth collapsed; this node has its slowest ranks",
               "{{ $labels.collective }} on communicator {{ $labels.comm }} of job {{ $labels.job_id }} moves less "
@@ -748,20 +757,21 @@ def gpu_health_alerts(s: Settings) -> list[Group]:
         Alert("GpuRowRemapPending", f"{c.GPU_REMAP_PENDING.name} == 1", s.remap_pending_for, "warning",
               "A GPU waits for a reset to remap a memory row",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} has a row remap pending until its next reset."),
-    )), Group("gpuscope-dcgm-health", (
+    )), Group("gpuscope-dcgm-failing", (  # each group reads DCGM's 8 health series of every GPU once
         Alert("GpuDcgmHealthFailing", f"{c.GPU_DCGM_HEALTH.name} == 2", s.dcgm_fail_for, "critical",
               "DCGM's health check fails a GPU",
               "DCGM fails the {{ $labels.system }} health of GPU {{ $labels.gpu }} on {{ $labels.instance }}; "
               f"its incident codes are in {c.GPU_DCGM_INCIDENT.name}."),
+        Alert("NvswitchDcgmHealthFailing", f"{c.NVSWITCH_DCGM_HEALTH.name} == 2", s.dcgm_fail_for, "critical",
+              "DCGM's health check fails an NVSwitch",
+              "DCGM fails {{ $labels.system }} on NVSwitch {{ $labels.switch }} of {{ $labels.instance }}: "
+              "the node's NVLink fabric is degraded."),
+    )), Group("gpuscope-dcgm-warning", (
         Alert("GpuDcgmHealthWarning", f"{c.GPU_DCGM_HEALTH.name} == 1", s.dcgm_warn_for, "warning",
               "DCGM's health check warns about a GPU",
               "DCGM has warned about the {{ $labels.system }} health of GPU {{ $labels.gpu }} on "
               f"{{{{ $labels.instance }}}} for {s.dcgm_warn_for}; its incident codes are in "
               f"{c.GPU_DCGM_INCIDENT.name}."),
-        Alert("NvswitchDcgmHealthFailing", f"{c.NVSWITCH_DCGM_HEALTH.name} == 2", s.dcgm_fail_for, "critical",
-              "DCGM's health check fails an NVSwitch",
-              "DCGM fails {{ $labels.system }} on NVSwitch {{ $labels.switch }} of {{ $labels.instance }}: "
-              "the node's NVLink fabric is degraded."),
     ))]
 
 
@@ -781,10 +791,12 @@ def inventory_alerts(s: Settings) -> list[Group]:
               "A node has fewer GPUs than its instance type",
               "{{ $labels.instance }} shows {{ $value }} GPUs to NVML, fewer than its instance type has: a GPU "
               "fell off the bus or did not come up at boot."),
+    )), Group("gpuscope-inventory-efa", (  # counts the 32 EFA devices of every node
         Alert("EfaDeviceMissing", fewer(f'{c.RDMA_DEVICE_INFO.name}{{efa="true"}}', "efa_devices", "rdma"),
               s.gpu_lost_for, "critical", "A node has fewer EFA devices than its instance type",
               "{{ $labels.instance }} shows {{ $value }} EFA devices, fewer than its instance type has: "
               "collectives over the missing ones fail or slow the job."),
+    )), Group("gpuscope-inventory-links", (
         Alert("NvlinkInactive",
               f"{c.GPU_NVLINK_ACTIVE.name} < on (instance) group_left"
               f' {c.NODE_EXPECTED.name}{{component="nvlinks_per_gpu"}}',

@@ -9,8 +9,8 @@ engines (`--engine`):
   in the TSDB, records read at an instant inlined), Prometheus 2.42 on that TSDB; times by its own
   execTotalTime (`stats=all`).
 - VictoriaMetrics single-node: the same series through /api/v1/import, the recording rules by
-  vmalert's replay mode, groups in the order their records are read; times by the wall clock of
-  each query (`nocache=1`), as vmalert waits for them.
+  vmalert's replay mode, level by level (a level reads only records of the ones before); times by the wall clock of
+  each query (caches off: `-search.disableCache`), as vmalert waits for them.
 
 On each engine, through the HTTP API:
 
@@ -247,35 +247,44 @@ def backfill_records_prometheus(root: str, window: data.Window) -> int:
         passes += 1
 
 
-def replay_order(rule_set: list[dict]) -> list[dict]:
-    """Groups with their recording rules only, each after the groups whose records it reads (vmalert's
-    replay runs the groups one after the other, in file order)."""
-    recorded = [{**g, "rules": [r for r in g["rules"] if "record" in r]} for g in rule_set]
-    recorded = [g for g in recorded if g["rules"]]
-    writes = {r["record"]: g["name"] for g in recorded for r in g["rules"]}
-    ordered: list[dict] = []
-    pending = list(recorded)
-    while pending:
-        done = {g["name"] for g in ordered}
-        ready = next((g for g in pending if all(writes[name] in done | {g["name"]}
-                                                for r in g["rules"] for name in writes if _reads(r["expr"], name)[0])),
-                     pending[0])  # a cycle (none today) keeps file order
-        ordered.append(ready)
-        pending.remove(ready)
-    return ordered
+def replay_levels(rule_set: list[dict]) -> list[list[dict]]:
+    """The recording rules in levels, each group keeping its name and order: a rule reads records of
+    earlier levels only. vmalert replays one level's groups one after the other; VictoriaMetrics is
+    flushed before the next level, whose rules then find every record they read."""
+    records = [(g["name"], r) for g in rule_set for r in g["rules"] if "record" in r]
+    reads = {id(rule): {other["record"] for _, other in records if _reads(rule["expr"], other["record"])[0]}
+             for _, rule in records}
+    level = dict.fromkeys((rule["record"] for _, rule in records), 0)
+    for _ in records:  # to a fixed point: a rule may read a record written further down the file
+        for _, rule in records:
+            level[rule["record"]] = max(level[rule["record"]], *(level[name] + 1 for name in reads[id(rule)]), 0)
+    out: list[list[dict]] = []
+    for depth in range(max(level.values(), default=-1) + 1):
+        groups: dict[str, list[dict]] = {}
+        for name, rule in records:
+            if level[rule["record"]] == depth:
+                groups.setdefault(name, []).append(rule)
+        out.append([{"name": name, "rules": rules} for name, rules in groups.items()])
+    return out
 
 
-def backfill_records_victoria(base: str, root: str, window: data.Window) -> None:
-    """vmalert's replay mode over the history, at the recording step, written back to VictoriaMetrics."""
+def backfill_records_victoria(base: str, root: str, window: data.Window) -> int:
+    """vmalert's replay mode over the history at the recording step, written back to VictoriaMetrics,
+    level by level (replay_levels). Returns the number of levels."""
     path = os.path.join(root, "replay.yml")
-    ordered = [{**g, "interval": f"{RECORD_STEP}s"} for g in replay_order(rule_groups())]
-    Path(path).write_text(yaml.safe_dump({"groups": ordered}))
     iso = lambda at: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))  # noqa: E731
-    tool(find_binary("vmalert"), f"-rule={path}", f"-datasource.url={base}", f"-remoteWrite.url={base}",
-         f"-replay.timeFrom={iso(window.start)}", f"-replay.timeTo={iso(window.end)}", "-replay.disableProgressBar",
-         "-replay.rulesDelay=1s", "-remoteWrite.maxQueueSize=100000000", "-remoteWrite.maxBatchSize=50000",
-         "-remoteWrite.flushInterval=1s", "-loggerLevel=ERROR")
-    requests.get(f"{base}/internal/force_flush", timeout=600)
+    requests.post(f"{base}/api/v1/admin/tsdb/delete_series", data={"match[]": '{__name__=~".+:.+"}'},
+                  timeout=600).raise_for_status()
+    levels = replay_levels(rule_groups())
+    for groups_of_level in levels:
+        Path(path).write_text(yaml.safe_dump({"groups": [{**g, "interval": f"{RECORD_STEP}s"}
+                                                         for g in groups_of_level]}))
+        tool(find_binary("vmalert"), f"-rule={path}", f"-datasource.url={base}", f"-remoteWrite.url={base}",
+             f"-replay.timeFrom={iso(window.start)}", f"-replay.timeTo={iso(window.end)}",
+             "-replay.disableProgressBar", "-remoteWrite.maxQueueSize=100000000", "-remoteWrite.maxBatchSize=50000",
+             "-remoteWrite.flushInterval=1s", "-loggerLevel=ERROR")
+        requests.get(f"{base}/internal/force_flush", timeout=600).raise_for_status()
+    return len(levels)
 
 
 # --- measurements --------------------------------------------------------------------------------------
@@ -418,9 +427,8 @@ def measure_prometheus(root: str, window: data.Window, layout: data.Layout) -> d
 def measure_victoria(root: str, window: data.Window, layout: data.Layout) -> dict:
     with victoria_store(root) as base:
         clock = time.monotonic()
-        if not present_records(Engine("victoria", base), window):
-            backfill_records_victoria(base, root, window)
-        report = {"record_backfill_s": time.monotonic() - clock}
+        levels = backfill_records_victoria(base, root, window)
+        report = {"record_levels": levels, "record_backfill_s": time.monotonic() - clock}
         report.update(measure(Engine("victoria", base), window, layout))
     report["disk_bytes"] = disk_bytes(os.path.join(root, "victoria"))
     return report

@@ -117,10 +117,14 @@ def test_recording_rules_in_the_passes_a_backfill_can_compute():
     assert second[1].expr == "a:x:sum / (min_over_time(a:x:sum[6h]))"
 
 
-def test_vmalert_replays_a_group_after_the_groups_it_reads():
-    rules = [{"name": "reads", "rules": [{"record": "b:x:ratio", "expr": "a:x:sum / 2"}, {"alert": "X", "expr": "1"}]},
-             {"name": "writes", "rules": [{"record": "a:x:sum", "expr": "sum(gpuscope_x)"}]},
+def test_vmalert_replays_a_rule_after_the_records_it_reads():
+    rules = [{"name": "reads", "rules": [{"record": "b:x:ratio", "expr": "a:x:sum / 2"}, {"alert": "X", "expr": "1"},
+                                         {"record": "b:y:sum", "expr": "sum(gpuscope_y)"}]},
+             {"name": "writes", "rules": [{"record": "a:x:sum", "expr": "sum(gpuscope_x)"},
+                                          {"record": "a:x:base", "expr": "min_over_time(b:x:ratio[6h])"}]},
              {"name": "alerts", "rules": [{"alert": "Y", "expr": "b:x:ratio > 1"}]}]
-    ordered = scale.replay_order(rules)
-    assert [g["name"] for g in ordered] == ["writes", "reads"]
-    assert ordered[1]["rules"] == [{"record": "b:x:ratio", "expr": "a:x:sum / 2"}]
+    assert scale.replay_levels(rules) == [
+        [{"name": "reads", "rules": [{"record": "b:y:sum", "expr": "sum(gpuscope_y)"}]},
+         {"name": "writes", "rules": [{"record": "a:x:sum", "expr": "sum(gpuscope_x)"}]}],
+        [{"name": "reads", "rules": [{"record": "b:x:ratio", "expr": "a:x:sum / 2"}]}],
+        [{"name": "writes", "rules": [{"record": "a:x:base", "expr": "min_over_time(b:x:ratio[6h])"}]}]]
