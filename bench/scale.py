@@ -150,7 +150,7 @@ def backfill_raw(layout: data.Layout, window: data.Window, root: str, engines: t
     root/backfill.json for --dir reuse."""
     clock = time.monotonic()
     templates = data.capture_templates(root)
-    families = read_families() | {"up", data.c.GPU_JOB_INFO.name, data.c.NCCL_RAS_LEADER.name}
+    families = read_families()
     templates = {name: {k: s for k, s in t.items() if s.name in families} for name, t in templates.items()}
     chunks = [range(first, min(first + CHUNK_NODES, layout.nodes)) for first in range(0, layout.nodes, CHUNK_NODES)]
     tsdb = os.path.join(root, "tsdb") if "prometheus" in engines else ""
