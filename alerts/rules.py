@@ -91,10 +91,9 @@ NCCL_EXEC_MEDIAN = "job_id_comm_collective:gpuscope_nccl_collective_exec_time_se
 NCCL_EXEC_BASELINE = "job_id_comm_collective:gpuscope_nccl_collective_exec_time_seconds:median_baseline"
 NCCL_BW_MEDIAN = "job_id_comm_collective:gpuscope_nccl_bus_bandwidth_bytes_per_second:median"
 NCCL_BW_BASELINE = "job_id_comm_collective:gpuscope_nccl_bus_bandwidth_bytes_per_second:median_baseline"
-# Each node's slowest rank per communicator and collective (a third of the per-rank series), and the
-# ranks NCCL shows the job waiting for: read by the alerts and the goodput records instead of every rank.
+# Each node's slowest rank per communicator and collective (a third of the per-rank series): read by
+# NcclBandwidthDegraded instead of every rank, twice.
 NCCL_BW_NODE_MIN = "instance_job_id_comm_collective:gpuscope_nccl_bus_bandwidth_bytes_per_second:min"
-NCCL_EARLY = "instance_gpu_job_id:gpuscope_nccl_collective_exec_time_seconds:early_ratio"
 COMM = "job_id, comm, collective"
 # NCCL RAS (issue 26): the share of a job's GPUs spinning in NCCL kernels (pinned utilization at
 # near-idle power), the hardware's half of a hang.
@@ -214,7 +213,6 @@ def job_wait_records(s: Settings) -> list[Group]:
         Group("gpuscope-nccl-bandwidth-nodes", (
             Record(NCCL_BW_NODE_MIN, f"min by (cluster, instance, {COMM}) ({bandwidth})"),
         )),
-        Group("gpuscope-nccl-early-ranks", (Record(NCCL_EARLY, early_rank(s)),)),
     ]
 
 
@@ -316,7 +314,7 @@ def goodput_records(s: Settings) -> list[Group]:
 
     hardware_share = f"clamp_min(1 - {JOB_ACTIVE_MEDIAN} / {JOB_ACTIVE_BASELINE}, 0)"
     nccl_share = f"max by (job_id) (clamp_min(1 - {NCCL_EXEC_BASELINE} / {NCCL_EXEC_MEDIAN}, 0))"
-    waited_for = f"max by (job_id) ({busiest_rank(s)}) or max by (job_id) ({NCCL_EARLY})"
+    waited_for = f"max by (job_id) ({busiest_rank(s)}) or max by (job_id) ({early_rank(s)})"
     clock_lost = (f"clamp_min(1 - {c.GPU_SM_CLOCK.name} / {c.GPU_SM_CLOCK_MAX.name}, 0)"
                   f" and on (instance, gpu, uuid) {THROTTLED}")
     idle = f"avg_over_time({c.GPU_UTILIZATION.name}[5m]) < bool {s.idle_utilization}"
@@ -332,6 +330,8 @@ def goodput_records(s: Settings) -> list[Group]:
         Group("gpuscope-goodput-jobs", (
             Record(JOB_GPU_LOST, on_job_nodes(NODE_GPU_LOST)),
             Record(JOB_STALLED, on_job_nodes(NODE_STALLED)),
+        )),
+        Group("gpuscope-goodput-waits", (  # reads every rank's exec time: a group of its own
             # NCCL's measure where its files are, the hardware's otherwise; the larger when both.
             Record(JOB_WAIT_SHARE, f'max by (job_id) (label_replace({hardware_share}, "by", "sm", "", "")'
                                    f' or label_replace({nccl_share}, "by", "nccl", "", ""))'
@@ -536,11 +536,13 @@ def job_wait_alerts(s: Settings) -> list[Group]:
               "activity of job {{ $labels.job_id }}, whose other GPUs slowed down waiting for it (full clocks: "
               "look at HBM, ECC, row remapping, PCIe and the host, not thermals).",
               (("scope", "job"), ("evidence", "busiest_gpu"))),
-        Alert("GpuStraggler", NCCL_EARLY, s.straggler_for,
+    )), Group("gpuscope-nccl-early-rank", (  # reads every rank's exec time: a group of its own
+        Alert("GpuStraggler", early_rank(s), s.straggler_for,
               "critical", "NCCL says the job waits for this GPU: its collectives are the shortest",
               "The collectives of GPU {{ $labels.gpu }} on {{ $labels.instance }} take {{ $value | humanizePercentage "
               "}} of their communicator's median in job {{ $labels.job_id }}: the other ranks wait in NCCL for it.",
               (("scope", "job"), ("evidence", "nccl_early_rank"))),
+    )), Group("gpuscope-nccl-bandwidth-alerts", (
         Alert("NcclBandwidthDegraded",
               f"{NCCL_BW_NODE_MIN} <= on ({COMM}) group_left 1.1 * min by ({COMM}) ({NCCL_BW_NODE_MIN})"
               f" and on ({COMM}) {NCCL_BW_MEDIAN} < {s.nccl_bandwidth_drop_ratio} * {NCCL_BW_BASELINE}",

@@ -160,11 +160,16 @@ def backfill_raw(layout: data.Layout, window: data.Window, root: str, engines: t
         samples = sum(pool.map(backfill_chunk, [(templates, layout, chunk, window, root, tsdb, victoria)
                                                 for chunk in chunks]))
         if victoria:
-            requests.get(f"{victoria}/internal/force_flush", timeout=600)
+            flush(victoria)
     cost = {"engines": list(engines), "series_per_node": {role: len(t) for role, t in templates.items()},
             "samples": samples, "backfill_s": time.monotonic() - clock, "start": window.start}
     Path(root, "backfill.json").write_text(json.dumps(cost))
     return cost
+
+
+def flush(victoria: str) -> None:
+    """VictoriaMetrics' buffers into searchable parts: what was imported or written is queryable after."""
+    requests.get(f"{victoria}/internal/force_flush", timeout=600).raise_for_status()
 
 
 @contextmanager
@@ -181,7 +186,9 @@ def victoria_store(root: str, wanted: bool = True) -> Iterator[str]:
 
 
 def _records() -> list[Record]:
-    return [rule for group in groups(Settings()) for rule in group.rules if isinstance(rule, Record)]
+    """The recording rules as shipped (rendered: the scrape job's selector in), as vmalert replays them too."""
+    return [Record(rule["record"], rule["expr"]) for group in rule_groups() for rule in group["rules"]
+            if "record" in rule]
 
 
 def _reads(expr: str, name: str) -> tuple[bool, bool]:
@@ -283,7 +290,7 @@ def backfill_records_victoria(base: str, root: str, window: data.Window) -> int:
              f"-replay.timeFrom={iso(window.start)}", f"-replay.timeTo={iso(window.end)}",
              "-replay.disableProgressBar", "-remoteWrite.maxQueueSize=100000000", "-remoteWrite.maxBatchSize=50000",
              "-remoteWrite.flushInterval=1s", "-loggerLevel=ERROR")
-        requests.get(f"{base}/internal/force_flush", timeout=600).raise_for_status()
+        flush(base)
     return len(levels)
 
 

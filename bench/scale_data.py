@@ -70,6 +70,7 @@ NODE_FAULTS = {
     "gpu_lost": {"kind": "gpu_lost", "gpu": 6},
 }
 EVENTS = ("sxid_fatal", "gpu_lost")  # faults that are an event: onset EVENT_SECONDS before the end
+ROLES = tuple(role for job in CAPTURE for role in job.roles)  # the capture cluster's nodes, in order
 JOB_FAULT_GPU = {job.roles[0].split("_")[0]: job.fault["gpu"] for job in CAPTURE if job.fault and "gpu" in job.fault}
 
 
@@ -125,20 +126,19 @@ def capture_templates(root: str, settle: float = 25.0, apart: float = 10.0) -> d
                 map(tuple, s["labels"]))}) for s in series} for role, series in json.load(handle).items()}
     except FileNotFoundError:
         pass
-    roles = [role for job in CAPTURE for role in job.roles]
     jobs, first = [], 0
     for job in CAPTURE:
         if job.id:
             jobs.append((job.id, tuple(range(first, first + len(job.roles)))))
         first += len(job.roles)
-    with Cluster(f"{root}/capture", nodes=len(roles), jobs=jobs,
+    with Cluster(f"{root}/capture", nodes=len(ROLES), jobs=jobs,
                  exporter_args=("--collector.gpu.gpm-interval=1s", "--collector.gpu.profiling=dcgm")) as cluster:
         time.sleep(5)  # jobs initialised, RAS leaders found
         injected = time.time()
         for (job_id, nodes), job in zip(jobs, (j for j in CAPTURE if j.id), strict=True):
             if job.fault:
                 cluster.inject(f"job:{job_id}", {**job.fault, **({"node": nodes[-1]} if "gpu" in job.fault else {})})
-        for index, role in enumerate(roles):
+        for index, role in enumerate(ROLES):
             if role in NODE_FAULTS:
                 cluster.inject(index, NODE_FAULTS[role])
         urls = [f"http://{node.address}/metrics" for node in cluster.nodes]
@@ -152,12 +152,12 @@ def capture_templates(root: str, settle: float = 25.0, apart: float = 10.0) -> d
         time.sleep(apart)
         second_texts = [_fetch(url) for url in urls]
         seconds = time.monotonic() - started
-    for role, first_text, second_text in zip(roles, first_texts, second_texts, strict=True):
+    for role, first_text, second_text in zip(ROLES, first_texts, second_texts, strict=True):
         for number, text in ((1, first_text), (2, second_text)):
             with open(f"{root}/capture/{role}.{number}.prom", "w", encoding="utf-8") as handle:
                 handle.write(text)
     templates = {role: _parse(first_texts[i], second_texts[i], seconds, scraped, injected)
-                 for i, role in enumerate(roles)}
+                 for i, role in enumerate(ROLES)}
     _check_leaders(templates)
     with open(cache, "w", encoding="utf-8") as handle:
         json.dump({role: [asdict(s) for s in t.values()] for role, t in templates.items()}, handle)
@@ -339,7 +339,7 @@ def _comm_hash(job: str, comm: str) -> str:
 
 
 CAPTURE_NODES = {role: len(job.roles) for job in CAPTURE for role in job.roles}
-CAPTURE_HOSTS = {ras_host(index): role for index, role in enumerate(r for j in CAPTURE for r in j.roles)}
+CAPTURE_HOSTS = {ras_host(index): role for index, role in enumerate(ROLES)}
 
 
 def _fleet_node(role: str, place: Placement, node: int) -> int:
