@@ -80,6 +80,12 @@ JOB_ACTIVE_MEDIAN = "job_id:gpuscope_gpu_sm_active_ratio:median_busy"
 NODE_IN_JOB_CLOCK_MEDIAN = "instance_job_id:gpuscope_gpu_sm_clock_hertz:median_busy"
 JOB_NODE_CLOCK_MEDIAN = "job_id:gpuscope_gpu_sm_clock_hertz:median_node"
 JOB_NODES = "job_id:gpuscope_nodes:count"
+# The job view's spreads: one series per job, so a panel over a half-fleet job reads a few series,
+# not one per GPU (bench/scale.py: 11 s for the SM clock of 8,192 GPUs over 6 h, read per GPU).
+JOB_CLOCK_MIN = "job_id:gpuscope_gpu_sm_clock_hertz:min_busy"
+JOB_CLOCK_MAX = "job_id:gpuscope_gpu_sm_clock_hertz:max_busy"
+JOB_ACTIVE_MIN = "job_id:gpuscope_gpu_sm_active_ratio:min_busy"
+JOB_POWER = "job_id:gpuscope_gpu_power_watts:sum"
 # The rank a job waits for (issue 15): each job's GPUs, busy GPUs and the recent high of its median
 # SM activity; each communicator's median collective time and bus bandwidth and their recent low/high.
 JOB_GPUS = "job_id:gpuscope_gpus:count"
@@ -100,6 +106,9 @@ COMM = "job_id, comm, collective"
 JOB_SPINNING = "job_id:gpuscope_gpus_spinning:ratio"
 # The freshest NCCL Inspector file of each running job: how long ago any of its GPUs completed a collective.
 JOB_INSPECTOR_AGE = "job_id:gpuscope_nccl_snapshot_age_seconds:min"
+# The GPU health systems DCGM warns about or fails (usually none): the DCGM alerts' one read of the
+# 8 health series of every GPU (at 2,048 nodes 131,072 series, about 0.8 s a read here).
+DCGM_NOT_PASSING = "instance_gpu_system:gpuscope_gpu_dcgm_health:not_passing"
 # GPUs whose clocks a hardware or thermal reason holds down: usually none, so the thermal alerts and
 # the fleet's throttled-GPU table read a handful of series instead of every GPU's reasons.
 THROTTLED = "instance_gpu_reason:gpuscope_gpu_clock_event_active:throttling"
@@ -200,6 +209,7 @@ def job_wait_records(s: Settings) -> list[Group]:
         Group("gpuscope-job-busiest", (
             Record(JOB_BUSIEST, f"max by (job_id) ({JOB_SM_ACTIVE})"),
             Record(JOB_NEAR_BUSIEST, f"count by (job_id) ({near_busiest(s)})"),
+            Record(JOB_ACTIVE_MIN, f"min by (job_id) ({JOB_SM_ACTIVE})"),
         )),
         # Each group reads NCCL's per-rank series once (8 a GPU: at 2,048 nodes about 1 s a read).
         Group("gpuscope-nccl-exec", (
@@ -258,7 +268,11 @@ def recording_rules(s: Settings) -> list[Group]:
             Record(NODE_IN_JOB_CLOCK_MEDIAN, f"quantile by (instance, job_id) (0.5, {JOB_SM_CLOCK})"),
             Record(JOB_NODE_CLOCK_MEDIAN, f"quantile by (job_id) (0.5, {NODE_IN_JOB_CLOCK_MEDIAN})"),
             Record(JOB_NODES, f"count by (job_id) ({NODE_IN_JOB_CLOCK_MEDIAN})"),
+            Record(JOB_CLOCK_MIN, f"min by (job_id) ({JOB_SM_CLOCK})"),
+            Record(JOB_CLOCK_MAX, f"max by (job_id) ({JOB_SM_CLOCK})"),
         )),
+        Group("gpuscope-job-power", (Record(JOB_POWER, f"sum by (job_id) ({c.GPU_POWER.name} * on (instance, gpu, uuid)"
+                                                       f" group_left (job_id) {c.GPU_JOB_INFO.name})"),)),
         *(Group(f"gpuscope-fleet-{name}", (Record(record, fleet_quantiles(metric)),))
           for name, (metric, record) in zip(("power", "temperature"), FLEET_QUANTILES.items(), strict=True)),
         Group("gpuscope-fleet-activity", tuple(Record(record, f"avg by (cluster) ({metric})")
@@ -452,11 +466,13 @@ def busiest_rank(s: Settings) -> str:
 
 def early_rank(s: Settings) -> str:
     """NCCL's evidence: a rank whose collectives are far shorter than its communicator's median while
-    that median rose above its recent low (the others wait inside NCCL for it)."""
+    that median rose above its recent low (the others wait inside NCCL for it). The medians are
+    narrowed to the risen ones before the join, so the ranks of a steady communicator match nothing
+    (at 2,048 nodes: 1.3 s a round instead of 1.9)."""
     exec_time = nccl_ranks(c.NCCL_EXEC_TIME.name, s)
-    return (f"min by (cluster, instance, gpu, uuid, job_id) ({exec_time} / on ({COMM}) group_left {NCCL_EXEC_MEDIAN}"
-            f" < {s.nccl_fast_rank_ratio} and on ({COMM}) {NCCL_EXEC_MEDIAN} > {s.nccl_rise_ratio} * "
-            f"{NCCL_EXEC_BASELINE}) and {_whole_job_busy(s)}")
+    risen = f"{NCCL_EXEC_MEDIAN} > {s.nccl_rise_ratio} * {NCCL_EXEC_BASELINE}"
+    return (f"min by (cluster, instance, gpu, uuid, job_id) ({exec_time} / on ({COMM}) group_left () ({risen})"
+            f" < {s.nccl_fast_rank_ratio}) and {_whole_job_busy(s)}")
 
 
 def ras_rank(expr: str, hosts: str = c.NCCL_RAS_HOST.name) -> str:
@@ -759,21 +775,21 @@ def gpu_health_alerts(s: Settings) -> list[Group]:
         Alert("GpuRowRemapPending", f"{c.GPU_REMAP_PENDING.name} == 1", s.remap_pending_for, "warning",
               "A GPU waits for a reset to remap a memory row",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} has a row remap pending until its next reset."),
-    )), Group("gpuscope-dcgm-failing", (  # each group reads DCGM's 8 health series of every GPU once
-        Alert("GpuDcgmHealthFailing", f"{c.GPU_DCGM_HEALTH.name} == 2", s.dcgm_fail_for, "critical",
+    )), Group("gpuscope-dcgm-health", (  # DCGM's 8 health series of every GPU read once, the few not passing kept
+        Record(DCGM_NOT_PASSING, f"{c.GPU_DCGM_HEALTH.name} > 0"),
+        Alert("GpuDcgmHealthFailing", f"{DCGM_NOT_PASSING} == 2", s.dcgm_fail_for, "critical",
               "DCGM's health check fails a GPU",
               "DCGM fails the {{ $labels.system }} health of GPU {{ $labels.gpu }} on {{ $labels.instance }}; "
               f"its incident codes are in {c.GPU_DCGM_INCIDENT.name}."),
-        Alert("NvswitchDcgmHealthFailing", f"{c.NVSWITCH_DCGM_HEALTH.name} == 2", s.dcgm_fail_for, "critical",
-              "DCGM's health check fails an NVSwitch",
-              "DCGM fails {{ $labels.system }} on NVSwitch {{ $labels.switch }} of {{ $labels.instance }}: "
-              "the node's NVLink fabric is degraded."),
-    )), Group("gpuscope-dcgm-warning", (
-        Alert("GpuDcgmHealthWarning", f"{c.GPU_DCGM_HEALTH.name} == 1", s.dcgm_warn_for, "warning",
+        Alert("GpuDcgmHealthWarning", f"{DCGM_NOT_PASSING} == 1", s.dcgm_warn_for, "warning",
               "DCGM's health check warns about a GPU",
               "DCGM has warned about the {{ $labels.system }} health of GPU {{ $labels.gpu }} on "
               f"{{{{ $labels.instance }}}} for {s.dcgm_warn_for}; its incident codes are in "
               f"{c.GPU_DCGM_INCIDENT.name}."),
+        Alert("NvswitchDcgmHealthFailing", f"{c.NVSWITCH_DCGM_HEALTH.name} == 2", s.dcgm_fail_for, "critical",
+              "DCGM's health check fails an NVSwitch",
+              "DCGM fails {{ $labels.system }} on NVSwitch {{ $labels.switch }} of {{ $labels.instance }}: "
+              "the node's NVLink fabric is degraded."),
     ))]
 
 

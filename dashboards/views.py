@@ -20,8 +20,8 @@ LINKS = (("gpuscope-fleet", "Fleet"), ("gpuscope-job", "Job"), ("gpuscope-node",
          ("gpuscope-network", "Network"), ("gpuscope-storage", "Storage"), ("gpuscope-goodput", "Goodput"))
 # The job's GPUs: those of the chosen Slurm job and of the chosen Kubernetes pods. A cluster has one
 # kind of attribution, so the other picker is empty and matches nothing; max dedupes a GPU in both.
-JOB = (f'max by (instance, gpu, uuid) ({c.GPU_JOB_INFO.name}{{{CLUSTER}, job_id="$job_id"}} '
-       f'or {c.GPU_POD_INFO.name}{{{CLUSTER}, namespace="$namespace", pod=~"$pod"}})')
+POD = f'{c.GPU_POD_INFO.name}{{{CLUSTER}, namespace="$namespace", pod=~"$pod"}}'
+JOB = f'max by (instance, gpu, uuid) ({c.GPU_JOB_INFO.name}{{{CLUSTER}, job_id="$job_id"}} or {POD})'
 # Selectors narrowed to the job's nodes ($job_nodes, resolved from JOB) before the join, so a job
 # panel reads its own nodes' series, not the whole fleet's.
 JOB_NODES = f'{CLUSTER}, instance=~"$job_nodes"'
@@ -85,22 +85,51 @@ def fleet():
     ], LINKS)
 
 
+def pod_gpus(metric: str) -> str:
+    """`metric` of each GPU of the chosen Kubernetes pods, read at query time: pods carry no job id,
+    so no per-job record holds them. A Slurm job leaves $pod_nodes empty and this reads nothing."""
+    return (f'{metric}{{{CLUSTER}, instance=~"$pod_nodes"}} * on (instance, gpu, uuid) group_left '
+            f"max by (instance, gpu, uuid) ({POD})")
+
+
+def pod_spread(metric: str) -> tuple[str, str, str]:
+    """The lowest, median and highest `metric` among the chosen pods' GPUs."""
+    pods = pod_gpus(metric)
+    return f"min({pods})", f"quantile(0.5, {pods})", f"max({pods})"
+
+
+def spread(title: str, slurm: tuple[str, ...], pods: tuple[str, ...], unit: str, width: int,
+           legends: tuple[str, ...] = ("lowest", "median", "highest")) -> Panel:
+    """A job's edge GPUs (and median) over time: a few series whatever the job's size, from the
+    per-job records for a Slurm job, at query time for pods."""
+    return Panel("timeseries", title, tuple(q(expr, legend) for exprs in (slurm, pods)
+                                            for expr, legend in zip(exprs, legends, strict=True)),
+                 unit=unit, width=width, height=10)
+
+
 def job():
-    gpus = f"on (instance, gpu, uuid) group_left {JOB}"
-    sm_clock = f"{c.GPU_SM_CLOCK.name}{{{JOB_NODES}}} * {gpus}"
+    slurm = f'{{{CLUSTER}, job_id="$job_id"}}'
+    clock = pod_spread(c.GPU_SM_CLOCK.name)
+    active_vs_median = f"{rules.JOB_SM_ACTIVE}{slurm} / on (job_id) group_left {rules.JOB_ACTIVE_MEDIAN}"
     return dashboard("gpuscope-job", "gpuscope / Job",
-                     "One job's nodes and GPUs side by side: a Slurm job, or Kubernetes pods by namespace.",
-                     ("cluster", "job_id", "namespace", "pod", derived("job_nodes", JOB, "instance")), [
+                     "One job's nodes and GPUs side by side: a Slurm job, or Kubernetes pods by namespace. "
+                     "Per-GPU panels show the job's lowest, median and highest GPU, so a job of any size "
+                     "draws three lines; the tables name the GPUs at the edges.",
+                     ("cluster", "job_id", "namespace", "pod", derived("job_nodes", JOB, "instance"),
+                      derived("pod_nodes", POD, "instance")), [
         Panel("table", "Nodes and GPUs of the job", (q(JOB),), width=8, height=10),
-        Panel("timeseries", "SM activity per GPU",
-              (q(f"{c.GPU_SM_ACTIVE.name}{{{JOB_NODES}}} * {gpus}", "{{instance}} GPU {{gpu}}"),),
-              unit="percentunit", width=16, height=10),
-        Panel("timeseries", "SM clock against the job's median",
-              (q(f"{sm_clock} / scalar(quantile(0.5, {sm_clock}))", "{{instance}} GPU {{gpu}}"),),
-              unit="percentunit", width=12),
-        Panel("timeseries", "Power per GPU",
-              (q(f"{c.GPU_POWER.name}{{{JOB_NODES}}} * {gpus}", "{{instance}} GPU {{gpu}}"),),
-              unit="watt", width=12),
+        spread("SM activity of the job's busy GPUs: lowest, median, highest",
+               (f"{rules.JOB_ACTIVE_MIN}{slurm}", f"{rules.JOB_ACTIVE_MEDIAN}{slurm}", f"{rules.JOB_BUSIEST}{slurm}"),
+               pod_spread(c.GPU_SM_ACTIVE.name), "percentunit", 16),
+        spread("SM clock of the job's slowest and fastest GPU against its median",
+               tuple(f"{record}{slurm} / {rules.JOB_CLOCK_MEDIAN}{slurm}" for record in (rules.JOB_CLOCK_MIN,
+                                                                                        rules.JOB_CLOCK_MAX)),
+               (f"{clock[0]} / {clock[1]}", f"{clock[2]} / {clock[1]}"), "percentunit", 12, ("slowest", "fastest")),
+        Panel("timeseries", "Power drawn by the job's GPUs",
+              (q(f"{rules.JOB_POWER}{slurm}", "job {{job_id}}"),
+               q(f"sum({pod_gpus(c.GPU_POWER.name)})", "pods")),
+              unit="watt", width=12,
+              description="A drop across the whole job is a stall or a wait; each GPU's draw is on the node view."),
         Panel("timeseries", "EFA traffic per node",
               (q(efa_rate("tx_bytes", JOB_NODES), "{{instance}}"),),
               unit="Bps", width=12),
@@ -110,9 +139,8 @@ def job():
         Panel("timeseries", "NCCL bus bandwidth per communicator and collective (median rank)",
               (q(f'{rules.NCCL_BW_MEDIAN}{{{CLUSTER}, job_id="$job_id"}}', "{{comm}} {{collective}}"),),
               unit="Bps", width=12),
-        Panel("timeseries", "Busiest GPUs against the job's median SM activity",
-              (q(f'topk(5, {rules.JOB_SM_ACTIVE}{{{CLUSTER}, job_id="$job_id"}} / on (job_id) group_left '
-                 f'{rules.JOB_ACTIVE_MEDIAN})', "{{instance}} GPU {{gpu}}"),),
+        Panel("table", "The job's busiest and least active GPUs now, against its median SM activity",
+              (q(f"sort_desc(topk(5, {active_vs_median}) or bottomk(5, {active_vs_median}))"),),
               unit="percentunit", width=12,
               description="The rank a synchronous job waits for stays busiest while the others wait; a pipeline's "
                           "first and last stages are always above the median."),

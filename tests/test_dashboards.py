@@ -15,12 +15,13 @@ import time
 import pytest
 import yaml
 
+from alerts import rules
 from alerts.render import write_shortened_rules
 from alerts.rules import Record, groups
 from alerts.settings import Settings
 from dashboards.build import dashboard_json
 from dashboards.render import resolve_derived, substitute
-from dashboards.views import DASHBOARDS
+from dashboards.views import DASHBOARDS, JOB
 from exporter.catalog import CATALOG
 from exporter.sim.cluster import Cluster
 from exporter.sim.stack import prometheus
@@ -99,10 +100,14 @@ def live(tmp_path_factory):
                 yield cluster, prom
 
 
-def empty_queries(prom, panels, values: dict[str, str]) -> list[str]:
+def empty_queries(prom, panels, values: dict[str, str], pods: bool = False) -> list[str]:
+    """The queries without data; a job view's queries of the chosen pods' GPUs only when `pods`
+    (the selection is pods, not a Slurm job), the others only when not."""
     empty = []
     for name, panel in panels:
         for query in panel.queries:
+            if ("$pod_nodes" in query.expr) != pods:
+                continue
             if not prom.query(substitute(query.expr, values)):
                 empty.append(f"{name}/{panel.title}: {query.expr}")
     return empty
@@ -113,6 +118,7 @@ def test_every_panel_has_data_on_a_healthy_cluster(live):
     _, prom = live
     healthy = [(name, panel) for name, panel in PANELS if not panel.empty_when_healthy]
     assert empty_queries(prom, healthy, selection(prom)) == []
+    assert empty_queries(prom, healthy, selection(prom, job=ML_PODS), pods=True) == []
 
 
 @pytest.mark.parametrize(("job", "gpus"), [
@@ -121,25 +127,41 @@ def test_every_panel_has_data_on_a_healthy_cluster(live):
 ])
 @pytest.mark.e2e
 def test_job_view_shows_exactly_the_jobs_gpus(live, job, gpus):
+    """Each query answers for the chosen job alone: a Slurm job through the per-job records (pods have
+    none), pods through their own GPUs at query time (a Slurm job reads nothing there); per-node
+    panels show the job's nodes, per-GPU tables its GPUs, and each spread is ordered low to high."""
     _, prom = live
     values = selection(prom, job=job)
     assert values["job_nodes"] == ("(node-0)" if job is SLURM_JOB else "(node-0|node-1)")
+    assert values["pod_nodes"] == ("()" if job is SLURM_JOB else "(node-0|node-1)")
     for panel in SPEC_PANELS["gpuscope-job"]:
+        answers = {}
         for query in panel.queries:
             result = prom.query(substitute(query.expr, values))
+            by_slurm_job = 'job_id="$job_id"' in query.expr and "$pod_nodes" not in query.expr
             if panel.empty_when_healthy:  # the cluster is healthy
                 assert result == [], panel.title
-            elif ("gpuscope_nccl" in query.expr or "_job_id:" in query.expr) and job is not SLURM_JOB:
-                assert result == [], panel.title  # NCCL and the per-job records are keyed by the Slurm job id
-            elif "{{comm}}" in query.legend:  # one series per communicator of the job
-                assert result and {r["metric"]["job_id"] for r in result} == {"4242"}, panel.title
-            elif query.expr.startswith("topk(5,"):
-                got = {(r["metric"]["instance"], r["metric"]["gpu"]) for r in result}
-                assert len(got) == 5 and got <= gpus, panel.title
-            elif "gpu" in query.legend or panel.kind == "table":
+            elif query.expr == JOB:
                 assert {(r["metric"]["instance"], r["metric"]["gpu"]) for r in result} == gpus, panel.title
+            elif "$pod_nodes" in query.expr:  # the pods' GPUs, aggregated
+                assert len(result) == (0 if job is SLURM_JOB else 1), (panel.title, query.legend)
+            elif by_slurm_job and job is not SLURM_JOB:
+                assert result == [], panel.title  # NCCL and the per-job records are keyed by the Slurm job id
+            elif rules.JOB_SM_ACTIVE in query.expr:  # the five busiest and five least active of its busy GPUs
+                busy = len(prom.query(f'{rules.JOB_SM_ACTIVE}{{job_id="4242"}}'))  # equals: the same five both ways
+                assert 0 < busy <= 8 and min(busy, 5) <= len(result) <= min(busy, 10), panel.title
+                assert {(r["metric"]["instance"], r["metric"]["gpu"]) for r in result} <= gpus, panel.title
+            elif panel.kind == "table":
+                assert {(r["metric"]["instance"], r["metric"]["gpu"]) for r in result} == gpus, panel.title
+            elif by_slurm_job:  # one series per job, or per communicator of the job
+                assert result and {r["metric"]["job_id"] for r in result} == {"4242"}, (panel.title, query.legend)
             else:
                 assert {r["metric"]["instance"] for r in result} == {node for node, _ in gpus}, panel.title
+            if len(result) == 1:
+                answers[query.legend] = float(result[0]["value"][1])
+        edges = [answers[legend] for legend in ("lowest", "median", "highest", "slowest", "fastest")
+                 if legend in answers]
+        assert edges == sorted(edges), panel.title
 
 
 @pytest.mark.e2e
