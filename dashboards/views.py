@@ -144,10 +144,13 @@ def job():
               unit="percentunit", width=12,
               description="The rank a synchronous job waits for stays busiest while the others wait; a pipeline's "
                           "first and last stages are always above the median."),
-        Panel("table", "Ranks by collective time against their communicator's median (the rank waited for on top)",
-              (q(f'sort(min by (instance, gpu, uuid) ({NCCL_EXEC}{{{CLUSTER}, job_id="$job_id", message_size="all"}}'
-                 f" / on (job_id, comm, collective) group_left {rules.NCCL_EXEC_MEDIAN}))"),),
-              unit="percentunit", width=24, height=10),
+        Panel("table", "The 20 ranks with the shortest collectives against their communicator's median "
+                       "(the rank waited for on top)",
+              (q(f'sort(bottomk(20, min by (instance, gpu, uuid) ({NCCL_EXEC}{{{CLUSTER}, job_id="$job_id", '
+                 f'message_size="all"}} / on (job_id, comm, collective) group_left {rules.NCCL_EXEC_MEDIAN})))'),),
+              unit="percentunit", width=24, height=10,
+              description="A job of 8,192 GPUs would fill 8,192 rows; the rank the others wait for is among "
+                          "the first, its collectives the shortest."),
         Panel("timeseries", "Collectives launched per second per communicator (NCCL RAS; flat at 0: a hang)",
               (q(f'deriv({c.NCCL_RAS_PROGRESS.name}{{{CLUSTER}, job_id="$job_id"}}[{RATE}])',
                  "{{comm}} ({{ranks}} ranks)"),),
