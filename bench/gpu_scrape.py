@@ -24,12 +24,7 @@ def bare_calls(nvml: SimulatedNvml, handles: list, fields: list) -> None:
     for handle in handles:
         nvml.nvmlDeviceGetUtilizationRates(handle)
         nvml.nvmlDeviceGetMemoryInfo(handle)
-        nvml.nvmlDeviceGetPowerUsage(handle)
-        nvml.nvmlDeviceGetEnforcedPowerLimit(handle)
         nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM)
-        nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_MEM)
-        nvml.nvmlDeviceGetCurrPcieLinkGeneration(handle)
-        nvml.nvmlDeviceGetCurrPcieLinkWidth(handle)
         nvml.nvmlDeviceGetCurrentClocksEventReasons(handle)
         nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)
         nvml.nvmlDeviceGetFieldValues(handle, fields)

@@ -8,8 +8,11 @@ import time
 import pynvml
 import pytest
 
+from exporter import catalog
 from exporter.collectors.gpu import GpuCollector, GpuOptions
-from exporter.collectors.gpu_background import LinkWatcher
+from exporter.collectors.gpu_background import GpmSampler, LinkWatcher
+from exporter.config import OPTIONS
+from exporter.configfile import parse_duration
 from exporter.registry import ScrapeRegistry
 from exporter.sim.nvml import UPTIME_AT_START, Fault, SimulatedNvml
 from tests.helpers import samples, series, value
@@ -111,17 +114,50 @@ def test_tlimit_relative_limits_are_converted_to_absolute(gpu_setup):
     assert value(parsed, "gpuscope_gpu_memory_total_bytes", **g0) == 150754820096
 
 
-@pytest.mark.parametrize(("profile", "calls"), [("p5.48xlarge", 11), ("p5en.48xlarge", 12),
-                                                ("p6-b200.48xlarge", 12), ("p4d.24xlarge", 11)])
+# Per scrape: utilization, memory, SM clock, clock event reasons, temperature, the field batch; + the
+# T.Limit margin (p5en, p6); + the power call where the driver lacks field 185 (p4d).
+@pytest.mark.parametrize(("profile", "calls"), [("p5.48xlarge", 6), ("p5en.48xlarge", 7),
+                                                ("p6-b200.48xlarge", 7), ("p4d.24xlarge", 7)])
 def test_nvml_calls_per_gpu_per_scrape(gpu_setup, profile, calls):
     sim, collector, registry, _ = gpu_setup(profile)
     scrape_once(registry)  # discovery happens once
-    collector.close()  # the GPM and XID threads are not part of the per-scrape budget
+    collector.close()  # the background threads' calls are counted apart (below)
     time.sleep(0.1)
     sim.calls.clear()
     scrape_once(registry)
     assert sum(sim.calls.values()) == calls * 8, sim.calls
-    assert calls <= 12
+
+
+def test_nvml_calls_per_gpu_per_scrape_with_the_background_at_most_11_on_a_p5(gpu_setup):
+    """A round of each background reader, counted on the simulated p5, spread over a 15 s scrape at
+    the shipped intervals: GPM 2 calls a round (a sample, the metrics against the previous one),
+    links 4 (the NVLink state batch, PCIe generation and width, the memory clock)."""
+    sim, collector, registry, _ = gpu_setup("p5.48xlarge")
+    scrape_once(registry)
+    collector.close()
+    time.sleep(0.1)
+    handle = sim.nvmlDeviceGetHandleByIndex(0)
+    gpm = GpmSampler(sim, {0: handle}, 3600)
+    try:
+        wait_for(lambda: 0 in gpm._taken)  # the first sample: the next round has a pair
+        sim.calls.clear()
+        gpm._sample(0)
+        gpm_calls = sum(sim.calls.values())
+    finally:
+        gpm.stop()
+    links = LinkWatcher(sim, {0: (handle, 18)}, 3600, collector._fields)
+    try:
+        wait_for(lambda: links.snapshot())
+        sim.calls.clear()
+        links._read(handle, 18)
+        link_calls = sum(sim.calls.values())
+    finally:
+        links.stop()
+    defaults = {option.name: option.default for option in OPTIONS}
+    gpm_every = parse_duration(defaults["collector.gpu.gpm-interval"])
+    links_every = parse_duration(defaults["collector.gpu.link-interval"])
+    assert (gpm_calls, link_calls, gpm_every, links_every) == (2, 4, 10.0, 30.0)
+    assert 6 + gpm_calls * 15 / gpm_every + link_calls * 15 / links_every == 11
 
 
 def test_p4d_has_no_gpm_and_12_links(gpu_setup):
@@ -293,7 +329,7 @@ def test_driver_reload_reinitialises(gpu_setup):
 def test_hung_nvml_call_costs_one_scrape_then_only_its_gpu(gpu_setup):
     sim, _, registry, _ = gpu_setup(timeout=0.5)
     scrape_once(registry)
-    sim.inject(2, Fault(hang=frozenset({"nvmlDeviceGetPowerUsage"})))
+    sim.inject(2, Fault(hang=frozenset({"nvmlDeviceGetUtilizationRates"})))
     started = time.monotonic()
     first = scrape_once(registry)
     assert time.monotonic() - started < 0.9
@@ -325,7 +361,10 @@ def test_a_driver_without_the_link_state_field_is_asked_link_by_link():
     handle = sim.nvmlDeviceGetHandleByIndex(0)
     watcher = LinkWatcher(sim, {0: (handle, 18)}, 60.0, lambda _handle, requests: [None] * len(requests))
     try:
-        assert wait_for(lambda: watcher.active()) == {0: 17}
+        assert wait_for(lambda: watcher.snapshot()) == {0: [(catalog.GPU_NVLINK_ACTIVE, 17),
+                                                            (catalog.GPU_PCIE_GENERATION, 5),
+                                                            (catalog.GPU_PCIE_WIDTH, 16),
+                                                            (catalog.GPU_MEMORY_CLOCK, 2619e6)]}
     finally:
         watcher.stop()
     assert sim.calls["nvmlDeviceGetNvLinkState"] == 18

@@ -1,9 +1,12 @@
 """NVIDIA GPUs through NVML: what dcgm-exporter exports, what it ships switched off, and more.
 
 The collector takes the NVML module as an argument (the real `pynvml`, or gpuscope's simulated
-one), so the code below is exactly what runs on a GPU node. Per scrape and GPU it makes at most
-12 NVML calls: one batched `nvmlDeviceGetFieldValues` carries energy, HBM temperature, ECC, row
-remapping, violation times, PCIe and NVLink counters; identity, limits and maxima are read once.
+one), so the code below is exactly what runs on a GPU node. Per scrape and GPU it makes 6 NVML
+calls on a p5 (7 where the driver gives temperature limits relative to T.Limit, or lacks the power
+fields): one batched `nvmlDeviceGetFieldValues` carries power and its enforced limit, energy, HBM
+temperature, ECC, row remapping, violation times, PCIe and NVLink counters; identity, limits and
+maxima are read once; what changes seldom (active NVLinks, the PCIe link's generation and width,
+the memory clock) in the background every --collector.gpu.link-interval.
 
 Failure handling:
 - a call that is NotSupported / FunctionNotFound / NoPermission is dropped for that GPU (logged
@@ -72,6 +75,13 @@ SCALAR_FIELDS: tuple[tuple[int, Metric, tuple[str, ...], float], ...] = (
     (52, catalog.GPU_NVLINK_ERRORS, ("replay",), 1.0),
     (59, catalog.GPU_NVLINK_ERRORS, ("recovery",), 1.0),
 )
+# Power and its enforced limit in the same batch where the driver has these fields (185: averaged
+# over a second, as nvmlDeviceGetPowerUsage on Hopper and later; 190: the limit enforced, out-of-band
+# caps included): two calls fewer a scrape. A GPU without them (GA100 has no averaged power) keeps the calls.
+POWER_FIELDS: tuple[tuple[int, Metric, tuple[str, ...], float], ...] = (
+    (185, catalog.GPU_POWER, (), 1e-3),  # mW
+    (190, catalog.GPU_POWER_LIMIT, (), 1e-3),
+)
 NVLINK_LINK_COUNT_FIELD = 91
 NVLINK_TX_FIELD, NVLINK_RX_FIELD = 138, 139  # KiB, per link (scope id = link)
 # nvmlDeviceGetTemperatureThreshold ids and the T.Limit-relative fields of newer drivers.
@@ -117,6 +127,8 @@ class _Gpu:
     static: list[tuple[Metric, tuple[str, ...], float]] = field(default_factory=list)
     absolute_limits: dict[str, float] = field(default_factory=dict)
     relative_limits: dict[str, float] = field(default_factory=dict)
+    scalars: list[tuple[int, Metric, tuple[str, ...], float]] = field(default_factory=list)  # the batch's
+    from_fields: set[Metric] = field(default_factory=set)  # read in the batch, not by their own calls
     fields: list[tuple[int, int]] = field(default_factory=list)
     links: int = 0
     unsupported: set[str] = field(default_factory=set)
@@ -190,7 +202,7 @@ class GpuCollector:
             opened = [gpu for gpu in gpus if gpu.uuid]
             self._xids = XidWatcher(self._nvml, {gpu.index: gpu.handle for gpu in opened})
             self._start_profiling(opened)
-            self._links = LinkWatcher(self._nvml, {gpu.index: (gpu.handle, gpu.links) for gpu in opened if gpu.links},
+            self._links = LinkWatcher(self._nvml, {gpu.index: (gpu.handle, gpu.links) for gpu in opened},
                                       self._options.link_interval, self._fields)
             if not self._options.job_mapping_dir:
                 self._jobs = JobWatcher(self._nvml, {gpu.index: gpu.handle for gpu in opened}, self._options.procfs,
@@ -290,7 +302,11 @@ class GpuCollector:
         gpu.links = int(links or 0)
         if gpu.links:
             gpu.static.append((catalog.GPU_NVLINK_LINKS, (), gpu.links))
-        gpu.fields = [(f, 0) for f, *_ in SCALAR_FIELDS]
+        power = self._fields(handle, [(f, 0) for f, *_ in POWER_FIELDS])
+        gpu.scalars = [*SCALAR_FIELDS, *(spec for spec, value in zip(POWER_FIELDS, power, strict=True)
+                                         if value is not None)]
+        gpu.from_fields = {metric for _, metric, *_ in gpu.scalars[len(SCALAR_FIELDS):]}
+        gpu.fields = [(f, 0) for f, *_ in gpu.scalars]
         gpu.fields += [(f, link) for link in range(gpu.links) for f in (NVLINK_TX_FIELD, NVLINK_RX_FIELD)]
         return gpu
 
@@ -383,12 +399,9 @@ class GpuCollector:
              lambda: n.nvmlDeviceGetEnforcedPowerLimit(h), 1e-3),
             (catalog.GPU_SM_CLOCK, "nvmlDeviceGetClockInfo(SM)",
              lambda: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM), 1e6),
-            (catalog.GPU_MEMORY_CLOCK, "nvmlDeviceGetClockInfo(MEM)",
-             lambda: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM), 1e6),
-            (catalog.GPU_PCIE_GENERATION, "nvmlDeviceGetCurrPcieLinkGeneration",
-             lambda: n.nvmlDeviceGetCurrPcieLinkGeneration(h), 1),
-            (catalog.GPU_PCIE_WIDTH, "nvmlDeviceGetCurrPcieLinkWidth", lambda: n.nvmlDeviceGetCurrPcieLinkWidth(h), 1),
         ):
+            if metric in gpu.from_fields:
+                continue  # in the batched field values below
             value = call(name, fn)
             if value is not None:
                 scrape.add(metric, value * scale, *labels)
@@ -424,10 +437,10 @@ class GpuCollector:
 
     def _add_fields(self, gpu: _Gpu, values: list[float | None], scrape: Scrape) -> None:
         labels = gpu.labels
-        for (_, metric, extra, scale), value in zip(SCALAR_FIELDS, values, strict=False):
+        for (_, metric, extra, scale), value in zip(gpu.scalars, values, strict=False):
             if value is not None:
                 scrape.add(metric, value * scale, *labels, *extra)
-        link_values = values[len(SCALAR_FIELDS):]
+        link_values = values[len(gpu.scalars):]
         if not gpu.links or any(v is None for v in link_values):
             return
         tx = [v * 1024 for v in link_values[0::2]]  # KiB
@@ -466,7 +479,8 @@ class GpuCollector:
         return call
 
     def _add_background(self, gpus: list[_Gpu], scrape: Scrape) -> None:
-        """Jobs, XID counts and GPM profiling values, from the background threads' latest snapshots."""
+        """Jobs, XID counts, link state and GPM profiling values, from the background threads' latest
+        snapshots."""
         by_index = {gpu.index: gpu for gpu in gpus}
         if self._xids:
             counts, last = self._xids.snapshot()
@@ -487,12 +501,8 @@ class GpuCollector:
                 if index in by_index:
                     for job in jobs:
                         scrape.add(catalog.GPU_JOB_INFO, 1, *by_index[index].labels, job)
-        if self._links:
-            for index, active in sorted(self._links.active().items()):
-                if not by_index[index].lost:
-                    scrape.add(catalog.GPU_NVLINK_ACTIVE, active, *by_index[index].labels)
-        if self._gpm:
-            for index, values in sorted(self._gpm.snapshot().items()):
+        for worker in (self._links, self._gpm):
+            for index, values in sorted(worker.snapshot().items()) if worker else ():
                 if by_index[index].lost:
                     continue
                 for metric, value in values:

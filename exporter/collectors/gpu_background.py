@@ -1,4 +1,4 @@
-"""The GPU collector's background threads: XID events and GPM profiling samples.
+"""The GPU collector's background threads: XID events, GPM profiling samples, link state.
 
 Neither can be done inside a scrape: XIDs arrive as events that must be waited for, and a GPM
 metric needs two samples some time apart. Each thread keeps a small snapshot behind a lock;
@@ -150,33 +150,51 @@ NVLINK_UP_STATES = (1, 2)
 
 
 class LinkWatcher:
-    """Counts each GPU's active NVLinks every `interval` seconds, in one batched field-values call per
-    GPU (`fields`, the collector's reader: None for a field the driver lacks). A driver without the
-    state field answers one nvmlDeviceGetNvLinkState per link instead (18 on an H100)."""
+    """Each GPU's links every `interval` seconds: its active NVLinks, in one batched field-values call
+    (`fields`, the collector's reader: None for a field the driver lacks; a driver without the state
+    field answers one nvmlDeviceGetNvLinkState per link instead, 18 on an H100), its PCIe link's
+    current generation and width, and its memory clock (fixed on HBM; no rule reads it). These change
+    seldom: reading them here keeps a scrape at 6 NVML calls a GPU on a p5, 11 with the background's
+    at 15 s scrapes and the default intervals."""
 
-    def __init__(self, nvml: Any, links: dict[int, tuple[Any, int]], interval: float,
+    def __init__(self, nvml: Any, gpus: dict[int, tuple[Any, int]], interval: float,
                  fields: Callable[[Any, list[tuple[int, int]]], list[float | None]]) -> None:
         self._nvml = nvml
-        self._links = links  # GPU index -> (handle, links it has)
+        self._gpus = gpus  # GPU index -> (handle, NVLinks it has)
         self._interval = interval
         self._fields = fields
         self._lock = threading.Lock()
-        self._active: dict[int, int] = {}
+        self._values: dict[int, list[tuple[Metric, float]]] = {}
         self._stop = threading.Event()
-        threading.Thread(target=self._run, name="gpu-nvlinks", daemon=True).start()
+        threading.Thread(target=self._run, name="gpu-links", daemon=True).start()
 
     def _run(self) -> None:
         while True:
-            active = {}
-            for index, (handle, links) in self._links.items():
+            values = {}
+            for index, (handle, nvlinks) in self._gpus.items():
                 try:
-                    active[index] = self._count(handle, links)
+                    values[index] = self._read(handle, nvlinks)
                 except self._nvml.NVMLError:
-                    continue  # a lost GPU: no count for it
+                    continue  # a lost GPU: nothing for it
             with self._lock:
-                self._active = active
+                self._values = values
             if self._stop.wait(self._interval):
                 return
+
+    def _read(self, handle: Any, nvlinks: int) -> list[tuple[Metric, float]]:
+        n = self._nvml
+        out = [(catalog.GPU_NVLINK_ACTIVE, self._count(handle, nvlinks))] if nvlinks else []
+        for metric, read, scale in (
+            (catalog.GPU_PCIE_GENERATION, n.nvmlDeviceGetCurrPcieLinkGeneration, 1),
+            (catalog.GPU_PCIE_WIDTH, n.nvmlDeviceGetCurrPcieLinkWidth, 1),
+            (catalog.GPU_MEMORY_CLOCK, lambda h: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM), 1e6),
+        ):
+            try:
+                out.append((metric, read(handle) * scale))
+            except n.NVMLError as exc:
+                if type(exc).__name__ not in ("NVMLError_NotSupported", "NVMLError_FunctionNotFound"):
+                    raise
+        return out
 
     def _count(self, handle: Any, links: int) -> int:
         states = self._fields(handle, [(NVLINK_STATE_FIELD, link) for link in range(links)])
@@ -185,9 +203,9 @@ class LinkWatcher:
         return sum(self._nvml.nvmlDeviceGetNvLinkState(handle, link) == self._nvml.NVML_FEATURE_ENABLED
                    for link in range(links))
 
-    def active(self) -> dict[int, int]:
+    def snapshot(self) -> dict[int, list[tuple[Metric, float]]]:
         with self._lock:
-            return dict(self._active)
+            return dict(self._values)
 
     def stop(self) -> None:
         self._stop.set()

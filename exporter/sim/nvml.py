@@ -400,7 +400,10 @@ class SimulatedNvml:
             91: int(gpu["nvlinks"]),
             94: 0, 197: int(state.pcie_bytes[0]), 198: int(state.pcie_bytes[1]),
             230: int(fault.recovery_action or 0),
+            190: int(gpu["power_limit_watts"] * 1000),  # mW, as nvmlDeviceGetEnforcedPowerLimit
         }
+        if gpu.get("averaged_power_field", True):  # 185, mW: what nvmlDeviceGetPowerUsage says after GA100
+            scalar[185] = round(self._power(state) * 1000)
         scalar.update({fid: int(state.violation[p] * 1e9) for p, fid in _POLICY_FIELDS.items()})
         scalar.update({fid: int(state.nvlink_errors[k]) for k, fid in _NVLINK_ERROR_FIELDS.items()})
         scalar.update({fid: fault.ecc.get(fid, 0) for fid in (3, 4, 5, 6)})
