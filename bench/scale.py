@@ -66,7 +66,10 @@ LOSS_AGO = 60
 REPEATS = 3
 ENGINES = ("prometheus", "victoria")
 # VictoriaMetrics' query limits sized for a fleet (the defaults refuse a query over 300,000 series).
-VICTORIA_FLAGS = ("-search.maxUniqueTimeseries=100000000", "-search.maxQueryDuration=600s",
+# -maxInsertRequestSize: vmalert's replay sends a per-GPU record's batch in one request (49 MB at
+# 4,096 nodes); past the default 32 MiB VictoriaMetrics refuses it and vmalert drops the records.
+VICTORIA_FLAGS = ("-maxInsertRequestSize=1073741824", "-search.maxUniqueTimeseries=100000000",
+                  "-search.maxQueryDuration=600s",
                   "-search.maxSamplesPerQuery=100000000000", "-search.maxQueryLen=1048576",
                   "-search.maxPointsPerTimeseries=100000")
 
@@ -99,11 +102,12 @@ class Engine:
         return int(float(re.search(r"^process_resident_memory_bytes (\S+)$", text, re.M)[1]))
 
 
-def tool(*command: str, timeout: float = 4 * 3600) -> None:
-    """Runs a tool; its own error output if it fails."""
+def tool(*command: str, timeout: float = 4 * 3600) -> str:
+    """Runs a tool; its own error output if it fails, else that output (warnings a tool exits 0 after)."""
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if result.returncode:
         raise RuntimeError(f"{' '.join(command[:4])} ... exited {result.returncode}: {result.stderr[-2000:]}")
+    return result.stderr
 
 
 def rule_groups() -> list[dict]:
@@ -286,10 +290,12 @@ def backfill_records_victoria(base: str, root: str, window: data.Window) -> int:
     for groups_of_level in levels:
         Path(path).write_text(yaml.safe_dump({"groups": [{**g, "interval": f"{RECORD_STEP}s"}
                                                          for g in groups_of_level]}))
-        tool(find_binary("vmalert"), f"-rule={path}", f"-datasource.url={base}", f"-remoteWrite.url={base}",
-             f"-replay.timeFrom={iso(window.start)}", f"-replay.timeTo={iso(window.end)}",
-             "-replay.disableProgressBar", "-remoteWrite.maxQueueSize=100000000", "-remoteWrite.maxBatchSize=50000",
-             "-remoteWrite.flushInterval=1s", "-loggerLevel=ERROR")
+        errors = tool(find_binary("vmalert"), f"-rule={path}", f"-datasource.url={base}", f"-remoteWrite.url={base}",
+                      f"-replay.timeFrom={iso(window.start)}", f"-replay.timeTo={iso(window.end)}",
+                      "-replay.disableProgressBar", "-remoteWrite.maxQueueSize=100000000",
+                      "-remoteWrite.maxBatchSize=50000", "-remoteWrite.flushInterval=1s", "-loggerLevel=ERROR")
+        if "dropping" in errors:  # vmalert exits 0 after dropping what it could not write
+            raise RuntimeError(f"vmalert's replay dropped records: {errors[-2000:]}")
         flush(base)
     return len(levels)
 
