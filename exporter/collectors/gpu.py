@@ -28,7 +28,7 @@ from typing import Any
 
 from exporter import catalog
 from exporter.catalog import Family, Metric, Scrape
-from exporter.collectors.gpu_background import GpmSampler, JobWatcher, LinkWatcher, XidWatcher
+from exporter.collectors.gpu_background import UNSUPPORTED, GpmSampler, JobWatcher, LinkWatcher, XidWatcher
 from exporter.collectors.gpu_dcgm import DcgmOptions, DcgmSampler, DcgmView
 from exporter.collectors.jobs import MappingDirectory
 from exporter.collectors.pods import PodResourcesWatcher
@@ -88,7 +88,6 @@ NVLINK_TX_FIELD, NVLINK_RX_FIELD = 138, 139  # KiB, per link (scope id = link)
 TEMPERATURE_LIMITS = (("shutdown", 0, 193), ("slowdown", 1, 194), ("memory_max", 2, 195), ("gpu_max", 3, 196))
 _LOST = ("NVMLError_GpuIsLost", "NVMLError_Unknown", "NVMLError_ResetRequired")
 _DRIVER_GONE = ("NVMLError_Uninitialized", "NVMLError_DriverNotLoaded", "NVMLError_LibRmVersionMismatch")
-_UNSUPPORTED = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound", "NVMLError_NoPermission")
 
 
 @dataclass(frozen=True)
@@ -315,7 +314,7 @@ class GpuCollector:
         try:
             values = self._nvml.nvmlDeviceGetFieldValues(handle, requests)
         except self._nvml.NVMLError as exc:
-            if type(exc).__name__ in _UNSUPPORTED:
+            if type(exc).__name__ in UNSUPPORTED:
                 return [None] * len(requests)
             raise
         success, members = self._success, self._union_member
@@ -467,7 +466,7 @@ class GpuCollector:
                     raise _GpuLost() from None
                 if kind in _DRIVER_GONE:
                     raise _DriverGone() from None
-                if kind in _UNSUPPORTED:
+                if kind in UNSUPPORTED:
                     gpu.unsupported.add(name)
                     log.info("NVML call unsupported; metric dropped for this GPU",
                              extra={"gpu": gpu.index, "call": name, "error": kind})

@@ -22,6 +22,8 @@ from exporter.collectors.jobs import job_of_process
 log = logging.getLogger("gpuscope")
 
 XID_CRITICAL_EVENT = 0x8  # nvmlEventTypeXidCriticalError
+# Errors that mean a GPU or driver lacks a call (not that the GPU is lost): its metric is left out.
+UNSUPPORTED = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound", "NVMLError_NoPermission")
 _WAIT_MS = 500
 
 # GPM metric id -> (metric, scale): percentages become ratios. GPM's PCIe and NVLink rates (ids 20,
@@ -192,7 +194,7 @@ class LinkWatcher:
             try:
                 out.append((metric, read(handle) * scale))
             except n.NVMLError as exc:
-                if type(exc).__name__ not in ("NVMLError_NotSupported", "NVMLError_FunctionNotFound"):
+                if type(exc).__name__ not in UNSUPPORTED:
                     raise
         return out
 
@@ -259,7 +261,7 @@ class GpmSampler:
             with self._lock:
                 self._values.pop(index, None)
             self._taken.discard(index)
-            if name in ("NVMLError_NotSupported", "NVMLError_NoPermission", "NVMLError_FunctionNotFound"):
+            if name in UNSUPPORTED:
                 log.info("GPM profiling unavailable for GPU", extra={"gpu": index, "error": name})
                 del self._handles[index]
             return
