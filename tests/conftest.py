@@ -2,20 +2,33 @@ import pytest
 
 from tests.helpers import FIXTURES
 
-# Modules that share a lane (an xdist group) run one after another on one worker, never side by side:
-# the two alert-table stacks (Prometheus, VictoriaMetrics, vmalert, two agents and four simulated
-# nodes each) take more than half of a 2-core machine apiece.
-LANES = {"tests.test_e2e_alerts": "alert-stacks", "tests.test_e2e_alerts_infiniband": "alert-stacks"}
+# Modules that share a lane run one after another on one worker, never side by side: the two
+# alert-table stacks (Prometheus, VictoriaMetrics, vmalert, two agents and four simulated nodes each)
+# take more than half of a 2-core machine apiece.
+LANES = {"tests/test_e2e_alerts.py": "alert-stacks", "tests/test_e2e_alerts_infiniband.py": "alert-stacks"}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`scripts/test` runs both tiers `--dist loadgroup`), a module's tests stay on
-    one worker, so a module's fixtures (a Prometheus, a simulated node) start once; a lane's modules
-    (LANES) stay on one worker too, in their order."""
-    for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            name = item.module.__name__
-            item.add_marker(pytest.mark.xdist_group(LANES.get(name, name)))
+def lane_of(nodeid: str) -> str:
+    """The unit xdist hands to one worker: the test's lane, or else its module."""
+    module = nodeid.split("::", 1)[0]
+    return LANES.get(module, module)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under `--dist loadscope` (how `scripts/test` runs both tiers), a module's tests stay on one
+    worker, so its fixtures (a Prometheus, a simulated cluster) start once, and a lane's modules
+    (LANES) stay on one worker in their order. (xdist's own `loadgroup` no longer groups under
+    pytest 9: the group is a suffix it writes into the test's id, which pytest 9 keeps apart.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LaneScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return lane_of(nodeid)
+
+    return LaneScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
