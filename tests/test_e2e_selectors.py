@@ -44,7 +44,8 @@ def stack(tmp_path_factory):
     (root / "settings.yml").write_text(SETTINGS)
     settings = load(str(root / "settings.yml"))
     rules = write_shortened_rules(str(root / "rules.yml"), 60, settings)
-    with Cluster(str(root), nodes=4, exporter_args=("--collector.gpu.gpm-interval=1s",)) as cluster:
+    # The simulated hardware moves twice a scrape (tests/test_e2e_job_waits.py says why).
+    with Cluster(str(root), nodes=4, interval="500ms", exporter_args=("--collector.gpu.gpm-interval=1s",)) as cluster:
         targets = [{"files": [cluster.write_targets()], "refresh_interval": "1s"}]
         jobs = [{"job_name": "gpu-nodes", "file_sd_configs": targets, "relabel_configs": RELABEL},
                 {"job_name": "other", "file_sd_configs": targets}]
