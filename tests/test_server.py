@@ -26,7 +26,7 @@ from exporter import webconfig
 from exporter.registry import ScrapeRegistry
 from exporter.server import serve
 from exporter.sim.rdma_tree import p5_efa_devices, write_rdma_tree
-from tests.helpers import free_port, samples, value
+from tests.helpers import free_port, samples, value, wait_until
 from tests.procs import exporter_process
 from tests.test_faults import Exploding
 
@@ -405,7 +405,9 @@ def test_idle_connections_cannot_pile_up_threads_or_crowd_out_a_scraper(in_proce
         started = time.monotonic()
         assert requests.get(f"http://{address}/metrics", timeout=5).status_code == 200
         assert time.monotonic() - started < 2.0
-        assert threading.active_count() - before <= server_module.MAX_CONNECTIONS + 5
+        # The handlers of the connections closed for the newest unwind in their own time on a busy machine.
+        wait_until(lambda: threading.active_count() - before <= server_module.MAX_CONNECTIONS + 5, 5,
+                   lambda: f"{threading.active_count() - before} threads, {server_module.MAX_CONNECTIONS} connections")
     finally:
         for sock in idle:
             sock.close()
