@@ -17,6 +17,11 @@ from exporter.sim.cluster import free_port  # noqa: F401  (re-exported for the t
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"  # real captures by public projects, sources in SOURCES.md
+# How often the simulated hardware of an end-to-end stack moves: twice its 1 s scrape. Moving once a
+# scrape, a node whose simulator ran late on a busy machine shows no counter movement between two
+# scrapes, which rules paging on two samples (irate) read as a stall (EfaTrafficStalled paged a
+# checkpointing node so, once in CI).
+TWICE_A_SCRAPE = "500ms"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -2,9 +2,9 @@
 
 Four simulated p5.48xlarge nodes (the peer medians need three or more; DGX H100s on InfiniBand for
 the scenario that needs their ports, in test_e2e_alerts_infiniband.py), scraped twice: by Prometheus
-evaluating the generated rules, and by two Prometheus agents, each keeping half the targets (hashmod), remote-writing to
-VictoriaMetrics, where vmalert evaluates the same rule file and writes its records back
-(docs/scale-out.md). Durations are divided by 60 (`shorten_durations`: 5m becomes 5s; timing
+evaluating the generated rules, and by two Prometheus agents, each keeping half the targets
+(hashmod), remote-writing to VictoriaMetrics, where vmalert evaluates the same rule file and writes
+its records back (docs/scale-out.md). Durations are divided by 60 (`shorten_durations`: 5m becomes 5s; timing
 only, the expressions are the generated ones). Each engine notifies its own Alertmanager with the
 reference routes and inhibitions, delivering to a webhook. For each scenario, on both engines:
 exactly the expected alerts fire with the right node and GPU/device/target, the non-inhibited ones
@@ -38,7 +38,7 @@ from exporter.sim.stack import (
     vmalert,
     webhook_receiver,
 )
-from tests.helpers import wait_until
+from tests.helpers import TWICE_A_SCRAPE, wait_until
 from tests.test_alertmanager import for_test
 
 pytestmark = pytest.mark.e2e  # real Prometheus (and Alertmanager) over simulated nodes
@@ -166,9 +166,7 @@ def _stack(tmp_path_factory, profile: str):
     settings = Settings(xid_window=XID_WINDOW, efa_stall_for=EFA_STALL_FOR,
                         nccl_inspector_stale_seconds=INSPECTOR_STALE_SECONDS)
     rules = write_shortened_rules(str(root / "rules.yml"), 60, settings)
-    # The simulated hardware moves twice a scrape: a node whose counters moved once in two scrapes would
-    # look stalled for one (irate) to rules that page on two samples.
-    cluster = Cluster(str(root), nodes=4, profile=profile, interval="500ms",  # NVLinks counted as often as GPM
+    cluster = Cluster(str(root), nodes=4, profile=profile, interval=TWICE_A_SCRAPE,  # NVLinks counted as often as GPM
                       exporter_args=("--collector.gpu.gpm-interval=1s", "--collector.gpu.link-interval=1s"),
                       ras_timeout_factor=1 / 60)  # RAS's 5 s / 60 s, shortened as the rules are
     with ExitStack() as started:

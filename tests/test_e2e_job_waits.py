@@ -19,6 +19,7 @@ from alerts.render import write_shortened_rules
 from exporter.sim.cluster import Cluster, load_scenario
 from exporter.sim.faults import Scenario
 from exporter.sim.stack import Prometheus, Webhook, alertmanager, prometheus, webhook_receiver
+from tests.helpers import TWICE_A_SCRAPE
 from tests.test_alertmanager import for_test
 from tests.test_e2e_alerts import firing, key
 
@@ -43,11 +44,8 @@ def scenario_stack(tmp_path, scenario: Scenario) -> Iterator[tuple[Cluster, Prom
     """The scenario's nodes (its profile and jobs, GPM sampled every second), Prometheus with the rules
     shortened 60-fold and Alertmanager delivering to a webhook, every exporter scraped."""
     rules = write_shortened_rules(str(tmp_path / "rules.yml"), 60)
-    # The simulated hardware moves twice a scrape, as in test_e2e_alerts.py: moving once a scrape, a node
-    # whose simulator ran late on a busy machine read no EFA traffic between two scrapes, and
-    # EfaTrafficStalled paged it (seen once, in CI).
     cluster = Cluster(str(tmp_path), nodes=scenario.nodes, jobs=scenario.jobs, profile=scenario.profile,
-                      interval="500ms", exporter_args=("--collector.gpu.gpm-interval=1s",))
+                      interval=TWICE_A_SCRAPE, exporter_args=("--collector.gpu.gpm-interval=1s",))
     with cluster, webhook_receiver() as (url, hook), alertmanager(for_test(url)) as am:
         jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [cluster.write_targets()],
                                                               "refresh_interval": "1s"}]}]

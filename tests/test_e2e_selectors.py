@@ -23,6 +23,7 @@ from dashboards.build import dashboard_json
 from dashboards.render import substitute
 from exporter.sim.cluster import Cluster, load_scenario
 from exporter.sim.stack import prometheus
+from tests.helpers import TWICE_A_SCRAPE
 
 pytestmark = pytest.mark.e2e
 
@@ -44,8 +45,8 @@ def stack(tmp_path_factory):
     (root / "settings.yml").write_text(SETTINGS)
     settings = load(str(root / "settings.yml"))
     rules = write_shortened_rules(str(root / "rules.yml"), 60, settings)
-    # The simulated hardware moves twice a scrape (tests/test_e2e_job_waits.py says why).
-    with Cluster(str(root), nodes=4, interval="500ms", exporter_args=("--collector.gpu.gpm-interval=1s",)) as cluster:
+    cluster = Cluster(str(root), nodes=4, interval=TWICE_A_SCRAPE, exporter_args=("--collector.gpu.gpm-interval=1s",))
+    with cluster:
         targets = [{"files": [cluster.write_targets()], "refresh_interval": "1s"}]
         jobs = [{"job_name": "gpu-nodes", "file_sd_configs": targets, "relabel_configs": RELABEL},
                 {"job_name": "other", "file_sd_configs": targets}]
