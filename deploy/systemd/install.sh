@@ -24,7 +24,7 @@ fi
 
 source="${1:-$here/../..}"
 mkdir -p "$root/opt/gpuscope" "$(dirname "$unit")" "$(dirname "$defaults")"
-python3 -m venv "$venv"
+[ -x "$venv/bin/pip" ] || python3 -m venv "$venv"  # an upgrade reuses its environment
 ${PIP:-"$venv/bin/pip"} install --quiet --upgrade "$source"
 install -m 0644 "$here/gpuscope.service" "$unit"
 [ -e "$defaults" ] || install -m 0644 "$here/gpuscope.default" "$defaults"
