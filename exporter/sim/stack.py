@@ -171,8 +171,13 @@ class Vmalert:
         self.base = base
 
     def alerts(self) -> list[dict]:
-        """Active alerts in Prometheus' format (labels, state); vmalert says null for none."""
-        return requests.get(f"{self.base}/api/v1/alerts", timeout=10).json()["data"]["alerts"] or []
+        """Active alerts in Prometheus' format (labels, state); vmalert says null for none.
+
+        Waits up to 30 s: before 1.101 (1.97.4 LTS) vmalert holds a rule's lock while it templates
+        the rule's annotations, and the `cost` annotation runs a query, so this API waits for those
+        queries (VictoriaMetrics issue 6079); with eight alerts firing on a loaded 2-core machine it
+        did not answer within 10 s, twice in one CI run."""
+        return requests.get(f"{self.base}/api/v1/alerts", timeout=30).json()["data"]["alerts"] or []
 
     def ready(self) -> bool:
         return requests.get(f"{self.base}/health", timeout=5).status_code == 200
