@@ -21,6 +21,7 @@ LONGEST_FIRST = (
     "tests/test_remediate_kubernetes.py", "tests/test_remediate.py", "tests/test_faults.py",  # 17, 12, 10
 )
 
+
 def lane_of(nodeid: str) -> str:
     """The unit xdist hands to one worker: the test's lane, or else its module."""
     module = nodeid.split("::", 1)[0]
