@@ -46,15 +46,22 @@ def test_promtool_accepts_the_rules_and_the_prometheusrule_spec(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("case", RULE_TESTS, ids=lambda p: p.stem)
-def test_promtool_unit_tests(tmp_path, case):
+@pytest.fixture(scope="module")
+def unannotated(tmp_path_factory):
+    """A directory holding the generated rules without their annotations, as `rules.yml`."""
     rules = yaml.safe_load((GENERATED / FILES[0]).read_text())
     for group in rules["groups"]:
         for rule in group["rules"]:
             rule.pop("annotations", None)
-    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
-    shutil.copy(case, tmp_path / case.name)
-    result = promtool("test", "rules", str(tmp_path / case.name))
+    directory = tmp_path_factory.mktemp("unannotated")
+    (directory / "rules.yml").write_text(yaml.safe_dump(rules))
+    return directory
+
+
+@pytest.mark.parametrize("case", RULE_TESTS, ids=lambda p: p.stem)
+def test_promtool_unit_tests(unannotated, case):
+    shutil.copy(case, unannotated / case.name)
+    result = promtool("test", "rules", str(unannotated / case.name))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
