@@ -151,7 +151,7 @@ SHARDS = 2
 XID_WINDOW = "30m"
 # Likewise the shards of the two agents reach VictoriaMetrics seconds apart: when a whole job stops,
 # one shard's nodes read stalled while the other's still move, for longer than the EFA stall's two
-# samples shortened 60-fold (1 s): 5 s on a quiet machine, over 5 s in CI beside two other end-to-end
+# samples shortened 60-fold (1 s): under 5 s on a quiet machine, over 5 s in CI beside two other end-to-end
 # workers (the hung job paged EfaTrafficStalled on all four nodes there once); 10m (10 s) outlasts it.
 # In production the two samples are 15 s.
 EFA_STALL_FOR = "10m"
