@@ -24,13 +24,17 @@ VERSIONS = ["1.30.0", "1.37.0"]
 OPERATOR_KINDS = {"PrometheusRule", "ServiceMonitor", "PrometheusAgent"}
 
 
-def validate(path: str, version: str) -> None:
-    """Every document of `path` against Kubernetes `version`'s API schemas, strictly (an unknown field
-    fails): kubernetes-validate's check, called in process (its command spends most of a second
-    starting Python for each file)."""
-    with open(path, encoding="utf-8") as handle:
-        documents = [document for document in yaml.safe_load_all(handle) if document]
-    for document in documents:
+def yaml_documents(text: str) -> list[dict]:
+    """The YAML documents of a rendering, through libyaml (the chart's 340 kB: 24 ms, not 360)."""
+    return [document for document in yaml.load_all(text, Loader=yaml.CSafeLoader) if document]
+
+
+def validate(rendered: tuple[str, list[dict]], version: str) -> None:
+    """Every document of a rendering (its file, its documents) against Kubernetes `version`'s API
+    schemas, strictly (an unknown field fails): kubernetes-validate's check, called in process (its
+    command spends most of a second starting Python for each file)."""
+    path, parsed = rendered
+    for document in parsed:
         name = f"{path}: {document['kind']}/{document['metadata']['name']}"
         try:
             kubernetes_validate.validate(document, version, strict=True)
@@ -66,7 +70,7 @@ def kustomized(directory, tmp_path_factory) -> tuple[str, list[dict]]:
     assert result.returncode == 0, result.stderr
     path = tmp_path_factory.mktemp("k8s") / "rendered.yaml"
     path.write_text(result.stdout)
-    return str(path), [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return str(path), yaml_documents(result.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +80,8 @@ def rendered(tmp_path_factory) -> tuple[str, list[dict]]:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_manifests_pass_strict_validation(rendered, version):
-    path, documents = rendered
-    validate(path, version)
-    assert sorted(d["kind"] for d in documents) == ["ConfigMap"] * len(DASHBOARDS) + [
+    validate(rendered, version)
+    assert sorted(d["kind"] for d in rendered[1]) == ["ConfigMap"] * len(DASHBOARDS) + [
         "DaemonSet", "Namespace", "PrometheusRule", "Service", "ServiceAccount", "ServiceMonitor"]
 
 
@@ -147,7 +150,7 @@ def template(tmp_path, values: dict) -> tuple[str, list[dict]]:
     assert result.returncode == 0, result.stderr
     path = tmp_path / "rendered.yaml"
     path.write_text(result.stdout)
-    return str(path), [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return str(path), yaml_documents(result.stdout)
 
 
 def test_chart_lints_strictly():
@@ -174,9 +177,9 @@ RECEIVER_KINDS = ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment"
 @pytest.mark.parametrize("values", [{}, ROOT_AND_PRIORITY, NOTHING_EXTRA, REMEDIATE],
                          ids=["defaults", "root", "bare", "remediate"])
 def test_chart_renders_valid_manifests(tmp_path, values, version):
-    path, documents = template(tmp_path, values)
-    validate(path, version)
-    kinds = sorted(d["kind"] for d in documents)
+    chart = template(tmp_path, values)
+    validate(chart, version)
+    kinds = sorted(d["kind"] for d in chart[1])
     if values is NOTHING_EXTRA:
         assert kinds == ["DaemonSet", "Service", "ServiceAccount"]
     elif values is REMEDIATE:
@@ -184,7 +187,7 @@ def test_chart_renders_valid_manifests(tmp_path, values, version):
     else:
         assert kinds == ["ConfigMap"] * len(DASHBOARDS) + ["DaemonSet", "PrometheusRule", "Service", "ServiceAccount",
                                              "ServiceMonitor"]
-    assert {d["metadata"].get("namespace") for d in documents if not d["kind"].startswith("ClusterRole")} == {
+    assert {d["metadata"].get("namespace") for d in chart[1] if not d["kind"].startswith("ClusterRole")} == {
         "monitoring"}
 
 
@@ -198,7 +201,7 @@ def receiver_kustomized(tmp_path_factory) -> tuple[str, list[dict]]:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_the_receivers_kustomization_passes_strict_validation(receiver_kustomized, version):
-    validate(receiver_kustomized[0], version)
+    validate(receiver_kustomized, version)
 
 
 def by_kind(documents: list[dict]) -> dict[str, dict]:
@@ -325,8 +328,8 @@ def agents_kustomized(tmp_path_factory) -> tuple[str, list[dict]]:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_the_agents_render_and_validate(tmp_path, agents_kustomized, version):
-    validate(template(tmp_path, AGENTS)[0], version)
-    validate(agents_kustomized[0], version)
+    validate(template(tmp_path, AGENTS), version)
+    validate(agents_kustomized, version)
 
 
 def test_the_agents_shard_the_exporters_servicemonitor_into_the_store_with_read_only_discovery(
