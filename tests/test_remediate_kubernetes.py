@@ -361,13 +361,13 @@ def test_the_receiver_runs_with_the_configuration_the_chart_renders(tmp_path):
     where Kubernetes mounts them, KUBERNETES_SERVICE_HOST/PORT pointing at the API stub over TLS. The
     kubelet's probes pass without a token; Alertmanager's notification drains; Prometheus scrapes with
     the token as the ServiceMonitor sends it."""
-    from tests.test_kubernetes import CHART, helm
+    from tests.test_kubernetes import CHART, helm, yaml_documents
     from tests.test_server import _cert, _key, _write_pem
 
     rendered = helm("template", "gpuscope", str(CHART), "--namespace", "monitoring", "--set", "remediate.enabled=true",
                     "--set", "remediate.policy.enforce=true", "--show-only", "templates/remediate.yaml")
     assert rendered.returncode == 0, rendered.stderr
-    objects = {d["kind"]: d for d in yaml.safe_load_all(rendered.stdout) if d}
+    objects = {d["kind"]: d for d in yaml_documents(rendered.stdout)}
     root = tmp_path / "pod"
 
     def place(path: str) -> str:
