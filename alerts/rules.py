@@ -55,6 +55,25 @@ class Group:
 FAST_EVALUATION = "5s"
 
 
+@dataclass(frozen=True)
+class Half:
+    """One half of a family too large for one group's read: its group name's suffix and its matcher."""
+
+    suffix: str
+    matcher: str
+
+
+# NCCL's per-rank series and DCGM's health series are eight a GPU: at 2,048 nodes one read of such a
+# family is about 1 s on 2 cores, a rule group's whole budget (docs/scale). Their groups read them in
+# two halves, in two groups, split by a label the result keeps, so the halves write disjoint series
+# of one record or alert: a result per GPU splits by the GPU index's parity (even on any node size),
+# a result per communicator by collective (every rank of a communicator stays in one read).
+GPU_HALVES = (Half("even-gpus", 'gpu=~".*[02468]"'), Half("odd-gpus", 'gpu!~".*[02468]"'))
+_REDUCTIONS = "AllReduce|ReduceScatter|Reduce"
+COLLECTIVE_HALVES = (Half("reductions", f'collective=~"{_REDUCTIONS}"'),
+                     Half("other-collectives", f'collective!~"{_REDUCTIONS}"'))
+
+
 def _xids(xids: tuple[int, ...]) -> str:
     return "|".join(str(x) for x in xids)
 
@@ -100,14 +119,17 @@ NCCL_BW_BASELINE = "job_id_comm_collective:gpuscope_nccl_bus_bandwidth_bytes_per
 # Each node's slowest rank per communicator and collective (a third of the per-rank series): read by
 # NcclBandwidthDegraded instead of every rank, twice.
 NCCL_BW_NODE_MIN = "instance_job_id_comm_collective:gpuscope_nccl_bus_bandwidth_bytes_per_second:min"
+# The ranks whose collectives are far shorter than their risen communicator median (usually none):
+# the GpuStraggler NCCL evidence and the goodput wait share read these instead of every rank.
+NCCL_EARLY_RANKS = "instance_gpu_job_id:gpuscope_nccl_collective_exec_time_seconds:early_ratio"
 COMM = "job_id, comm, collective"
 # NCCL RAS (issue 26): the share of a job's GPUs spinning in NCCL kernels (pinned utilization at
 # near-idle power), the hardware's half of a hang.
 JOB_SPINNING = "job_id:gpuscope_gpus_spinning:ratio"
 # The freshest NCCL Inspector file of each running job: how long ago any of its GPUs completed a collective.
 JOB_INSPECTOR_AGE = "job_id:gpuscope_nccl_snapshot_age_seconds:min"
-# The GPU health systems DCGM warns about or fails (usually none): the DCGM alerts' one read of the
-# 8 health series of every GPU (at 2,048 nodes 131,072 series, about 0.8 s a read here).
+# The GPU health systems DCGM warns about or fails (usually none), recorded so the DCGM alerts read
+# the 8 health series of every GPU once (in halves: GPU_HALVES).
 DCGM_NOT_PASSING = "instance_gpu_system:gpuscope_gpu_dcgm_health:not_passing"
 # GPUs whose clocks a hardware or thermal reason holds down: usually none, so the thermal alerts and
 # the fleet's throttled-GPU table read a handful of series instead of every GPU's reasons.
@@ -180,11 +202,11 @@ def counter_rise(counter: str, window: str) -> str:
     return f"({counter} - min_over_time({counter}[{window}]))"
 
 
-def nccl_ranks(metric: str, s: Settings) -> str:
+def nccl_ranks(metric: str, s: Settings, half: Half) -> str:
     """A collective's per-rank series (message-size buckets aggregated) in communicators large enough
-    to have peers."""
+    to have peers, in one half."""
     small = "|".join(str(n) for n in range(1, s.straggler_min_gpus))
-    return f'{metric}{{message_size="all", nranks!~"{small}"}}'
+    return f'{metric}{{message_size="all", nranks!~"{small}", {half.matcher}}}'
 
 
 def near_busiest(s: Settings) -> str:
@@ -197,7 +219,6 @@ def job_wait_records(s: Settings) -> list[Group]:
     recent high; each communicator's median collective time and bandwidth, their recent low and high.
     One series per job or communicator, so the look back over hours stays cheap."""
     window = s.job_baseline_window
-    exec_time, bandwidth = nccl_ranks(c.NCCL_EXEC_TIME.name, s), nccl_ranks(c.NCCL_BUS_BANDWIDTH.name, s)
     return [
         Group("gpuscope-job-waits", (
             Record(JOB_GPUS, f"count by (job_id) ({c.GPU_JOB_INFO.name})"),
@@ -211,17 +232,20 @@ def job_wait_records(s: Settings) -> list[Group]:
             Record(JOB_NEAR_BUSIEST, f"count by (job_id) ({near_busiest(s)})"),
             Record(JOB_ACTIVE_MIN, f"min by (job_id) ({JOB_SM_ACTIVE})"),
         )),
-        # Each group reads NCCL's per-rank series once (8 a GPU: at 2,048 nodes about 1 s a read).
-        Group("gpuscope-nccl-exec", (
-            Record(NCCL_EXEC_MEDIAN, f"quantile by ({COMM}) (0.5, {exec_time})"),
-            Record(NCCL_EXEC_BASELINE, f"min_over_time({NCCL_EXEC_MEDIAN}[{window}])"),
-        )),
-        Group("gpuscope-nccl-bandwidth", (
-            Record(NCCL_BW_MEDIAN, f"quantile by ({COMM}) (0.5, {bandwidth})"),
-            Record(NCCL_BW_BASELINE, f"max_over_time({NCCL_BW_MEDIAN}[{window}])"),
-        )),
-        Group("gpuscope-nccl-bandwidth-nodes", (
-            Record(NCCL_BW_NODE_MIN, f"min by (cluster, instance, {COMM}) ({bandwidth})"),
+        # Each group reads half of NCCL's per-rank series once (COLLECTIVE_HALVES).
+        *(group for half in COLLECTIVE_HALVES for group in (
+            Group(f"gpuscope-nccl-exec-{half.suffix}", (
+                Record(NCCL_EXEC_MEDIAN, f"quantile by ({COMM}) (0.5, {nccl_ranks(c.NCCL_EXEC_TIME.name, s, half)})"),
+                Record(NCCL_EXEC_BASELINE, f"min_over_time({NCCL_EXEC_MEDIAN}{{{half.matcher}}}[{window}])"),
+            )),
+            Group(f"gpuscope-nccl-bandwidth-{half.suffix}", (
+                Record(NCCL_BW_MEDIAN, f"quantile by ({COMM}) (0.5, {nccl_ranks(c.NCCL_BUS_BANDWIDTH.name, s, half)})"),
+                Record(NCCL_BW_BASELINE, f"max_over_time({NCCL_BW_MEDIAN}{{{half.matcher}}}[{window}])"),
+            )),
+            Group(f"gpuscope-nccl-bandwidth-nodes-{half.suffix}", (
+                Record(NCCL_BW_NODE_MIN,
+                       f"min by (cluster, instance, {COMM}) ({nccl_ranks(c.NCCL_BUS_BANDWIDTH.name, s, half)})"),
+            )),
         )),
     ]
 
@@ -328,7 +352,7 @@ def goodput_records(s: Settings) -> list[Group]:
 
     hardware_share = f"clamp_min(1 - {JOB_ACTIVE_MEDIAN} / {JOB_ACTIVE_BASELINE}, 0)"
     nccl_share = f"max by (job_id) (clamp_min(1 - {NCCL_EXEC_BASELINE} / {NCCL_EXEC_MEDIAN}, 0))"
-    waited_for = f"max by (job_id) ({busiest_rank(s)}) or max by (job_id) ({early_rank(s)})"
+    waited_for = f"max by (job_id) ({busiest_rank(s)}) or max by (job_id) ({NCCL_EARLY_RANKS})"
     clock_lost = (f"clamp_min(1 - {c.GPU_SM_CLOCK.name} / {c.GPU_SM_CLOCK_MAX.name}, 0)"
                   f" and on (instance, gpu, uuid) {THROTTLED}")
     idle = f"avg_over_time({c.GPU_UTILIZATION.name}[5m]) < bool {s.idle_utilization}"
@@ -345,7 +369,7 @@ def goodput_records(s: Settings) -> list[Group]:
             Record(JOB_GPU_LOST, on_job_nodes(NODE_GPU_LOST)),
             Record(JOB_STALLED, on_job_nodes(NODE_STALLED)),
         )),
-        Group("gpuscope-goodput-waits", (  # reads every rank's exec time: a group of its own
+        Group("gpuscope-goodput-waits", (
             # NCCL's measure where its files are, the hardware's otherwise; the larger when both.
             Record(JOB_WAIT_SHARE, f'max by (job_id) (label_replace({hardware_share}, "by", "sm", "", "")'
                                    f' or label_replace({nccl_share}, "by", "nccl", "", ""))'
@@ -464,12 +488,12 @@ def busiest_rank(s: Settings) -> str:
             f" and {_whole_job_busy(s)}")
 
 
-def early_rank(s: Settings) -> str:
-    """NCCL's evidence: a rank whose collectives are far shorter than its communicator's median while
-    that median rose above its recent low (the others wait inside NCCL for it). The medians are
-    narrowed to the risen ones before the join, so the ranks of a steady communicator match nothing
-    (at 2,048 nodes: 1.3 s a round instead of 1.9)."""
-    exec_time = nccl_ranks(c.NCCL_EXEC_TIME.name, s)
+def early_rank(s: Settings, half: Half) -> str:
+    """NCCL's evidence, for the GPUs of one half: a rank whose collectives are far shorter than its
+    communicator's median while that median rose above its recent low (the others wait inside NCCL
+    for it). The medians are narrowed to the risen ones before the join, so the ranks of a steady
+    communicator match nothing (at 2,048 nodes: 1.3 s a round instead of 1.9)."""
+    exec_time = nccl_ranks(c.NCCL_EXEC_TIME.name, s, half)
     risen = f"{NCCL_EXEC_MEDIAN} > {s.nccl_rise_ratio} * {NCCL_EXEC_BASELINE}"
     return (f"min by (cluster, instance, gpu, uuid, job_id) ({exec_time} / on ({COMM}) group_left () ({risen})"
             f" < {s.nccl_fast_rank_ratio}) and {_whole_job_busy(s)}")
@@ -552,13 +576,15 @@ def job_wait_alerts(s: Settings) -> list[Group]:
               "activity of job {{ $labels.job_id }}, whose other GPUs slowed down waiting for it (full clocks: "
               "look at HBM, ECC, row remapping, PCIe and the host, not thermals).",
               (("scope", "job"), ("evidence", "busiest_gpu"))),
-    )), Group("gpuscope-nccl-early-rank", (  # reads every rank's exec time: a group of its own
-        Alert("GpuStraggler", early_rank(s), s.straggler_for,
+    )), *(Group(f"gpuscope-nccl-early-rank-{half.suffix}", (  # reads half the ranks' exec time (GPU_HALVES)
+        # The alert reads the record written just before it in the same round: no added delay.
+        Record(NCCL_EARLY_RANKS, early_rank(s, half)),
+        Alert("GpuStraggler", f"{NCCL_EARLY_RANKS}{{{half.matcher}}}", s.straggler_for,
               "critical", "NCCL says the job waits for this GPU: its collectives are the shortest",
               "The collectives of GPU {{ $labels.gpu }} on {{ $labels.instance }} take {{ $value | humanizePercentage "
               "}} of their communicator's median in job {{ $labels.job_id }}: the other ranks wait in NCCL for it.",
               (("scope", "job"), ("evidence", "nccl_early_rank"))),
-    )), Group("gpuscope-nccl-bandwidth-alerts", (
+    )) for half in GPU_HALVES), Group("gpuscope-nccl-bandwidth-alerts", (
         Alert("NcclBandwidthDegraded",
               f"{NCCL_BW_NODE_MIN} <= on ({COMM}) group_left 1.1 * min by ({COMM}) ({NCCL_BW_NODE_MIN})"
               f" and on ({COMM}) {NCCL_BW_MEDIAN} < {s.nccl_bandwidth_drop_ratio} * {NCCL_BW_BASELINE}",
@@ -775,22 +801,30 @@ def gpu_health_alerts(s: Settings) -> list[Group]:
         Alert("GpuRowRemapPending", f"{c.GPU_REMAP_PENDING.name} == 1", s.remap_pending_for, "warning",
               "A GPU waits for a reset to remap a memory row",
               "GPU {{ $labels.gpu }} on {{ $labels.instance }} has a row remap pending until its next reset."),
-    )), Group("gpuscope-dcgm-health", (  # DCGM's 8 health series of every GPU read once, the few not passing kept
-        Record(DCGM_NOT_PASSING, f"{c.GPU_DCGM_HEALTH.name} > 0"),
-        Alert("GpuDcgmHealthFailing", f"{DCGM_NOT_PASSING} == 2", s.dcgm_fail_for, "critical",
-              "DCGM's health check fails a GPU",
-              "DCGM fails the {{ $labels.system }} health of GPU {{ $labels.gpu }} on {{ $labels.instance }}; "
-              f"its incident codes are in {c.GPU_DCGM_INCIDENT.name}."),
-        Alert("GpuDcgmHealthWarning", f"{DCGM_NOT_PASSING} == 1", s.dcgm_warn_for, "warning",
-              "DCGM's health check warns about a GPU",
-              "DCGM has warned about the {{ $labels.system }} health of GPU {{ $labels.gpu }} on "
-              f"{{{{ $labels.instance }}}} for {s.dcgm_warn_for}; its incident codes are in "
-              f"{c.GPU_DCGM_INCIDENT.name}."),
+    )), *(dcgm_health(s, half) for half in GPU_HALVES), Group("gpuscope-dcgm-nvswitch", (
         Alert("NvswitchDcgmHealthFailing", f"{c.NVSWITCH_DCGM_HEALTH.name} == 2", s.dcgm_fail_for, "critical",
               "DCGM's health check fails an NVSwitch",
               "DCGM fails {{ $labels.system }} on NVSwitch {{ $labels.switch }} of {{ $labels.instance }}: "
               "the node's NVLink fabric is degraded."),
     ))]
+
+
+def dcgm_health(s: Settings, half: Half) -> Group:
+    """DCGM's health alerts for the GPUs of one half (GPU_HALVES): its 8 health series a GPU read once,
+    the few not passing recorded, both alerts reading that record in the same round."""
+    not_passing = f"{DCGM_NOT_PASSING}{{{half.matcher}}}"
+    return Group(f"gpuscope-dcgm-health-{half.suffix}", (
+        Record(DCGM_NOT_PASSING, f"{c.GPU_DCGM_HEALTH.name}{{{half.matcher}}} > 0"),
+        Alert("GpuDcgmHealthFailing", f"{not_passing} == 2", s.dcgm_fail_for, "critical",
+              "DCGM's health check fails a GPU",
+              "DCGM fails the {{ $labels.system }} health of GPU {{ $labels.gpu }} on {{ $labels.instance }}; "
+              f"its incident codes are in {c.GPU_DCGM_INCIDENT.name}."),
+        Alert("GpuDcgmHealthWarning", f"{not_passing} == 1", s.dcgm_warn_for, "warning",
+              "DCGM's health check warns about a GPU",
+              "DCGM has warned about the {{ $labels.system }} health of GPU {{ $labels.gpu }} on "
+              f"{{{{ $labels.instance }}}} for {s.dcgm_warn_for}; its incident codes are in "
+              f"{c.GPU_DCGM_INCIDENT.name}."),
+    ))
 
 
 def inventory_alerts(s: Settings) -> list[Group]:
