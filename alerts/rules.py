@@ -352,6 +352,8 @@ def goodput_records(s: Settings) -> list[Group]:
 
     hardware_share = f"clamp_min(1 - {JOB_ACTIVE_MEDIAN} / {JOB_ACTIVE_BASELINE}, 0)"
     nccl_share = f"max by (job_id) (clamp_min(1 - {NCCL_EXEC_BASELINE} / {NCCL_EXEC_MEDIAN}, 0))"
+    # The early ranks as the alert's groups recorded them: a round later than the alert, which the
+    # five-minute average of the loss does not notice, and no second read of every rank.
     waited_for = f"max by (job_id) ({busiest_rank(s)}) or max by (job_id) ({NCCL_EARLY_RANKS})"
     clock_lost = (f"clamp_min(1 - {c.GPU_SM_CLOCK.name} / {c.GPU_SM_CLOCK_MAX.name}, 0)"
                   f" and on (instance, gpu, uuid) {THROTTLED}")
