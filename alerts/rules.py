@@ -62,6 +62,10 @@ class Half:
     suffix: str
     matcher: str
 
+    def of(self, series: str) -> str:
+        """`series` (a metric or record name) selected to this half."""
+        return f"{series}{{{self.matcher}}}"
+
 
 # NCCL's per-rank series and DCGM's health series are eight a GPU: at 2,048 nodes one read of such a
 # family is about 1 s on 2 cores, a rule group's whole budget (docs/scale). Their groups read them in
@@ -236,11 +240,11 @@ def job_wait_records(s: Settings) -> list[Group]:
         *(group for half in COLLECTIVE_HALVES for group in (
             Group(f"gpuscope-nccl-exec-{half.suffix}", (
                 Record(NCCL_EXEC_MEDIAN, f"quantile by ({COMM}) (0.5, {nccl_ranks(c.NCCL_EXEC_TIME.name, s, half)})"),
-                Record(NCCL_EXEC_BASELINE, f"min_over_time({NCCL_EXEC_MEDIAN}{{{half.matcher}}}[{window}])"),
+                Record(NCCL_EXEC_BASELINE, f"min_over_time({half.of(NCCL_EXEC_MEDIAN)}[{window}])"),
             )),
             Group(f"gpuscope-nccl-bandwidth-{half.suffix}", (
                 Record(NCCL_BW_MEDIAN, f"quantile by ({COMM}) (0.5, {nccl_ranks(c.NCCL_BUS_BANDWIDTH.name, s, half)})"),
-                Record(NCCL_BW_BASELINE, f"max_over_time({NCCL_BW_MEDIAN}{{{half.matcher}}}[{window}])"),
+                Record(NCCL_BW_BASELINE, f"max_over_time({half.of(NCCL_BW_MEDIAN)}[{window}])"),
             )),
             Group(f"gpuscope-nccl-bandwidth-nodes-{half.suffix}", (
                 Record(NCCL_BW_NODE_MIN,
@@ -581,7 +585,7 @@ def job_wait_alerts(s: Settings) -> list[Group]:
     )), *(Group(f"gpuscope-nccl-early-rank-{half.suffix}", (  # reads half the ranks' exec time (GPU_HALVES)
         # The alert reads the record written just before it in the same round: no added delay.
         Record(NCCL_EARLY_RANKS, early_rank(s, half)),
-        Alert("GpuStraggler", f"{NCCL_EARLY_RANKS}{{{half.matcher}}}", s.straggler_for,
+        Alert("GpuStraggler", half.of(NCCL_EARLY_RANKS), s.straggler_for,
               "critical", "NCCL says the job waits for this GPU: its collectives are the shortest",
               "The collectives of GPU {{ $labels.gpu }} on {{ $labels.instance }} take {{ $value | humanizePercentage "
               "}} of their communicator's median in job {{ $labels.job_id }}: the other ranks wait in NCCL for it.",
@@ -814,9 +818,9 @@ def gpu_health_alerts(s: Settings) -> list[Group]:
 def dcgm_health(s: Settings, half: Half) -> Group:
     """DCGM's health alerts for the GPUs of one half (GPU_HALVES): its 8 health series a GPU read once,
     the few not passing recorded, both alerts reading that record in the same round."""
-    not_passing = f"{DCGM_NOT_PASSING}{{{half.matcher}}}"
+    not_passing = half.of(DCGM_NOT_PASSING)
     return Group(f"gpuscope-dcgm-health-{half.suffix}", (
-        Record(DCGM_NOT_PASSING, f"{c.GPU_DCGM_HEALTH.name}{{{half.matcher}}} > 0"),
+        Record(DCGM_NOT_PASSING, f"{half.of(c.GPU_DCGM_HEALTH.name)} > 0"),
         Alert("GpuDcgmHealthFailing", f"{not_passing} == 2", s.dcgm_fail_for, "critical",
               "DCGM's health check fails a GPU",
               "DCGM fails the {{ $labels.system }} health of GPU {{ $labels.gpu }} on {{ $labels.instance }}; "
