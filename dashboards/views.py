@@ -115,7 +115,7 @@ def job():
                      "One job's nodes and GPUs side by side: a Slurm job, or Kubernetes pods by namespace. "
                      "Per-GPU panels show the job's lowest, median and highest GPU, so a job of any size "
                      "draws three lines; the tables name the GPUs at the edges.",
-                     ("cluster", "job_id", "namespace", "pod", derived("job_nodes", JOB, "instance"),
+                     ("cluster", "job_id", "collective", "namespace", "pod", derived("job_nodes", JOB, "instance"),
                       derived("pod_nodes", POD, "instance")), [
         Panel("table", "Nodes and GPUs of the job", (q(JOB),), width=8, height=10),
         spread("SM activity of the job's busy GPUs: lowest, median, highest",
@@ -144,13 +144,15 @@ def job():
               unit="percentunit", width=12,
               description="The rank a synchronous job waits for stays busiest while the others wait; a pipeline's "
                           "first and last stages are always above the median."),
-        Panel("table", "The 20 ranks with the shortest collectives against their communicator's median "
+        Panel("table", "The 20 ranks with the shortest $collective against their communicator's median "
                        "(the rank waited for on top)",
               (q(f'sort(bottomk(20, min by (instance, gpu, uuid) ({NCCL_EXEC}{{{CLUSTER}, job_id="$job_id", '
-                 f'message_size="all"}} / on (job_id, comm, collective) group_left {rules.NCCL_EXEC_MEDIAN})))'),),
+                 f'collective="$collective", message_size="all"}} / on (job_id, comm, collective) group_left '
+                 f'{rules.NCCL_EXEC_MEDIAN})))'),),
               unit="percentunit", width=24, height=10,
               description="A job of 8,192 GPUs would fill 8,192 rows; the rank the others wait for is among "
-                          "the first, its collectives the shortest."),
+                          "the first, its collectives the shortest. It arrives late at every collective, so "
+                          "any one shows it: the collective is a variable above."),
         Panel("timeseries", "Collectives launched per second per communicator (NCCL RAS; flat at 0: a hang)",
               (q(f'deriv({c.NCCL_RAS_PROGRESS.name}{{{CLUSTER}, job_id="$job_id"}}[{RATE}])',
                  "{{comm}} ({{ranks}} ranks)"),),

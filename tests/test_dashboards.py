@@ -70,8 +70,9 @@ def test_dashboard_structure(uid):
     assert annotation["expr"].startswith("ALERTS{") and annotation["datasource"] == "${datasource}"
 
 
-SLURM_JOB = {"job_id": "4242", "namespace": "", "pod": ".*"}
-ML_PODS = {"job_id": "", "namespace": "ml", "pod": ".*"}
+# A Slurm job opens on its first collective (alphabetically), as Grafana opens a single-choice variable.
+SLURM_JOB = {"job_id": "4242", "collective": "AllGather", "namespace": "", "pod": ".*"}
+ML_PODS = {"job_id": "", "collective": "", "namespace": "ml", "pod": ".*"}
 
 
 def selection(prom, instance: str = "node-0", gpu: str = "3", job: dict[str, str] = SLURM_JOB) -> dict[str, str]:
