@@ -88,7 +88,7 @@ VARIABLES = {
     "gpu": ("GPU", 'label_values(gpuscope_gpu_up{cluster=~"$cluster", instance=~"$instance"}, gpu)', _ALL),
     "job_id": ("Slurm job", 'label_values(gpuscope_gpu_job_info{cluster=~"$cluster"}, job_id)', {}),
     # One collective at a time: a half-fleet job's per-rank series of every collective are one read of
-    # 65,536 series, 1.1 s at 2,048 nodes; one collective's, 0.3 s (docs/scale).
+    # 65,536 series, 1.2 s at 2,048 nodes; one collective's, under 0.5 s (docs/scale).
     "collective": ("NCCL collective", 'label_values(job_id_comm_collective:gpuscope_nccl_collective_exec_time_seconds'
                                       ':median{cluster=~"$cluster", job_id="$job_id"}, collective)', {}),
     "namespace": ("namespace", 'label_values(gpuscope_gpu_pod_info{cluster=~"$cluster"}, namespace)', {}),
