@@ -73,8 +73,8 @@ class Part:
 # record or alert: a result per GPU splits by the GPU index's last digit (even on any node size), a
 # result per communicator by collective (every rank of a communicator stays in one read).
 GPU_HALVES = (Part("even-gpus", 'gpu=~".*[02468]"'), Part("odd-gpus", 'gpu!~".*[02468]"'))
-# The early ranks' join costs half again a read's time: a half of the ranks took up to 1.06 s on
-# Prometheus and 1.3 s on VictoriaMetrics at 2,048 nodes, so they are read in quarters.
+# The early ranks join every rank's time to its communicator's median: a half of the ranks took up to
+# 1.06 s on Prometheus and 1.3 s on VictoriaMetrics at 2,048 nodes, so they are read in quarters.
 GPU_QUARTERS = tuple(Part(f"gpus-{digits}", f'gpu=~".*[{digits}]"') for digits in ("048", "159", "26", "37"))
 _REDUCTIONS = "AllReduce|ReduceScatter|Reduce"
 COLLECTIVE_HALVES = (Part("reductions", f'collective=~"{_REDUCTIONS}"'),
@@ -363,7 +363,7 @@ def goodput_records(s: Settings) -> list[Group]:
     # five-minute average of the loss does not notice, and no second read of every rank.
     waited_for = f"max by (job_id) ({busiest_rank(s)}) or max by (job_id) ({NCCL_EARLY_RANKS})"
     # The throttled GPUs' clocks only (a few), before the division: half the time of dividing every
-    # GPU's (at 2,048 nodes). A node whose GPUs none throttle loses 0 through _unless_jobs.
+    # GPU's (at 2,048 nodes). A node with no GPU throttling gets its 0 from _unless_jobs.
     clock_lost = (f"clamp_min(1 - ({c.GPU_SM_CLOCK.name} and on (instance, gpu, uuid) {THROTTLED})"
                   f" / {c.GPU_SM_CLOCK_MAX.name}, 0)")
     idle = f"avg_over_time({c.GPU_UTILIZATION.name}[5m]) < bool {s.idle_utilization}"
