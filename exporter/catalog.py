@@ -426,9 +426,17 @@ DCGM_UP = gauge("gpu", "gpuscope_dcgm_up", "1 while gpuscope reads from DCGM's h
                 "DCGM is a source: --collector.gpu.profiling=dcgm, or auto with GPUs lacking GPM).", (),
                 "dcgmConnect_v2 --collector.gpu.dcgm-address")
 DCGM_PROFILING_BLOCKED = gauge("gpu", "gpuscope_dcgm_profiling_blocked",
-                               "1 while DCGM refuses gpuscope's profiling watch: locked (-37, another owner of the "
-                               "counters: a second engine, Nsight), multi_pass (-38), not_supported (-36); retried "
-                               "every minute.", ("reason",), "dcgmWatchFields")
+                               "1 while DCGM refuses some or all of gpuscope's profiling watches: locked (-37, "
+                               "another owner of the counters: a second engine, Nsight), multi_pass (-38, other "
+                               "clients' passes), requires_root (-29, nv-hostengine not root), module_not_loaded "
+                               "(-33), not_supported (-6, -36), error (any other code); health goes on; retried "
+                               "every minute.", ("reason",),
+                               "dcgmProfGetSupportedMetricGroups, dcgmWatchFields")
+DCGM_NVSWITCH_BLOCKED = gauge("gpu", "gpuscope_dcgm_nvswitch_blocked",
+                              "1 while DCGM lists no NVSwitches, so none has a health check: module_not_loaded "
+                              "(-33, nv-hostengine without its NVSwitch module), error (any other code); GPU "
+                              "health goes on; retried every minute.", ("reason",),
+                              "dcgmGetEntityGroupEntities(DCGM_FE_SWITCH)")
 GPU_DCGM_HEALTH = _gpu_gauge("dcgm_health", "DCGM's health check of this GPU's system: 0 pass, 1 warn, 2 fail.",
                              ("system",), "dcgmHealthCheck")
 GPU_DCGM_INCIDENT = _gpu_gauge("dcgm_health_incident", "A current DCGM health incident (1 warn, 2 fail); code is "

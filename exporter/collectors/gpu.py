@@ -513,6 +513,8 @@ def _add_dcgm(gpus: dict[int, _Gpu], view: DcgmView, scrape: Scrape) -> None:
     scrape.add(catalog.DCGM_UP, 1 if view.up else 0)
     if view.blocked:
         scrape.add(catalog.DCGM_PROFILING_BLOCKED, 1, view.blocked)
+    if view.switches_blocked:
+        scrape.add(catalog.DCGM_NVSWITCH_BLOCKED, 1, view.switches_blocked)
     for index, values in sorted(view.values.items()):
         for metric, value in values if index in gpus else ():
             scrape.add(metric, value, *gpus[index].labels)

@@ -9,23 +9,29 @@ Everything runs on one background thread (a scrape never waits on DCGM):
 1. load the bindings the DCGM package installed (`dcgm_structs`, `dcgm_fields`, `dcgm_agent`, flat
    modules in its python3 bindings folder; they load the library of the same major version);
 2. connect, list DCGM's GPUs and join them to NVML's by UUID (DCGM's gpuIds are its own);
-3. watch the profiling fields one pass of the GPU can count together
-   (`dcgmProfGetSupportedMetricGroups`), with a small keep age and sample count, and set health
-   watches on the systems that matter for training;
+3. set health watches on the systems that matter for training, then watch the profiling fields:
+   of every metric group major that holds gpuscope's fields (`dcgmProfGetSupportedMetricGroups`),
+   its best minor, all in one request (majors are counted at once; minors of one major would be
+   multiplexed), group by group where the engine answers -38; a small keep age and sample count;
 4. every interval read the latest values and run `dcgmHealthCheck`.
-DCGM absent, the engine not running or restarting, another owner of the counters (-37) or a
-multi-pass request (-38): one log line each, the profiling series go with the reason in
-`gpuscope_dcgm_profiling_blocked`, and the thread tries again (the rest of the GPU collector is
-untouched). Calls made: see docs/gpu.md "A100 and DCGM".
+DCGM absent or the engine not running or restarting: one log line, no DCGM series, retried. The
+engine refusing profiling (another owner of the counters -37, too many passes -38, not root -29, no
+profiling module -33, unsupported -6/-36) or listing no NVSwitches (-33 without its NVSwitch
+module): one log line, those series go with the reason in `gpuscope_dcgm_profiling_blocked` or
+`gpuscope_dcgm_nvswitch_blocked`, health goes on, and profiling is tried again every minute. The
+rest of the GPU collector is untouched. Calls made: see docs/gpu.md "A100 and DCGM".
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
+import secrets
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -38,11 +44,13 @@ log = logging.getLogger("gpuscope")
 # Where the DCGM packages put their Python bindings: DCGM 4 (datacenter-gpu-manager-4-*), then 3.
 DEFAULT_BINDINGS = ("/usr/share/datacenter-gpu-manager-4/bindings/python3", "/usr/local/dcgm/bindings/python3")
 # DCGM profiling field -> gpuscope metric. DCGM reports ratios (0-1), GPM percentages: the same series.
+# In the order they matter, which decides between groups: SM activity feeds the straggler rules.
 PROFILING_FIELDS: dict[int, Metric] = {
-    1001: catalog.GPU_GRAPHICS_ACTIVE, 1002: catalog.GPU_SM_ACTIVE, 1003: catalog.GPU_SM_OCCUPANCY,
-    1004: catalog.GPU_TENSOR_ACTIVE, 1005: catalog.GPU_DRAM_ACTIVE, 1006: catalog.GPU_FP64_ACTIVE,
-    1007: catalog.GPU_FP32_ACTIVE, 1008: catalog.GPU_FP16_ACTIVE,
+    1002: catalog.GPU_SM_ACTIVE, 1004: catalog.GPU_TENSOR_ACTIVE, 1005: catalog.GPU_DRAM_ACTIVE,
+    1003: catalog.GPU_SM_OCCUPANCY, 1001: catalog.GPU_GRAPHICS_ACTIVE, 1007: catalog.GPU_FP32_ACTIVE,
+    1006: catalog.GPU_FP64_ACTIVE, 1008: catalog.GPU_FP16_ACTIVE,
 }
+RANK = {field_id: rank for rank, field_id in enumerate(PROFILING_FIELDS)}
 # dcgmHealthSet systems (DCGM_HEALTH_WATCH_*) watched, by the name the series carry.
 GPU_SYSTEMS = {"pcie": 0x1, "nvlink": 0x2, "memory": 0x10, "sm": 0x20, "inforom": 0x40, "thermal": 0x80,
                "power": 0x100, "driver": 0x200}
@@ -51,8 +59,11 @@ SYSTEM_NAMES = {bit: name for name, bit in {**GPU_SYSTEMS, **SWITCH_SYSTEMS}.ite
 HEALTH_RESULTS = {0: 0.0, 10: 1.0, 20: 2.0}  # DCGM_HEALTH_RESULT_PASS/WARN/FAIL -> 0/1/2
 FE_GPU, FE_SWITCH = 1, 3  # dcgm_fields.DCGM_FE_GPU, DCGM_FE_SWITCH
 FP64_BLANK, INT64_BLANK = 2.0 ** 47, 0x7FFFFFFFFFFFFFF0  # a value at or above these is DCGM's "no value"
-# Why profiling is off, by DCGM return code: another owner of the counters, more than one pass, no support.
-BLOCKED_BY_CODE = {-37: "locked", -38: "multi_pass", -36: "not_supported"}
+FT_DOUBLE, FT_INT64 = "d", "i"  # dcgm_fields.DCGM_FT_*: characters; a value's fieldType holds their code
+CONNECTION_NOT_VALID, MULTI_PASS = -21, -38  # DCGM_ST_*
+# Why the engine refuses a part of what gpuscope asks, by DCGM return code (any other: "error").
+BLOCKED_BY_CODE = {-37: "locked", -38: "multi_pass", -36: "not_supported", -6: "not_supported",
+                   -29: "requires_root", -33: "module_not_loaded"}
 RETRY_SECONDS = (5.0, 60.0)  # reconnect backoff: from, to
 KEEP_SAMPLES = 2  # DCGM keeps this many samples per field: memory stays flat
 
@@ -74,7 +85,8 @@ class DcgmView:
     health: dict[int, dict[str, float]] = field(default_factory=dict)  # index -> system -> 0/1/2
     incidents: list[tuple[int, str, str, float]] = field(default_factory=list)  # (index, system, code, 0/1/2)
     switches: dict[int, dict[str, float]] = field(default_factory=dict)  # DCGM's NVSwitch id -> system -> 0/1/2
-    blocked: str = ""
+    blocked: str = ""  # why some or all profiling groups are not watched
+    switches_blocked: str = ""  # why DCGM lists no NVSwitches
 
 
 def load_bindings(folders: tuple[str, ...]) -> tuple[ModuleType, ModuleType, ModuleType] | str:
@@ -104,7 +116,7 @@ class DcgmSampler:
         self._lock = threading.Lock()
         self._view = DcgmView()
         self._stop = threading.Event()
-        self._logged = ""
+        self._logged: set[str] = set()
         self._backoff = RETRY_SECONDS[0]
         threading.Thread(target=self._run, name="gpu-dcgm", daemon=True).start()
 
@@ -120,10 +132,10 @@ class DcgmSampler:
             self._view = view
 
     def _note(self, message: str, **extra: Any) -> None:
-        """One log line per distinct condition (not one per retry)."""
+        """One log line per distinct condition (not one per retry), until DCGM serves everything again."""
         key = message + repr(sorted(extra.items()))
-        if key != self._logged:
-            self._logged = key
+        if key not in self._logged:
+            self._logged.add(key)
             log.warning(message, extra=extra)
 
     def _run(self) -> None:
@@ -149,12 +161,12 @@ class DcgmSampler:
             session = _Session(bindings, self._options, self._gpus, self._profile, self._note)
             if session.open():
                 self._backoff = RETRY_SECONDS[0]
-                if self._logged and not session.blocked:  # the next failure is news again
+                if self._logged and not (session.blocked or session.switches_blocked):  # failures are news again
                     log.info("DCGM host engine usable again", extra={"address": self._options.address})
-                    self._logged = ""
+                    self._logged.clear()
                 session.serve(self._publish, self._stop)
             session.close()
-            self._publish(DcgmView(blocked=session.blocked))
+            self._publish(DcgmView(blocked=session.blocked, switches_blocked=session.switches_blocked))
             self._stop.wait(self._backoff)
             self._backoff = min(self._backoff * 2, RETRY_SECONDS[1])
 
@@ -169,6 +181,9 @@ class _Session:
         self._gpus = gpus
         self._profile = profile
         self._note = note
+        # Field-group names are unique across all clients of an engine: this process's own, so a
+        # second gpuscope on the engine (a rolling update, two instances) sets up beside it.
+        self._name = f"gpuscope-{os.getpid()}-{secrets.token_hex(4)}"
         self._handle: Any = None
         self._health_group: Any = None
         self._entities: list[Any] = []  # profiled GPUs as c_dcgmGroupEntityPair_t
@@ -176,10 +191,12 @@ class _Session:
         self._fields_watched: list[int] = []
         self._switches: list[int] = []
         self.blocked = ""
+        self.switches_blocked = ""
 
     def open(self) -> bool:
-        """Connects and sets up watches; False (logged once) when the engine cannot be used now. A
-        profiling watch DCGM refuses leaves health running, with the reason in `blocked`."""
+        """Connects and sets up watches; False (logged once) when the engine cannot be used now. What
+        DCGM refuses of profiling or NVSwitches leaves health running, with the reason in `blocked` or
+        `switches_blocked`."""
         try:
             self._connect()
             self._join()
@@ -216,56 +233,108 @@ class _Session:
             self._note("GPUs NVML lists are missing in DCGM; no DCGM data for them", gpus=missing)
 
     def _group(self, name: str, entities: list[tuple[int, int]]) -> Any:
-        group = self._agent.dcgmGroupCreate(self._handle, self._structs.DCGM_GROUP_EMPTY, f"gpuscope-{name}".encode())
+        group = self._agent.dcgmGroupCreate(self._handle, self._structs.DCGM_GROUP_EMPTY,
+                                            f"{self._name}-{name}".encode())
         for entity_group, entity in entities:
             self._agent.dcgmGroupAddEntity(self._handle, group, entity_group, entity)
         return group
 
+    def _refused(self, exc: Exception) -> str:
+        """Why DCGM refused a part of the setup, or re-raises what ends the session (a lost connection)."""
+        code = getattr(exc, "value", None)
+        if code == CONNECTION_NOT_VALID:
+            raise exc
+        return BLOCKED_BY_CODE.get(code, "error")
+
     def _watch_health(self) -> None:
-        switches = self._agent.dcgmGetEntityGroupEntities(self._handle, FE_SWITCH, 0)
-        entities = [(FE_GPU, gpu_id) for gpu_id in sorted(self._index_of)] + [(FE_SWITCH, s) for s in switches]
+        self._switches = self._list_switches()
+        entities = [(FE_GPU, gpu_id) for gpu_id in sorted(self._index_of)] + [(FE_SWITCH, s) for s in self._switches]
         self._health_group = self._group("health", entities)
-        self._switches = list(switches)
-        self._agent.dcgmHealthSet(self._handle, self._health_group,
-                                  sum(GPU_SYSTEMS.values()) + sum(SWITCH_SYSTEMS.values()))
+        systems = sum(GPU_SYSTEMS.values()) + (sum(SWITCH_SYSTEMS.values()) if self._switches else 0)
+        self._agent.dcgmHealthSet(self._handle, self._health_group, systems)
+
+    def _list_switches(self) -> list[int]:
+        """DCGM's NVSwitches; none where its NVSwitch module is not loaded (-33), which GPU health survives."""
+        try:
+            return list(self._agent.dcgmGetEntityGroupEntities(self._handle, FE_SWITCH, 0))
+        except self._structs.DCGMError as exc:
+            self.switches_blocked = self._refused(exc)
+            self._note("DCGM lists no NVSwitches; NVSwitch health off", reason=self.switches_blocked,
+                       code=exc.value)
+            return []
 
     def _watch_profiling(self) -> None:
-        """The wanted fields one pass of the first profiled GPU counts together, on every profiled GPU."""
+        """The best minor group of every major holding gpuscope's fields, on every profiled GPU."""
         profiled = sorted(gpu_id for gpu_id, index in self._index_of.items() if index in self._profile)
         if not profiled:
             return
         try:
-            fields = self._one_pass(profiled[0])
+            choices = self._best_groups(profiled[0])  # DCGM profiles groups of one SKU only
             group = self._group("profiling", [(FE_GPU, gpu_id) for gpu_id in profiled])
-            field_group = self._agent.dcgmFieldGroupCreate(self._handle, fields, b"gpuscope-profiling")
-            interval = self._options.interval
-            self._agent.dcgmWatchFields(self._handle, group, field_group, int(interval * 1e6), 3 * interval,
-                                        KEEP_SAMPLES)
+            self._fields_watched = self._watch_groups(group, choices)
         except self._structs.DCGMError as exc:
-            if exc.value not in BLOCKED_BY_CODE:
-                raise
-            self.blocked = BLOCKED_BY_CODE[exc.value]
-            self._note("DCGM refuses the profiling watch; profiling series off, retried later",
-                       reason=self.blocked, code=exc.value)
-            return
-        self._fields_watched = fields
-        for gpu_id in profiled:
+            self.blocked = self._refused(exc)
+        if self.blocked:
+            self._note("DCGM refuses a profiling watch; those series off, retried later", reason=self.blocked)
+        for gpu_id in profiled if self._fields_watched else ():
             pair = self._structs.c_dcgmGroupEntityPair_t()
             pair.entityGroupId, pair.entityId = FE_GPU, gpu_id
             self._entities.append(pair)
 
-    def _one_pass(self, gpu_id: int) -> list[int]:
-        """gpuscope's fields in the metric group that holds most of them: DCGM counts a group in one
-        pass; fields of two groups would be multiplexed (-38, or values that are estimates)."""
+    def _best_groups(self, gpu_id: int) -> list[list[int]]:
+        """gpuscope's fields in the best minor of each major, best first: majors are counted at once,
+        minors of one major would be multiplexed (estimates, and -38 past five passes)."""
         groups = self._agent.dcgmProfGetSupportedMetricGroups(self._handle, gpu_id)
-        fields = max(([f for f in list(g.fieldIds)[:g.numFieldIds] if f in PROFILING_FIELDS]
-                      for g in list(groups.metricGroups)[:groups.numMetricGroups]), key=len, default=[])
-        if not fields:
+        best: dict[int, list[int]] = {}
+        for index in range(groups.numMetricGroups):
+            group = groups.metricGroups[index]
+            wanted = sorted((f for f in group.fieldIds[:group.numFieldIds] if f in PROFILING_FIELDS), key=RANK.get)
+            if wanted and _rank(wanted) > _rank(best.get(group.majorId, [])):
+                best[group.majorId] = wanted
+        if not best:
             raise self._structs.DCGMError(self._structs.DCGM_ST_PROFILING_NOT_SUPPORTED)
-        return sorted(fields)
+        return sorted(best.values(), key=lambda fields: RANK[fields[0]])
+
+    def _watch_groups(self, group: Any, choices: list[list[int]]) -> list[int]:
+        """All groups in one watch; where the engine answers -38 (other clients' passes count too),
+        group by group, best first, keeping each it takes."""
+        try:
+            return self._watch([f for fields in choices for f in fields], group)
+        except self._structs.DCGMError as exc:
+            if exc.value != MULTI_PASS or len(choices) == 1:
+                raise
+        watched: list[int] = []
+        for fields in choices:
+            try:
+                watched += self._watch(fields, group)
+            except self._structs.DCGMError as exc:
+                if exc.value != MULTI_PASS:
+                    raise
+                self.blocked = "multi_pass"
+        if not watched:
+            raise self._structs.DCGMError(MULTI_PASS)
+        return watched
+
+    def _watch(self, fields: list[int], group: Any) -> list[int]:
+        """One field group of `fields` watched on `group`; a refused one is destroyed (field groups
+        are bounded engine-wide)."""
+        field_group = self._agent.dcgmFieldGroupCreate(self._handle, fields,
+                                                       f"{self._name}-profiling-{fields[0]}".encode())
+        interval = self._options.interval
+        try:
+            self._agent.dcgmWatchFields(self._handle, group, field_group, int(interval * 1e6), 3 * interval,
+                                        KEEP_SAMPLES)
+        except self._structs.DCGMError:
+            self._destroy(field_group)
+            raise
+        return fields
+
+    def _destroy(self, field_group: Any) -> None:
+        with contextlib.suppress(self._structs.DCGMError):  # the connection's field groups go with it anyway
+            self._agent.dcgmFieldGroupDestroy(self._handle, field_group)
 
     def serve(self, publish: Any, stop: threading.Event) -> None:
-        """Reads every interval until the engine fails or the profiling block is due for a retry."""
+        """Reads every interval until the engine fails or a refusal is due for a retry."""
         rounds = 0
         while not stop.is_set():
             try:
@@ -276,12 +345,12 @@ class _Session:
                 return
             publish(view)
             rounds += 1
-            if self.blocked and rounds * self._options.interval >= RETRY_SECONDS[1]:
-                return  # try the profiling watch again on a new connection
+            if (self.blocked or self.switches_blocked) and rounds * self._options.interval >= RETRY_SECONDS[1]:
+                return  # try what was refused again on a new connection
             stop.wait(self._options.interval)
 
     def _read(self) -> DcgmView:
-        view = DcgmView(up=True, blocked=self.blocked)
+        view = DcgmView(up=True, blocked=self.blocked, switches_blocked=self.switches_blocked)
         if self._entities:
             values = self._agent.dcgmEntitiesGetLatestValues(self._handle, self._entities, self._fields_watched, 0)
             view.values = self._profiling(values)
@@ -296,18 +365,16 @@ class _Session:
             index = self._index_of.get(value.entityId)
             if value.status != 0 or index is None or value.fieldId not in PROFILING_FIELDS:
                 continue
-            double = value.fieldType == self._fields.DCGM_FT_DOUBLE
-            number = value.value.dbl if double else float(value.value.i64)
-            if number >= (FP64_BLANK if double else INT64_BLANK):
-                continue  # blank: DCGM has no value yet (the first interval) or the counters were taken
-            out.setdefault(index, []).append((PROFILING_FIELDS[value.fieldId], number))
+            number = field_number(value)
+            if number is not None:
+                out.setdefault(index, []).append((PROFILING_FIELDS[value.fieldId], number))
         return out
 
     def _health(self, response: Any, view: DcgmView) -> None:
         """Every watched system of every GPU passes unless an incident says otherwise."""
         view.health = {index: dict.fromkeys(GPU_SYSTEMS, 0.0) for index in self._index_of.values()}
         view.switches = {switch: dict.fromkeys(SWITCH_SYSTEMS, 0.0) for switch in self._switches}
-        for incident in list(response.incidents)[:response.incidentCount]:
+        for incident in filled_incidents(response):
             system = SYSTEM_NAMES.get(incident.system, str(incident.system))
             result = HEALTH_RESULTS.get(incident.health, 2.0)
             entity = incident.entityInfo
@@ -321,7 +388,7 @@ class _Session:
             systems[system] = max(systems.get(system, 0.0), result)
 
     def close(self) -> None:
-        """Disconnects (the engine drops this client's groups and watches with the connection)."""
+        """Disconnects (the engine drops this client's groups, field groups and watches with the connection)."""
         if self._handle is None:
             return
         try:
@@ -332,3 +399,27 @@ class _Session:
         except self._structs.DCGMError:
             pass
         self._handle = None
+
+
+def _rank(fields: list[int]) -> tuple[int, int]:
+    """How much a group's fields are worth: how many, then how early the best of them ranks."""
+    return (len(fields), -min((RANK[f] for f in fields), default=len(RANK)))
+
+
+def field_number(value: Any) -> float | None:
+    """A c_dcgmFieldValue_v2's number, or None for a blank (DCGM has no value yet, or the counters were
+    taken) or a non-numeric type. `fieldType` is a c_short holding the type character's code."""
+    kind = chr(value.fieldType)
+    if kind == FT_DOUBLE:
+        number = value.value.dbl
+        return None if number >= FP64_BLANK else number
+    if kind == FT_INT64:
+        integer = value.value.i64
+        return None if integer >= INT64_BLANK else float(integer)
+    return None
+
+
+def filled_incidents(response: Any) -> Iterator[Any]:
+    """The `incidentCount` filled incidents of a health response, of its 1,024 slots."""
+    for slot in range(response.incidentCount):
+        yield response.incidents[slot]

@@ -3,11 +3,19 @@ DCGM's Python bindings (exporter/sim/dcgm_bindings: `dcgm_agent`, `dcgm_structs`
 
 The emulator's functions keep the names, argument orders, value structures, blank sentinels and
 `DCGMError_*` classes of NVIDIA/DCGM's published bindings (REFERENCE.md section 15); what they
-answer comes from here: the node's GPUs as the simulated NVML has them (UUIDs, activity), the
-profiling metric groups of the profile, and the faults injected (the engine stopped or restarted,
-another owner of the profiling counters, health incidents). Engines are found by the address a
-client connects to, so the collector's own connect call reaches them; "embedded" is the engine
-`dcgmStartEmbedded` starts.
+answer comes from here, with the rules of DCGM's own engine (dcgmlib/src, modules/profiling):
+- the node's GPUs as the simulated NVML has them (UUIDs, activity), numbered DCGM's own way;
+- profiling metric groups with a major and a minor id (`dcgmProfGetSupportedMetricGroups`): groups of
+  different majors are counted at once, minors of one major take a pass each and are multiplexed, up
+  to five passes (DLG_MAX_METRIC_GROUPS, NVIDIA's test_prof.py), -38 beyond; the passes are those of
+  every client's watches together, since the engine has one set of counters;
+- field-group names unique across all clients of the engine (-26), at most 64 groups and 64 field
+  groups engine-wide (-24); a client's groups, field groups and watches go with its connection;
+- refusals of profiling: another owner of the counters (-37), an engine not running as root (-29, at
+  the watch), no profiling module (-33) or no support (-6), at every profiling call; and no NVSwitch
+  module (-33 from `dcgmGetEntityGroupEntities(DCGM_FE_SWITCH)`);
+- the faults injected: the engine stopped or restarted, health incidents.
+Engines are found by the address a client connects to; "embedded" is the one `dcgmStartEmbedded` starts.
 """
 
 from __future__ import annotations
@@ -19,9 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # DCGM return codes the engine answers with (dcgm_structs.DCGM_ST_*).
-OK, BADPARAM, VER_MISMATCH, CONNECTION_NOT_VALID = 0, -1, -12, -21
-NO_DATA, PROFILING_LIBRARY_ERROR, PROFILING_MULTI_PASS = -14, -37, -38
+OK, BADPARAM, NOT_SUPPORTED, VER_MISMATCH, NO_DATA = 0, -1, -6, -12, -14
+CONNECTION_NOT_VALID, MAX_LIMIT, DUPLICATE_KEY, REQUIRES_ROOT, MODULE_NOT_LOADED = -21, -24, -26, -29, -33
+PROFILING_LIBRARY_ERROR, PROFILING_MULTI_PASS = -37, -38
 PROFILING_FIELDS = range(1001, 1013)
+MAX_PASSES = 5  # DLG_MAX_METRIC_GROUPS: multiplexed passes the profiling module takes
+MAX_GROUPS = MAX_FIELD_GROUPS = 64  # DCGM_MAX_NUM_GROUPS, DCGM_MAX_NUM_FIELD_GROUPS
 FE_GPU = 1  # dcgm_fields.DCGM_FE_GPU
 # What each profiling field reads of the simulated GPU's activity (the NVML simulator's keys).
 ACTIVITY_OF_FIELD = {1001: "graphics_active", 1002: "sm_active", 1003: "sm_occupancy", 1004: "tensor_active",
@@ -39,6 +50,15 @@ class EngineError(Exception):
         self.code = code
 
 
+@dataclass(frozen=True)
+class MetricGroup:
+    """One of `dcgmProfGetSupportedMetricGroups`'s groups."""
+
+    major: int
+    minor: int
+    fields: tuple[int, ...]
+
+
 @dataclass
 class Incident:
     """One health incident: DCGM's system bit, result (10 warn, 20 fail), dcgmError_t code, message."""
@@ -53,9 +73,19 @@ class Incident:
 class _Session:
     generation: int
     groups: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
-    field_groups: dict[int, list[int]] = field(default_factory=dict)
-    watched: set[tuple[int, int]] = field(default_factory=set)  # (entity group, entity id) x profiling
+    field_groups: dict[int, tuple[str, list[int]]] = field(default_factory=dict)  # id -> (name, fields)
+    watches: dict[tuple[int, int], set[tuple[tuple[int, int], int]]] = field(default_factory=dict)
     health: dict[int, int] = field(default_factory=dict)  # group -> systems watched
+
+    def watched(self) -> set[tuple[tuple[int, int], int]]:
+        """(entity, field) pairs of all this client's watches."""
+        return set().union(*self.watches.values())
+
+
+def metric_groups(dcgm: dict[str, Any]) -> list[MetricGroup]:
+    """The profile's groups (`{major, minor, fields}`); without any, one group of every field."""
+    return [MetricGroup(int(g["major"]), int(g["minor"]), tuple(g["fields"]))
+            for g in dcgm.get("metric_groups", [{"major": 0, "minor": 0, "fields": list(PROFILING_FIELDS)}])]
 
 
 class HostEngine:
@@ -64,11 +94,15 @@ class HostEngine:
     def __init__(self, nvml: Any, dcgm: dict[str, Any], switches: int = 0) -> None:
         self._nvml = nvml
         self.version = str(dcgm.get("version", "4.2.3"))
-        self.metric_groups = [list(group) for group in dcgm.get("metric_groups", [list(PROFILING_FIELDS)])]
+        self.metric_groups = metric_groups(dcgm)
+        self.max_passes = int(dcgm.get("max_passes", MAX_PASSES))
         self.switches = switches
         self.running = True
+        self.root = True  # nv-hostengine's user: a profiling watch needs root (-29 otherwise)
+        self.profiling_error = OK  # what every profiling call answers: -33 no profiling module, -6 unsupported
+        self.nvswitch_module = True  # loaded: it lists the NVSwitches (-33 otherwise)
         self.profiling_owner = ""  # another client of the counters (Nsight, a second engine): -37
-        self.other_clients: set[int] = set()  # profiling fields other clients of this engine watch
+        self.other_clients: set[int] = set()  # profiling fields clients outside the test watch
         self.hidden: set[int] = set()  # NVML indexes DCGM does not list (a GPU it cannot handle)
         self.incidents: dict[tuple[int, int], list[Incident]] = {}  # (entity group, id) -> incidents
         self.calls: Counter[str] = Counter()
@@ -117,11 +151,18 @@ class HostEngine:
         return session
 
     def disconnect(self, handle: int) -> None:
+        """The connection's groups, field groups and watches go with it."""
         self._sessions.pop(handle, None)
 
     def gpu_ids(self) -> list[int]:
         """DCGM's gpuIds: not NVML's order (a client must join by UUID)."""
         return [self._gpu_id(index) for index in range(self._nvml.profile["gpu"]["count"]) if index not in self.hidden]
+
+    def switch_ids(self) -> list[int]:
+        """The NVSwitches, which the NVSwitch module lists: -33 when it is not loaded."""
+        if not self.nvswitch_module:
+            raise EngineError(MODULE_NOT_LOADED)
+        return list(range(self.switches))
 
     def _gpu_id(self, index: int) -> int:
         return self._nvml.profile["gpu"]["count"] - 1 - index
@@ -139,24 +180,78 @@ class HostEngine:
         self._next += 1
         return self._next
 
+    def add_group(self, session: _Session, entities: list[tuple[int, int]]) -> int:
+        """dcgmGroupCreate: names need not be unique (DcgmGroupManager::AddNewGroup), the count is bounded."""
+        if sum(len(s.groups) for s in self._sessions.values()) >= MAX_GROUPS:
+            raise EngineError(MAX_LIMIT)
+        group = self.new_id()
+        session.groups[group] = entities
+        return group
+
+    def add_field_group(self, session: _Session, name: str, fields: list[int]) -> int:
+        """dcgmFieldGroupCreate: a name unique among all clients' field groups (DcgmFieldGroupManager)."""
+        if not 0 < len(fields) <= 128:
+            raise EngineError(BADPARAM)
+        names = [fg_name for s in self._sessions.values() for fg_name, _ in s.field_groups.values()]
+        if name in names:
+            raise EngineError(DUPLICATE_KEY)
+        if len(names) >= MAX_FIELD_GROUPS:
+            raise EngineError(MAX_LIMIT)
+        field_group = self.new_id()
+        session.field_groups[field_group] = (name, list(fields))
+        return field_group
+
+    def supported_groups(self) -> list[MetricGroup]:
+        """dcgmProfGetSupportedMetricGroups."""
+        if self.profiling_error != OK:
+            raise EngineError(self.profiling_error)
+        return self.metric_groups
+
+    def passes(self, fields: set[int]) -> int:
+        """Passes the counters take for `fields`: per major, one for each of its minors needed."""
+        minors: dict[int, set[int]] = {}
+        for field_id in fields:
+            group = next((g for g in self.metric_groups if field_id in g.fields), None)
+            if group is None:
+                raise EngineError(NOT_SUPPORTED)
+            minors.setdefault(group.major, set()).add(group.minor)
+        return max((len(found) for found in minors.values()), default=0)
+
     def watch(self, session: _Session, group: int, field_group: int) -> None:
-        """dcgmWatchFields: profiling fields need the counters' single owner and one pass."""
-        entities, fields = session.groups.get(group), session.field_groups.get(field_group)
+        """dcgmWatchFields: profiling fields need a profiling module, root, the counters' single owner
+        and at most `max_passes` passes for all clients' profiling watches together."""
+        entities, (_, fields) = session.groups.get(group), session.field_groups.get(field_group, ("", None))
         if entities is None or fields is None:
             raise EngineError(BADPARAM)
-        profiling = [f for f in fields if f in PROFILING_FIELDS]
+        profiling = {f for f in fields if f in PROFILING_FIELDS}
         if profiling:
+            if self.profiling_error != OK:
+                raise EngineError(self.profiling_error)
+            if not self.root:
+                raise EngineError(REQUIRES_ROOT)  # DcgmLopGpu::BeginSession: the counters need privilege
             if self.profiling_owner:
                 raise EngineError(PROFILING_LIBRARY_ERROR)
-            together = set(profiling) | self.other_clients  # one engine counts all its clients' fields at once
-            if not any(together <= set(group_fields) for group_fields in self.metric_groups):
+            watched = {f for s in self._sessions.values() for _, f in s.watched() if f in PROFILING_FIELDS}
+            if self.passes(profiling | watched | self.other_clients) > self.max_passes:
                 raise EngineError(PROFILING_MULTI_PASS)
-        session.watched |= {(e, f) for e in entities for f in fields}
+        session.watches[(group, field_group)] = {(e, f) for e in entities for f in fields}
 
-    def latest(self, session: _Session, entity: tuple[int, int], field_id: int) -> tuple[int, float | None]:
-        """(status, value) of a watched field of one entity; None where DCGM has a blank."""
-        if (entity, field_id) not in session.watched:
-            return NO_DATA, None
+    def unwatch(self, session: _Session, group: int, field_group: int) -> None:
+        session.watches.pop((group, field_group), None)
+
+    def destroy_field_group(self, session: _Session, field_group: int) -> None:
+        if session.field_groups.pop(field_group, None) is None:
+            raise EngineError(BADPARAM)
+        for key in [k for k in session.watches if k[1] == field_group]:
+            del session.watches[key]
+
+    def latest(self, session: _Session, pairs: list[tuple[tuple[int, int], int]]) -> list[tuple[int, float | None]]:
+        """(status, value) of each (entity, field) asked; None where DCGM has a blank."""
+        watched = session.watched()
+        return [self._latest(entity, field_id) if (entity, field_id) in watched else (NO_DATA, None)
+                for entity, field_id in pairs]
+
+    def _latest(self, entity: tuple[int, int], field_id: int) -> tuple[int, float | None]:
         if field_id in PROFILING_FIELDS and self.profiling_owner:
             return OK, None  # the counters were taken after the watch: blank values
         if entity[0] != FE_GPU or field_id not in ACTIVITY_OF_FIELD:
