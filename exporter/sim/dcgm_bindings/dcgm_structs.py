@@ -145,8 +145,8 @@ def _text(value):
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
-class _DcgmStructure(Structure):
-    """As the bindings' structures: char arrays read as str, a str written is encoded."""
+class _Strings:
+    """As the bindings' structures and unions: char arrays read as str, a str written is encoded."""
 
     def __getattribute__(self, key):
         return _text(super().__getattribute__(key))
@@ -155,14 +155,12 @@ class _DcgmStructure(Structure):
         super().__setattr__(key, value.encode("utf-8") if isinstance(value, str) else value)
 
 
-class _DcgmUnion(Union):
-    """As the bindings' DcgmUnion: the same string handling as the structures."""
+class _DcgmStructure(_Strings, Structure):
+    pass
 
-    def __getattribute__(self, key):
-        return _text(super().__getattribute__(key))
 
-    def __setattr__(self, key, value):
-        super().__setattr__(key, value.encode("utf-8") if isinstance(value, str) else value)
+class _DcgmUnion(_Strings, Union):
+    pass
 
 
 class c_dcgmConnectV2Params_v2(_DcgmStructure):
