@@ -1,7 +1,7 @@
 """The one settings object of the rules and the dashboards, as a monitoring mixin's `_config`.
 
 Which series are gpuscope's (`selector`), what the cluster and node labels are called, each alert's
-thresholds and durations (every default with the evidence behind it, REFERENCE.md §4), and which
+thresholds and durations (every default with the public evidence behind it), and which
 alerts are on at what severity. Users override any of them in one YAML file read by both
 `gpuscope alerts build --config FILE` and `gpuscope dashboards build --config FILE`; keys are the
 field names below, plus `alerts:` (alert name to `enabled` and/or `severity`). docs/configuration.md

@@ -145,7 +145,7 @@ def _efa_port(sysfs_name: str, name: str, help_: str) -> tuple[str, Metric]:
 
 
 # EFA port counters by sysfs file name (ports/<n>/hw_counters/ on kernels >= 5.15 and in the
-# older combined layout). Meanings from the EFA driver and the EC2 user guide (REFERENCE.md §1).
+# older combined layout). Meanings from the EFA driver (amzn-drivers) and the EC2 user guide's EFA pages.
 EFA_PORT_COUNTERS: dict[str, Metric] = dict([
     _efa_port("tx_bytes", "transmit_bytes", "Bytes transmitted."),
     _efa_port("tx_pkts", "transmit_packets", "Packets transmitted."),

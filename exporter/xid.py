@@ -1,6 +1,6 @@
 """How gpuscope classes NVIDIA's XIDs: the alert rules' defaults and `gpuscope check` read these.
 
-From NVIDIA's XID catalog (docs.nvidia.com/deploy/xid-errors, REFERENCE.md §9): CRITICAL needs
+From NVIDIA's XID catalog (docs.nvidia.com/deploy/xid-errors): CRITICAL needs
 the node drained and the GPU reset or serviced (79 fallen off the bus, 48/63-64 ECC, 119/120 GSP,
 ...); WARNING degrades a job but the GPU may recover; APPLICATION is the job's own fault.
 """

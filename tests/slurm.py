@@ -1,6 +1,6 @@
 """A real one-machine Slurm for the tests: munged, slurmctld and (for one node) slurmd, as root.
 
-Debian's packages (slurmctld, slurmd, slurm-client, munge; REFERENCE.md §11). Nodes other than the
+Debian bookworm's packages (slurmctld, slurmd, slurm-client 22.05, munge). Nodes other than the
 one slurmd serves exist only in slurm.conf (NodeAddr 127.0.0.1): Slurm still drains and resumes
 them, which is what the remediation tests need. Everything lives in a temporary directory; the
 processes are stopped at the end, munged too if this harness started it.

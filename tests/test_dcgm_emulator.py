@@ -1,7 +1,7 @@
 """gpuscope's emulator of DCGM's Python bindings held to the published API, not to the collector:
 each assertion is a fact of NVIDIA/DCGM's `testing/python3` modules (dcgm_structs.py, dcgm_fields.py,
 dcgm_agent.py; DCGM 4.6) or of the engine they talk to (dcgmlib/src/DcgmFieldGroup.cpp,
-DcgmGroupManager.cpp, testing/python3/tests/test_prof.py), as REFERENCE.md section 15 lists them.
+DcgmGroupManager.cpp, testing/python3/tests/test_prof.py).
 A collector that reads the bindings wrongly must fail against this emulator as it would on a node."""
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The node's identity without a network call, and what its instance type should have.
 
 EC2 Nitro instances expose the instance type in DMI: `<sysfs>/class/dmi/id/product_name` reads
-`p5.48xlarge` when `sys_vendor` reads `Amazon EC2`, and `board_asset_tag` holds the instance id
-(REFERENCE.md §10). `--node.instance-type` overrides what DMI says (other clouds, odd firmware). An
-unreadable DMI or a type the inventory does not know leaves the expectations out: nothing compares
-with them, so nothing pages.
+`p5.48xlarge` when `sys_vendor` reads `Amazon EC2`, and `board_asset_tag` holds the instance id (EC2
+user guide, "Identify EC2 Linux instances"). `--node.instance-type` overrides what DMI says (other
+clouds, odd firmware). An unreadable DMI or a type the inventory does not know leaves the
+expectations out: nothing compares with them, so nothing pages.
 """
 
 from __future__ import annotations

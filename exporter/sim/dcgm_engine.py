@@ -2,7 +2,7 @@
 DCGM's Python bindings (exporter/sim/dcgm_bindings: `dcgm_agent`, `dcgm_structs`, `dcgm_fields`).
 
 The emulator's functions keep the names, argument orders, value structures, blank sentinels and
-`DCGMError_*` classes of NVIDIA/DCGM's published bindings (REFERENCE.md section 15); what they
+`DCGMError_*` classes of NVIDIA/DCGM's published bindings (DCGM 4.6, `testing/python3`); what they
 answer comes from here, with the rules of DCGM's own engine (dcgmlib/src, modules/profiling):
 - the node's GPUs as the simulated NVML has them (UUIDs, activity), numbered DCGM's own way;
 - profiling metric groups with a major and a minor id (`dcgmProfGetSupportedMetricGroups`): groups of

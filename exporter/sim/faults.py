@@ -1,13 +1,14 @@
 """Fault kinds a simulated node can suffer, and the scenario files that schedule them.
 
-A fault is a small mapping, `{kind: thermal_throttle, gpu: 3}`, as it appears in a scenario file
-and in a node's `faults.yaml`. `node_effects()` turns the faults active on one node into what
-the simulation changes: a `Fault` per GPU for the simulated NVML, and the node's EFA and Lustre
-behaviour. The effects follow the signatures in REFERENCE.md §4 (an NCCL hang: utilization pinned,
-power near idle, no tensor activity, network flat; a thermal throttle: the HW thermal bit,
-temperature at the slowdown limit, violation time rising) and the measurements of issue 15 (one
-rank the job waits for: the others keep 100 % utilization and full clocks but SM activity falls
-88 % -> 61 % and power drops, while that rank stays busiest and finishes its collectives first).
+A fault is a small mapping, `{kind: thermal_throttle, gpu: 3}`, as it appears in a scenario file and
+in a node's `faults.yaml`. `node_effects()` turns the faults active on one node into what the
+simulation changes: a `Fault` per GPU for the simulated NVML, and the node's EFA and Lustre
+behaviour. The effects follow the signatures reported publicly (an NCCL hang: utilization pinned,
+power near idle, no tensor activity, network flat, NVIDIA/nccl issues #968 and #2213; a thermal
+throttle: the HW thermal bit, temperature at the slowdown limit, violation time rising) and the
+measurements of issue 15 (one rank the job waits for: the others keep 100 % utilization and full
+clocks but SM activity falls 88 % -> 61 % and power drops, while that rank stays busiest and
+finishes its collectives first).
 
 Job faults are written to every node of the job; those aimed at one rank or node name it with
 `node` (and `gpu`), and each node works out its own part from its index.

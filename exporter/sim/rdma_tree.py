@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from exporter.sim.files import relative_symlink, rewrite_in_place, write_file
 
-# Counter names the EFA driver exports (amzn-drivers efa_verbs.c; REFERENCE.md §1).
+# Counter names the EFA driver exports (amzn-drivers kernel/linux/efa/src/efa_verbs.c).
 EFA_PORT_COUNTERS = (
     "tx_bytes", "tx_pkts", "rx_bytes", "rx_pkts", "rx_drops", "send_bytes", "send_wrs", "recv_bytes",
     "recv_wrs", "rdma_read_wrs", "rdma_read_bytes", "rdma_read_wr_err", "rdma_read_resp_bytes",
