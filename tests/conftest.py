@@ -1,6 +1,11 @@
 import pytest
 
+from exporter import files
 from tests.helpers import FIXTURES
+
+# As the exporter does at start: an ordinary user's soft limit (often 1,024) would otherwise cap the
+# kept-file budget that the tests of kept files measure.
+files.raise_descriptor_limit()
 
 # Modules that share a lane run one after another on one worker, never side by side: the two
 # alert-table stacks (Prometheus, VictoriaMetrics, vmalert, two agents and four simulated nodes each)

@@ -121,7 +121,7 @@ def test_a_restart_reads_the_same_counts_again(tmp_path):
 def test_no_permission_fails_the_collector_naming_cap_syslog(tmp_path):
     log = tmp_path / "kmsg"
     log.write_text(kernel("NVRM: Xid (PCI:0000:9b:00): 48,", 1) + "\n")
-    log.chmod(0o600)  # as /dev/kmsg is to a process without CAP_SYSLOG under dmesg_restrict
+    log.chmod(0o000)  # as /dev/kmsg is to a process without CAP_SYSLOG under dmesg_restrict (its owner too)
     collector = KmsgCollector(str(log), "/proc", poll=0.05)
     text = scrape_as_nobody([collector])
     parsed = samples(text)
