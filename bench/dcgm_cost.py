@@ -1,7 +1,7 @@
 """What the DCGM source costs on a simulated A100 node: DCGM calls per scrape and per sampling round,
 the sampler's CPU per round, and NVML calls per GPU per scrape with DCGM on and with profiling off.
 
-DCGM answers through gpuscope's emulator of its Python bindings (exporter/sim/dcgm_bindings) and a
+DCGM answers through gpuscope's emulator of its Python bindings (simulator/dcgm_bindings) and a
 simulated host engine, so the CPU is that of gpuscope's side plus the emulator's; real bindings add
 one local socket round trip to nv-hostengine per call. Run:
 
@@ -20,9 +20,9 @@ from typing import Any
 from exporter.collectors.gpu import GpuCollector, GpuOptions
 from exporter.collectors.gpu_dcgm import DcgmOptions
 from exporter.registry import ScrapeRegistry
-from exporter.sim import dcgm_engine
-from exporter.sim.dcgm_engine import HostEngine
-from exporter.sim.nvml import SimulatedNvml, load_profile
+from simulator import dcgm_engine
+from simulator.dcgm_engine import HostEngine
+from simulator.nvml import SimulatedNvml, load_profile
 
 PROFILE = "p4d.24xlarge"
 ADDRESS = "bench:5555"

@@ -16,7 +16,7 @@ import time
 
 from exporter.collectors.gpu import TEMPERATURE_LIMITS, GpuCollector, GpuOptions
 from exporter.registry import ScrapeRegistry
-from exporter.sim.nvml import SimulatedNvml
+from simulator.nvml import SimulatedNvml
 
 
 def bare_calls(nvml: SimulatedNvml, handles: list, fields: list) -> None:

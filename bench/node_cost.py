@@ -20,7 +20,7 @@ import urllib.request
 
 from bench.gpu_scrape import nvml_call_ms
 from bench.rdma_scrape import cpu_seconds, fetch, machine, rss_mib, spread, wait_up
-from exporter.sim.cluster import free_port
+from simulator.cluster import free_port
 
 
 def main() -> int:

@@ -26,7 +26,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 
-from exporter.sim.rdma_tree import mlx5_devices, write_rdma_tree
+from simulator.rdma_tree import mlx5_devices, write_rdma_tree
 
 TICK = os.sysconf("SC_CLK_TCK")
 

@@ -19,8 +19,8 @@ import time
 from contextlib import ExitStack
 
 from bench.rdma_scrape import fetch, machine, wait_up
-from exporter.sim.cluster import free_port
-from exporter.sim.stack import Prometheus, prometheus_agent, victoria_metrics
+from simulator.cluster import free_port
+from simulator.stack import Prometheus, prometheus_agent, victoria_metrics
 
 BATCHES = (500, 2000)
 

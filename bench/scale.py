@@ -53,7 +53,7 @@ from alerts.settings import Settings
 from bench import scale_data as data
 from dashboards.build import dashboard_json
 from dashboards.render import resolve_derived, substitute
-from exporter.sim.stack import find_binary, prometheus, victoria_metrics
+from simulator.stack import find_binary, prometheus, victoria_metrics
 
 INTERVAL = 15
 BLOCK = 6 * 3600  # backfill one aligned 6 h block per promtool run: one pass over each input file

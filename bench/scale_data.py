@@ -28,9 +28,9 @@ from typing import TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from alerts.actions.engine import OUTCOMES
 from exporter import catalog as c
-from exporter.sim.cluster import Cluster, ras_host
+from receiver.engine import OUTCOMES
+from simulator.cluster import Cluster, ras_host
 
 JOB_NODES = 16  # nodes of the mid-sized jobs
 FIRST_JOB = 10000
@@ -361,7 +361,7 @@ def labels_for(series: Series, node: int, place: Placement, role: str) -> dict[s
         labels["instance_id"] = f"i-{node:017x}"
     if job and "job_id" in labels:
         labels["job_id"] = job.id
-    if job and "nranks" in labels:  # an NCCL Inspector communicator (exporter/sim/inspector.py's four)
+    if job and "nranks" in labels:  # an NCCL Inspector communicator (simulator/inspector.py's four)
         comm = labels["comm"]
         if comm.startswith("TP Group"):
             labels["comm"] = f"TP Group {place.position}"

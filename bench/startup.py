@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from exporter.sim.cluster import free_port
+from simulator.cluster import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SYSFS = REPO / "tests" / "fixtures" / "prometheus-procfs" / "sys"

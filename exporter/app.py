@@ -41,9 +41,9 @@ def node_roots(settings: ExporterSettings) -> Iterator[Roots]:
     if not settings.simulate:
         yield settings.roots
         return
-    from exporter.sim import dcgm_engine  # the simulator only when asked for
-    from exporter.sim.node import INSPECTOR_EVERY, SimulatedNode
-    from exporter.sim.nvml import SimulatedNvml, load_profile
+    from simulator import dcgm_engine  # the simulator only when asked for
+    from simulator.node import INSPECTOR_EVERY, SimulatedNode
+    from simulator.nvml import SimulatedNvml, load_profile
 
     profile = load_profile(settings.simulate)
     with tempfile.TemporaryDirectory(prefix="gpuscope-sim-") as work:

@@ -13,8 +13,8 @@ from typing import NoReturn
 
 from exporter import __version__
 from exporter.configfile import DEFAULT_PORT, parse_count
-from exporter.sim.profiles import DEFAULT_PROFILE, PROFILES
-from exporter.sim.scenarios import SCENARIOS
+from simulator.profiles import DEFAULT_PROFILE, PROFILES
+from simulator.scenarios import SCENARIOS
 
 USAGE_ERROR = 2
 
@@ -296,19 +296,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "check":
         return _run_check(args)
     if command == "remediate":
-        from alerts.actions.server import run as run_receiver
+        from receiver.server import run as run_receiver
 
         return run_receiver(args)
     if command == "dashboards":
         return _dashboards(args)
     if command == "demo":
         try:
-            from exporter.sim.demo import run_demo
+            from simulator.demo import run_demo
         except ImportError as exc:
             return needs_extra("demo", "demo", exc)
         return run_demo(args)
     if command == "simulate":
-        from exporter.sim.run import run_simulation
+        from simulator.run import run_simulation
 
         return run_simulation(args)
     raise AssertionError(f"unhandled command {command}")

@@ -29,7 +29,7 @@ from exporter.configfile import (
     parse_listen_address,
 )
 from exporter.logs import LEVELS
-from exporter.sim.profiles import PROFILES
+from simulator.profiles import PROFILES
 
 
 def parse_ras_address(value: Any) -> str:

@@ -17,8 +17,8 @@ import time
 
 from alerts.render import write_shortened_rules
 from dashboards.render import render_all
-from exporter.sim.cluster import Cluster
-from exporter.sim.stack import prometheus
+from simulator.cluster import Cluster
+from simulator.stack import prometheus
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "docs", "dashboards")
 

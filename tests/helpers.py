@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import catalog
 from exporter.collectors import Collector
 from exporter.registry import ScrapeRegistry
-from exporter.sim.cluster import free_port  # noqa: F401  (re-exported for the tests)
+from simulator.cluster import free_port  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"  # real captures by public projects, sources in SOURCES.md

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 from grpc_tools import protoc
 
-from exporter.sim.nvml import SimulatedNvml
+from simulator.nvml import SimulatedNvml
 from tests.helpers import REPO
 
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
-from exporter.sim.cluster import free_port
+from simulator.cluster import free_port
 from tests.helpers import wait_until
 from tests.procs import stop
 

@@ -14,7 +14,7 @@ import pytest
 import requests
 import yaml
 
-from exporter.sim.stack import alertmanager, routed_to_webhook, webhook_receiver
+from simulator.stack import alertmanager, routed_to_webhook, webhook_receiver
 from tests.helpers import REPO
 
 CONFIG = REPO / "alerts" / "alertmanager.yml"

@@ -23,8 +23,8 @@ from dashboards.build import dashboard_json
 from dashboards.render import resolve_derived, substitute
 from dashboards.views import DASHBOARDS, JOB
 from exporter.catalog import CATALOG
-from exporter.sim.cluster import Cluster
-from exporter.sim.stack import prometheus
+from simulator.cluster import Cluster
+from simulator.stack import prometheus
 from tests.helpers import REPO, json_reply
 from tests.kubelet import compiled_api, serving, two_pods
 

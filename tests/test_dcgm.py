@@ -1,5 +1,5 @@
 """The DCGM source at the bindings' boundary: gpuscope's emulator of DCGM's Python bindings
-(exporter/sim/dcgm_bindings) answering from a simulated nv-hostengine, as the NVML emulator does
+(simulator/dcgm_bindings) answering from a simulated nv-hostengine, as the NVML emulator does
 for NVML. The collector code is the one that runs against the DCGM package's bindings; the
 emulator's own fidelity to the published bindings is held in tests/test_dcgm_emulator.py."""
 
@@ -12,9 +12,9 @@ import pytest
 
 from exporter.collectors import gpu_dcgm
 from exporter.collectors.gpu_dcgm import DcgmOptions
-from exporter.sim import dcgm_engine
-from exporter.sim.dcgm_engine import HostEngine
-from exporter.sim.nvml import Fault, load_profile
+from simulator import dcgm_engine
+from simulator.dcgm_engine import HostEngine
+from simulator.nvml import Fault, load_profile
 from tests.helpers import series, value
 from tests.test_gpu import gpu, gpu_setup, scrape_once, wait_for  # noqa: F401 (gpu_setup: a fixture)
 

@@ -11,9 +11,9 @@ import ctypes
 import pytest
 
 from exporter.collectors import gpu_dcgm
-from exporter.sim import dcgm_engine
-from exporter.sim.dcgm_engine import HostEngine
-from exporter.sim.nvml import SimulatedNvml, load_profile
+from simulator import dcgm_engine
+from simulator.dcgm_engine import HostEngine
+from simulator.nvml import SimulatedNvml, load_profile
 
 ADDRESS = "127.0.0.1:15556"
 STRUCTS, FIELDS, AGENT = gpu_dcgm.load_bindings((dcgm_engine.BINDINGS,))

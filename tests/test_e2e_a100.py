@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.sim.cluster import load_scenario
+from simulator.cluster import load_scenario
 from tests.test_e2e_alerts import key
 from tests.test_e2e_job_waits import play_watching, scenario_stack
 

@@ -24,9 +24,9 @@ import requests
 
 from alerts.render import write_shortened_rules
 from alerts.settings import Settings
-from exporter.sim.cluster import Cluster, load_scenario
-from exporter.sim.profiles import DEFAULT_PROFILE
-from exporter.sim.stack import (
+from simulator.cluster import Cluster, load_scenario
+from simulator.profiles import DEFAULT_PROFILE
+from simulator.stack import (
     Prometheus,
     Vmalert,
     Webhook,

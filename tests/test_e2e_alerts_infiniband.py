@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.sim.cluster import load_scenario
+from simulator.cluster import load_scenario
 from tests.test_e2e_alerts import TABLE, _stack, play
 
 pytestmark = pytest.mark.e2e  # real Prometheus and VictoriaMetrics (and Alertmanagers) over simulated nodes

@@ -12,8 +12,8 @@ import pytest
 import requests
 import yaml
 
-from exporter.sim.cluster import Cluster
-from exporter.sim.stack import alertmanager, prometheus, webhook_only_config, webhook_receiver
+from simulator.cluster import Cluster
+from simulator.stack import alertmanager, prometheus, webhook_only_config, webhook_receiver
 
 pytestmark = pytest.mark.e2e  # real Prometheus (and Alertmanager) over simulated nodes
 

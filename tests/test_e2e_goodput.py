@@ -16,9 +16,9 @@ import pytest
 
 from alerts import rules
 from alerts.render import write_shortened_rules
-from exporter.sim.cluster import Cluster
-from exporter.sim.faults import WAITING_EXEC
-from exporter.sim.stack import prometheus
+from simulator.cluster import Cluster
+from simulator.faults import WAITING_EXEC
+from simulator.stack import prometheus
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e

@@ -16,9 +16,9 @@ from contextlib import contextmanager
 import pytest
 
 from alerts.render import write_shortened_rules
-from exporter.sim.cluster import Cluster, load_scenario
-from exporter.sim.faults import Scenario
-from exporter.sim.stack import Prometheus, Webhook, alertmanager, prometheus, webhook_receiver
+from simulator.cluster import Cluster, load_scenario
+from simulator.faults import Scenario
+from simulator.stack import Prometheus, Webhook, alertmanager, prometheus, webhook_receiver
 from tests.helpers import TWICE_A_SCRAPE
 from tests.test_alertmanager import for_test
 from tests.test_e2e_alerts import firing, key

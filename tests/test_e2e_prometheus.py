@@ -5,8 +5,8 @@ from __future__ import annotations
 import bcrypt
 import pytest
 
-from exporter.sim.rdma_tree import p5_efa_devices, write_rdma_tree
-from exporter.sim.stack import prometheus
+from simulator.rdma_tree import p5_efa_devices, write_rdma_tree
+from simulator.stack import prometheus
 from tests.procs import exporter_process
 from tests.test_server import pki  # noqa: F401  (fixture)
 

@@ -21,8 +21,8 @@ import requests
 import yaml
 
 from alerts.render import write_shortened_rules
-from exporter.sim.cluster import Cluster
-from exporter.sim.stack import alertmanager, prometheus, routed_to_webhook, webhook_receiver
+from simulator.cluster import Cluster
+from simulator.stack import alertmanager, prometheus, routed_to_webhook, webhook_receiver
 from tests.helpers import REPO
 from tests.procs import receiver_process
 from tests.slurm import available, slurm_cluster

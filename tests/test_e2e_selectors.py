@@ -21,8 +21,8 @@ from alerts.render import write_shortened_rules
 from alerts.rules import load
 from dashboards.build import dashboard_json
 from dashboards.render import substitute
-from exporter.sim.cluster import Cluster, load_scenario
-from exporter.sim.stack import prometheus
+from simulator.cluster import Cluster, load_scenario
+from simulator.stack import prometheus
 from tests.helpers import TWICE_A_SCRAPE
 
 pytestmark = pytest.mark.e2e

@@ -23,8 +23,8 @@ import yaml
 
 from alerts.render import prometheus_duration, write_shortened_rules
 from alerts.settings import SCRAPE_INTERVAL, duration_seconds
-from exporter.sim.cluster import Cluster, load_scenario
-from exporter.sim.stack import alertmanager, prometheus, routed_to_webhook, webhook_receiver
+from simulator.cluster import Cluster, load_scenario
+from simulator.stack import alertmanager, prometheus, routed_to_webhook, webhook_receiver
 from tests.helpers import wait_until
 from tests.test_alertmanager import CONFIG
 from tests.test_e2e_alerts import firing, key

@@ -16,7 +16,7 @@ from exporter.collectors.host import HostCollector
 from exporter.collectors.lustre import LustreCollector
 from exporter.collectors.rdma import RdmaCollector
 from exporter.registry import ScrapeRegistry
-from exporter.sim.rdma_tree import p5_efa_devices, write_rdma_tree
+from simulator.rdma_tree import p5_efa_devices, write_rdma_tree
 from tests.helpers import samples, scrape, series, value
 from tests.test_lustre import HPE
 

@@ -14,8 +14,8 @@ from exporter import files
 from exporter.collectors.rdma import RdmaCollector
 from exporter.files import CounterFiles, DescriptorBudget
 from exporter.process import ProcessCollector, open_descriptors
-from exporter.sim.files import rewrite_in_place
-from exporter.sim.rdma_tree import p5_efa_devices, write_counters, write_rdma_tree
+from simulator.files import rewrite_in_place
+from simulator.rdma_tree import p5_efa_devices, write_counters, write_rdma_tree
 from tests.helpers import samples, scrape, series, value
 
 LOOPBACK = "/sys/class/net/lo/statistics"

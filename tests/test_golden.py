@@ -18,9 +18,9 @@ from exporter import catalog
 from exporter.collectors import Roots, build, close
 from exporter.collectors.gpu import GpuOptions
 from exporter.registry import ScrapeRegistry
-from exporter.sim.node import SimulatedNode
-from exporter.sim.nvml import SimulatedNvml, load_profile
-from exporter.sim.rdma_tree import p5_efa_devices, write_rdma_tree
+from simulator.node import SimulatedNode
+from simulator.nvml import SimulatedNvml, load_profile
+from simulator.rdma_tree import p5_efa_devices, write_rdma_tree
 from tests.helpers import REPO, scrape
 from tests.procs import exporter_process
 from tests.test_host import host_tree  # noqa: F401  (fixture)
@@ -116,8 +116,8 @@ def test_nccl_inspector_whole_scrape(tmp_path):
     """A p5's eight Inspector files of a 4-node job, as the plugin writes them, read at a fixed
     instant; rank 5 is the one the job waits for (shortest collectives)."""
     from exporter.collectors.nccl import NcclCollector, NcclOptions
-    from exporter.sim.inspector import rank_buckets, write_rank_files
-    from exporter.sim.nvml import gpu_uuid
+    from simulator.inspector import rank_buckets, write_rank_files
+    from simulator.nvml import gpu_uuid
 
     ranks = [(gpu_uuid(g), g, rank_buckets(1, 4, 8, g, 0.45 if g == 5 else 1.7, 1.0)) for g in range(8)]
     write_rank_files(str(tmp_path), ranks, "4242", "node-1")

@@ -14,7 +14,7 @@ from exporter.collectors.gpu_background import GpmSampler, LinkWatcher
 from exporter.config import OPTIONS
 from exporter.configfile import parse_duration
 from exporter.registry import ScrapeRegistry
-from exporter.sim.nvml import UPTIME_AT_START, Fault, SimulatedNvml
+from simulator.nvml import UPTIME_AT_START, Fault, SimulatedNvml
 from tests.helpers import samples, series, value
 
 

@@ -52,9 +52,9 @@ def test_the_flag_overrides_dmi(tmp_path):
 
 
 def test_every_simulated_ec2_profile_is_in_the_inventory_and_the_dgx_is_not(tmp_path):
-    from exporter.sim.node import write_dmi
-    from exporter.sim.nvml import load_profile
-    from exporter.sim.profiles import PROFILES
+    from simulator.node import write_dmi
+    from simulator.nvml import load_profile
+    from simulator.profiles import PROFILES
 
     for name in PROFILES:
         profile = load_profile(name)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from exporter.sim.stack import prometheus
+from simulator.stack import prometheus
 from tests.helpers import REPO, free_port, wait_until
 from tests.procs import exporter_process
 
@@ -194,7 +194,7 @@ def test_the_readme_commands_from_a_fresh_clone(clone, wheels):
         proc.wait(timeout=15)
     assert "serving a simulated p5.48xlarge" in proc.stderr.read()
     scenario = clone / "efa_stall.yml"
-    scenario.write_text((REPO / "exporter/sim/scenarios/efa_stall.yaml").read_text().replace("duration: 90s",
+    scenario.write_text((REPO / "simulator/scenarios/efa_stall.yaml").read_text().replace("duration: 90s",
                                                                                             "duration: 30s"))
     result = run([str(clone / ".venv/bin/gpuscope"), "demo", f"--scenario={scenario}", "--duration=20s"],
                  cwd=clone, timeout=180)

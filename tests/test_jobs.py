@@ -12,7 +12,7 @@ import pytest
 from exporter.collectors.gpu import GpuCollector, GpuOptions
 from exporter.collectors.jobs import MappingDirectory, job_of_process
 from exporter.registry import ScrapeRegistry
-from exporter.sim.nvml import SimulatedNvml
+from simulator.nvml import SimulatedNvml
 from tests.helpers import REPO, samples, series
 
 PROLOG = REPO / "deploy" / "slurm" / "prolog.sh"

@@ -10,7 +10,7 @@ import pytest
 
 from exporter import catalog
 from exporter.collectors.nccl import NcclCollector, NcclOptions, parse
-from exporter.sim.inspector import Bucket, bucket_lines, dump, file_name, write_rank_files
+from simulator.inspector import Bucket, bucket_lines, dump, file_name, write_rank_files
 from tests.helpers import samples, scrape, value
 
 UUID = "GPU-00000003-5ca1-4e0d-9a7b-1d0f00003333"

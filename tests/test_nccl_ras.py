@@ -25,7 +25,7 @@ from exporter.collectors.nccl_ras import (
     query,
     role,
 )
-from exporter.sim.ras import Job, RasServer, job_view
+from simulator.ras import Job, RasServer, job_view
 from tests.helpers import FIXTURES, free_port, samples, scrape, value, wait_until
 
 RAS = FIXTURES / "nccl_ras"

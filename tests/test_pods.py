@@ -9,7 +9,7 @@ import pytest
 from exporter.collectors.gpu import GpuCollector, GpuOptions
 from exporter.collectors.pods import parse_list_response
 from exporter.registry import ScrapeRegistry
-from exporter.sim.nvml import SimulatedNvml
+from simulator.nvml import SimulatedNvml
 from tests.helpers import samples, series, value
 from tests.kubelet import GPU_RESOURCE, compiled_api, serving, simulated_uuids, two_pods
 

@@ -8,7 +8,7 @@ import pytest
 
 from exporter import catalog
 from exporter.collectors.rdma import RdmaCollector
-from exporter.sim.rdma_tree import (
+from simulator.rdma_tree import (
     EFA_DEVICE_COUNTERS,
     EFA_PORT_COUNTERS,
     P5_EFA_BUSES,
@@ -191,7 +191,7 @@ def test_no_infiniband_class_means_no_series_and_success(tmp_path):
 
 def test_port_states_of_other_rdma_devices_not_of_efa(tmp_path, fixtures):
     """EFA hard-codes ACTIVE/LinkUp, so only other devices' ports carry their state."""
-    from exporter.sim.rdma_tree import mlx5_devices, p5_efa_devices
+    from simulator.rdma_tree import mlx5_devices, p5_efa_devices
 
     write_rdma_tree(str(tmp_path), p5_efa_devices()[:2])
     write_rdma_tree(str(tmp_path), mlx5_devices(2), driver="mlx5_core", vendor="0x15b3")

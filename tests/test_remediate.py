@@ -19,11 +19,11 @@ import pytest
 import requests
 import yaml
 
-from alerts.actions import policy as policy_module
-from alerts.actions.engine import Engine, Unrecorded
-from alerts.actions.policy import DEFAULT_ALERTS, Limits, Policy
-from alerts.actions.schedulers import NodeState
 from exporter import check
+from receiver import policy as policy_module
+from receiver.engine import Engine, Unrecorded
+from receiver.policy import DEFAULT_ALERTS, Limits, Policy
+from receiver.schedulers import NodeState
 from tests.helpers import free_port, http_status, wait_until
 from tests.procs import run_gpuscope
 
@@ -302,8 +302,8 @@ def sim_scrape(tmp_path):
     from exporter.collectors import Roots, build, close
     from exporter.collectors.kmsg import KmsgOptions
     from exporter.registry import ScrapeRegistry
-    from exporter.sim.node import SimulatedNode
-    from exporter.sim.nvml import SimulatedNvml, load_profile
+    from simulator.node import SimulatedNode
+    from simulator.nvml import SimulatedNvml, load_profile
 
     built = []
 
@@ -393,9 +393,9 @@ def test_the_receiver_loads_no_collector_simulator_or_grafanalib(tmp_path):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=10)
     imported = {line.rsplit("|", 1)[1].strip() for line in err.splitlines() if line.startswith("import time:")}
-    assert {"alerts.actions.engine", "exporter.check", "exporter.server"} <= imported  # the log is complete
-    names_only = ("exporter.sim.profiles", "exporter.sim.scenarios")  # the command line's choices
+    assert {"receiver.engine", "exporter.check", "exporter.server"} <= imported  # the log is complete
+    names_only = ("simulator.profiles", "simulator.scenarios")  # the command line's choices
     unwanted = {m for m in imported if m.startswith(("exporter.collectors", "grafanalib", "pynvml"))
-                or m == "exporter.config" or (m.startswith("exporter.sim.") and m not in names_only)}
+                or m == "exporter.config" or (m.startswith("simulator.") and m not in names_only)}
     assert unwanted == set()
 

@@ -9,7 +9,7 @@ import subprocess
 import yaml
 
 from alerts.render import FILES
-from exporter.sim.stack import shard_config
+from simulator.stack import shard_config
 from tests.helpers import REPO
 
 SCALE_OUT = REPO / "deploy" / "scale-out"

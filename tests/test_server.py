@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from exporter import webconfig
 from exporter.registry import ScrapeRegistry
 from exporter.server import serve
-from exporter.sim.rdma_tree import p5_efa_devices, write_rdma_tree
+from simulator.rdma_tree import p5_efa_devices, write_rdma_tree
 from tests.helpers import free_port, samples, value, wait_until
 from tests.procs import exporter_process
 from tests.test_faults import Exploding

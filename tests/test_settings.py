@@ -125,7 +125,7 @@ def test_the_node_agent_loads_no_simulator_grafanalib_or_requests():
     imported = {line.rsplit("|", 1)[1].strip() for line in err.splitlines() if line.startswith("import time:")}
     assert "exporter.collectors.rdma" in imported  # the log is complete
     unwanted = {m for m in imported if m.split(".")[0] in ("grafanalib", "requests", "alerts", "dashboards")
-                or (m.startswith("exporter.sim.") and m not in ("exporter.sim.profiles", "exporter.sim.scenarios"))}
+                or (m.startswith("simulator.") and m not in ("simulator.profiles", "simulator.scenarios"))}
     assert unwanted == set()
 
 

@@ -13,11 +13,11 @@ import yaml
 from exporter.collectors import Roots, build, close
 from exporter.collectors.gpu import GpuOptions
 from exporter.registry import ScrapeRegistry
-from exporter.sim.cluster import load_scenario
-from exporter.sim.faults import ScenarioError, node_effects
-from exporter.sim.node import EFA_RATES, LUSTRE_READ_RATE, SimulatedNode
-from exporter.sim.nvml import SimulatedNvml, load_profile
-from exporter.sim.scenarios import SCENARIOS
+from simulator.cluster import load_scenario
+from simulator.faults import ScenarioError, node_effects
+from simulator.node import EFA_RATES, LUSTRE_READ_RATE, SimulatedNode
+from simulator.nvml import SimulatedNvml, load_profile
+from simulator.scenarios import SCENARIOS
 from tests.helpers import samples, series, value
 
 PROFILE = load_profile("p5.48xlarge")
@@ -218,8 +218,8 @@ def test_unknown_scenario_names_the_built_in_ones():
 
 def inspector_lines(root, gpu: int) -> list:
     from exporter.collectors.nccl import parse
-    from exporter.sim.inspector import file_name
-    from exporter.sim.nvml import gpu_uuid
+    from simulator.inspector import file_name
+    from simulator.nvml import gpu_uuid
 
     lines, malformed = parse((root / "nccl" / file_name(gpu_uuid(gpu))).read_text())
     assert malformed == 0
@@ -339,7 +339,7 @@ def test_a_scenario_runs_on_the_profile_it_names():
 
 def test_kernel_log_faults_append_records_nvml_never_sees(node, tmp_path):
     from exporter.collectors.kmsg import KernelEvents, parse_record
-    from exporter.sim.kernel_log import BOOT_AGE
+    from simulator.kernel_log import BOOT_AGE
 
     def kernel_events() -> KernelEvents:
         found = KernelEvents()

@@ -1,6 +1,6 @@
 """Which GPU each EFA device serves, from the PCI hierarchy of a p5.48xlarge-shaped sysfs tree.
 
-The tree (exporter/sim/rdma_tree.py, relative symlinks as in sysfs) puts each group of four EFA
+The tree (simulator/rdma_tree.py, relative symlinks as in sysfs) puts each group of four EFA
 devices and one GPU under a PCIe switch, as a p5.48xlarge has them; one extra device sits on a root
 port of its own, under no common switch with any GPU.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from exporter.collectors.gpu import pci_address
 from exporter.collectors.rdma import RdmaCollector
-from exporter.sim.node import SimulatedNode
-from exporter.sim.nvml import SimulatedNvml, load_profile
-from exporter.sim.rdma_tree import P5_EFA_BUSES, P5_GPU_BUSES, RdmaDevice, write_rdma_tree
+from simulator.node import SimulatedNode
+from simulator.nvml import SimulatedNvml, load_profile
+from simulator.rdma_tree import P5_EFA_BUSES, P5_GPU_BUSES, RdmaDevice, write_rdma_tree
 from tests.helpers import samples, scrape, series
 
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from alerts.render import FILES
-from exporter.sim.stack import victoria_metrics
+from simulator.stack import victoria_metrics
 from tests.helpers import REPO
 from tests.victoria import VictoriaMetrics, expand, play
 

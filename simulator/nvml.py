@@ -23,7 +23,7 @@ from typing import Any
 import pynvml
 import yaml
 
-from exporter.sim.profiles import PROFILES
+from simulator.profiles import PROFILES
 
 UPTIME_AT_START = 86_400.0  # the node has been up a day when the simulation starts
 _THRESHOLDS = {"shutdown": 0, "slowdown": 1, "memory_max": 2, "gpu_max": 3}
@@ -39,7 +39,7 @@ def load_profile(name: str) -> dict[str, Any]:
     another is that one with its own top-level keys replacing the other's."""
     if name not in PROFILES:
         raise ValueError(f"unknown simulated node profile {name!r} (known: {', '.join(PROFILES)})")
-    text = resources.files("exporter.sim.profiles").joinpath(f"{name}.yaml").read_text()
+    text = resources.files("simulator.profiles").joinpath(f"{name}.yaml").read_text()
     profile = yaml.safe_load(text)
     base = profile.pop("extends", None)
     return {**load_profile(base), **profile} if base else profile

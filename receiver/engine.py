@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from alerts.actions.policy import KEY_LABELS, Policy
-from alerts.actions.schedulers import NodeState, Scheduler, SchedulerError
+from receiver.policy import KEY_LABELS, Policy
+from receiver.schedulers import NodeState, Scheduler, SchedulerError
 
 DRAIN, RESUME = "drain", "resume"
 log = logging.getLogger("gpuscope")

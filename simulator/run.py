@@ -7,8 +7,8 @@ import signal
 import sys
 from typing import Any
 
-from exporter.sim.cluster import Cluster, load_scenario
-from exporter.sim.faults import Scenario, Step, parse_duration
+from simulator.cluster import Cluster, load_scenario
+from simulator.faults import Scenario, Step, parse_duration
 
 
 def prepare(args: dict[str, Any]) -> tuple[Scenario, float]:

@@ -20,13 +20,13 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from exporter.sim.nvml import Fault
+from simulator.nvml import Fault
 
 GPU_KINDS = ("straggler", "thermal_throttle", "power_brake", "nvlink_errors", "gpu_lost", "ecc_uncorrectable",
              "row_remap_failure", "xid", "kernel_xid", "nvlink_down", "gpu_missing_at_boot", "dcgm_health")
 NODE_KINDS = ("efa_stall", "efa_retransmit_storm", "lustre_eviction", "efa_device_missing", "sxid", "rdma_port_down",
               "dcgm_engine_down", "dcgm_profiling_locked")
-# NCCL hangs as RAS sees them (exporter/sim/ras.py); on the hardware each looks like collective_stall.
+# NCCL hangs as RAS sees them (simulator/ras.py); on the hardware each looks like collective_stall.
 HANG_KINDS = ("nccl_hang", "nccl_hang_launched", "nccl_process_dead")
 JOB_KINDS = ("collective_stall", "compute_straggler", "nccl_late_arrival", "nccl_bandwidth_drop", "checkpoint",
              "pipeline_imbalance", *HANG_KINDS, "ras_slow", "ras_off")

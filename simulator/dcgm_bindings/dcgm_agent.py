@@ -12,7 +12,7 @@ from functools import wraps
 import dcgm_fields
 import dcgm_structs
 
-from exporter.sim import dcgm_engine
+from simulator import dcgm_engine
 
 MAJOR = 4  # these emulate DCGM 4's bindings, which load libdcgm.so.4
 _CONNECTED: dict[int, tuple[dcgm_engine.HostEngine, int]] = {}  # handle value -> (engine, engine's handle)

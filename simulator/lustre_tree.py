@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from exporter.sim.files import write_file
+from simulator.files import write_file
 
 INSTANCE_ID = "ffff9c8e4b2d3000"
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
-from exporter.sim.cluster import Cluster
-from exporter.sim.faults import Step
-from exporter.sim.run import prepare
-from exporter.sim.stack import MissingBinary, alertmanager, find_binary, prometheus, routed_to_webhook, webhook_receiver
+from simulator.cluster import Cluster
+from simulator.faults import Step
+from simulator.run import prepare
+from simulator.stack import MissingBinary, alertmanager, find_binary, prometheus, routed_to_webhook, webhook_receiver
 
 DEMO_SPEEDUP = 10
 REFRESH_SECONDS = 2.0

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.sim.faults import HANG_KINDS
+from simulator.faults import HANG_KINDS
 
 log = logging.getLogger("gpuscope.sim.ras")
 

@@ -21,11 +21,11 @@ from typing import Any
 
 import yaml
 
-from exporter.sim.faults import JOB_KINDS, Scenario, ScenarioError, Step, check_fault, parse_scenario
-from exporter.sim.node import SimulatedNode
-from exporter.sim.nvml import load_profile
-from exporter.sim.profiles import DEFAULT_PROFILE
-from exporter.sim.scenarios import SCENARIOS
+from simulator.faults import JOB_KINDS, Scenario, ScenarioError, Step, check_fault, parse_scenario
+from simulator.node import SimulatedNode
+from simulator.nvml import load_profile
+from simulator.profiles import DEFAULT_PROFILE
+from simulator.scenarios import SCENARIOS
 
 
 def load_scenario(name_or_path: str, profile: str | None = None, nodes: int | None = None) -> Scenario:
@@ -33,7 +33,7 @@ def load_scenario(name_or_path: str, profile: str | None = None, nodes: int | No
     the scenario names, else p5.48xlarge). A scenario that needs another profile is refused."""
     if name_or_path in SCENARIOS:
         source = f"scenario {name_or_path}"
-        text = resources.files("exporter.sim.scenarios").joinpath(f"{name_or_path}.yaml").read_text()
+        text = resources.files("simulator.scenarios").joinpath(f"{name_or_path}.yaml").read_text()
     else:
         source = name_or_path
         try:

@@ -1,5 +1,5 @@
 """A simulated DCGM host engine (nv-hostengine) for a simulated node, behind gpuscope's emulator of
-DCGM's Python bindings (exporter/sim/dcgm_bindings: `dcgm_agent`, `dcgm_structs`, `dcgm_fields`).
+DCGM's Python bindings (simulator/dcgm_bindings: `dcgm_agent`, `dcgm_structs`, `dcgm_fields`).
 
 The emulator's functions keep the names, argument orders, value structures, blank sentinels and
 `DCGMError_*` classes of NVIDIA/DCGM's published bindings (DCGM 4.6, `testing/python3`); what they

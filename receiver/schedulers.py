@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from alerts.actions.policy import Kubernetes, Policy
 from exporter import scontrol
 from exporter.configfile import ConfigError, load_yaml
+from receiver.policy import Kubernetes, Policy
 
 REASON_ANNOTATION = "gpuscope.io/drain-reason"
 CORDONED_ANNOTATION = "gpuscope.io/was-cordoned"  # so resuming leaves a person's own cordon in place

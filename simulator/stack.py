@@ -26,7 +26,7 @@ import yaml
 
 from alerts.render import prometheus_duration
 from alerts.settings import duration_seconds
-from exporter.sim.cluster import free_port
+from simulator.cluster import free_port
 
 
 class MissingBinary(RuntimeError):

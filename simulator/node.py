@@ -18,15 +18,15 @@ from typing import Any
 import yaml
 
 from exporter.configfile import ConfigError
-from exporter.sim.dcgm_engine import HostEngine
-from exporter.sim.faults import JOB_KINDS, NodeEffects, ScenarioError, check_fault, node_effects
-from exporter.sim.files import relative_symlink
-from exporter.sim.inspector import rank_buckets, write_rank_files
-from exporter.sim.kernel_log import KernelLog
-from exporter.sim.lustre_tree import LustreClient, LustreTarget, write_lustre_tree
-from exporter.sim.nvml import Fault, SimulatedNvml, gpu_bus, gpu_uuid
-from exporter.sim.ras import Job, RasServer
-from exporter.sim.rdma_tree import (
+from simulator.dcgm_engine import HostEngine
+from simulator.faults import JOB_KINDS, NodeEffects, ScenarioError, check_fault, node_effects
+from simulator.files import relative_symlink
+from simulator.inspector import rank_buckets, write_rank_files
+from simulator.kernel_log import KernelLog
+from simulator.lustre_tree import LustreClient, LustreTarget, write_lustre_tree
+from simulator.nvml import Fault, SimulatedNvml, gpu_bus, gpu_uuid
+from simulator.ras import Job, RasServer
+from simulator.rdma_tree import (
     P5_EFA_BUSES,
     P5_GPU_BUSES,
     PORT_ACTIVE,

@@ -17,14 +17,14 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from alerts.actions import policy as policy_module
-from alerts.actions.engine import OUTCOMES, Decision, Engine, Unrecorded
-from alerts.actions.schedulers import SchedulerError, for_policy
 from exporter import catalog as c
 from exporter import check, logs, webconfig
 from exporter.configfile import ConfigError, parse_listen_address
 from exporter.exposition import CONTENT_TYPE
 from exporter.server import TEXT, BaseHandler, Routes, WebServer
+from receiver import policy as policy_module
+from receiver.engine import OUTCOMES, Decision, Engine, Unrecorded
+from receiver.schedulers import SchedulerError, for_policy
 
 DEFAULT_ADDRESS = "127.0.0.1:19401"
 MAX_BODY_BYTES = 8 << 20

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from exporter.sim.files import relative_symlink, rewrite_in_place, write_file
+from simulator.files import relative_symlink, rewrite_in_place, write_file
 
 # Counter names the EFA driver exports (amzn-drivers kernel/linux/efa/src/efa_verbs.c).
 EFA_PORT_COUNTERS = (
