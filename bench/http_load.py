@@ -198,7 +198,7 @@ def main() -> int:
         return 2
     ports = {"gpuscope": free_port(), "node_exporter": free_port()}
     commands = {
-        "gpuscope": [sys.executable, "-m", "exporter", "--simulate=p5.48xlarge",
+        "gpuscope": [sys.executable, "-m", "gpuscope", "exporter", "--simulate=p5.48xlarge",
                      f"--web.listen-address=127.0.0.1:{ports['gpuscope']}"],
         "node_exporter": [node_exporter, f"--web.listen-address=127.0.0.1:{ports['node_exporter']}"],
     }

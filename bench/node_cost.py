@@ -31,7 +31,7 @@ def main() -> int:
     args = parser.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
-    proc = subprocess.Popen([sys.executable, "-m", "exporter", f"--simulate={args.profile}",
+    proc = subprocess.Popen([sys.executable, "-m", "gpuscope", "exporter", f"--simulate={args.profile}",
                              "--simulate.interval=1h", "--collector.gpu.gpm-interval=15s",
                              f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

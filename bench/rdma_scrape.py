@@ -154,7 +154,7 @@ def main() -> int:
                 [node_exporter, f"--path.sysfs={sysfs}", "--collector.disable-defaults", "--collector.infiniband",
                  "--web.listen-address=127.0.0.1:19491"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
             "gpuscope": subprocess.Popen(
-                [sys.executable, "-m", "exporter", f"--path.sysfs={sysfs}", *others,
+                [sys.executable, "-m", "gpuscope", "exporter", f"--path.sysfs={sysfs}", *others,
                  "--web.listen-address=127.0.0.1:19492", "--log.level=warn"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         }

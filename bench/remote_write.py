@@ -39,7 +39,7 @@ def main() -> int:
     args = parser.parse_args()
     port = free_port()
     target = f"127.0.0.1:{port}"
-    exporter = subprocess.Popen([sys.executable, "-m", "exporter", "--simulate=p5.48xlarge",
+    exporter = subprocess.Popen([sys.executable, "-m", "gpuscope", "exporter", "--simulate=p5.48xlarge",
                                  f"--web.listen-address={target}", "--log.level=warn"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

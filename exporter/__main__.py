@@ -1,7 +1,8 @@
-"""`python -m exporter` runs the daemon, like `gpuscope exporter`."""
+"""`python -m exporter` runs the node agent alone, on the host's hardware (`gpuscope exporter`
+adds the simulator's --simulate)."""
 
 import sys
 
 from exporter.cli import main
 
-sys.exit(main(["exporter", *sys.argv[1:]]))
+sys.exit(main())

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import signal
-import tempfile
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 from prometheus_client import CollectorRegistry, PlatformCollector
 
 from exporter import __version__, collectors, files, server
 from exporter.collectors import Roots
-from exporter.collectors.kmsg import KmsgOptions
 from exporter.config import ConfigError, ExporterSettings
 from exporter.process import ProcessCollector
 from exporter.registry import ScrapeRegistry
@@ -36,54 +33,27 @@ def build_registries(settings: ExporterSettings, roots: Roots) -> tuple[Collecto
 
 
 @contextmanager
-def node_roots(settings: ExporterSettings) -> Iterator[Roots]:
-    """The host's roots, or those of a live simulated node (a temporary tree and a simulated NVML)."""
-    if not settings.simulate:
-        yield settings.roots
-        return
-    from simulator import dcgm_engine  # the simulator only when asked for
-    from simulator.node import INSPECTOR_EVERY, SimulatedNode
-    from simulator.nvml import SimulatedNvml, load_profile
-
-    profile = load_profile(settings.simulate)
-    with tempfile.TemporaryDirectory(prefix="gpuscope-sim-") as work:
-        nvml = SimulatedNvml(profile)
-        if not settings.simulate_dir:  # a node of its own runs a one-node training job
-            SimulatedNode.write_job(work, "4242", node=0, nodes=1)
-        dcgm = settings.roots.gpu.dcgm
-        engine = dcgm_engine.serve(nvml, profile, dcgm.address)  # a p4d's nv-hostengine, behind the emulated bindings
-        node = SimulatedNode(settings.simulate_dir or work, profile, nvml, layout=settings.simulate_efa_layout,
-                             dcgm=engine)
-        node.start(settings.simulate_interval)
-        log.info("serving a simulated node", extra={"profile": settings.simulate, "sysfs": node.sysfs,
-                                                    "faults": node.faults_file})
-        try:
-            # NCCL Inspector's files of the simulated job, at the simulator's dump cadence
-            nccl = dataclasses.replace(settings.roots.nccl, interval=INSPECTOR_EVERY * settings.simulate_interval,
-                                       directory=settings.roots.nccl.directory or node.inspector_dir)
-            kmsg = KmsgOptions(path=node.kmsg_file, boot_procfs=node.procfs)  # the node's own kernel log
-            gpu = dataclasses.replace(settings.roots.gpu,
-                                      dcgm=dataclasses.replace(dcgm, bindings=(dcgm_engine.BINDINGS,)))
-            yield dataclasses.replace(settings.roots, sysfs=node.sysfs, nvml=nvml, nccl=nccl, kmsg=kmsg, gpu=gpu)
-        finally:
-            node.stop()
-            dcgm_engine.unregister(dcgm.address)
+def host_node(settings: ExporterSettings) -> Iterator[ExporterSettings]:
+    """The host's own hardware: the settings as they are."""
+    yield settings
 
 
-def run(settings: ExporterSettings, web: WebConfig) -> int:
-    """Serve until SIGTERM or SIGINT; the caller has already checked the configuration (a simulated
-    node's directory is checked here, as the node is made: exit 2 when it is not ours to use)."""
+def run(settings: ExporterSettings, web: WebConfig,
+        node: Callable[[ExporterSettings], AbstractContextManager[ExporterSettings]] = host_node) -> int:
+    """Serve until SIGTERM or SIGINT; the caller has already checked the configuration. `node` gives
+    the settings to serve with while the node lasts: the host's, or a simulated node's roots (whose
+    directory is checked as the node is made: exit 2 when it is not ours to use)."""
     try:
-        with node_roots(settings) as roots:
-            return _serve(settings, web, roots)
+        with node(settings) as served:
+            return _serve(served, web)
     except ConfigError as exc:
         log.error("cannot start", extra={"error": str(exc)})
         return 2
 
 
-def _serve(settings: ExporterSettings, web: WebConfig, roots: Roots) -> int:
+def _serve(settings: ExporterSettings, web: WebConfig) -> int:
     files.raise_descriptor_limit()  # before the collectors open the files they keep
-    process_registry, scrapes = build_registries(settings, roots)
+    process_registry, scrapes = build_registries(settings, settings.roots)
     try:
         httpd = server.serve(settings.listen_address, process_registry=process_registry, scrapes=scrapes, web=web,
                              telemetry_path=settings.telemetry_path)

@@ -2,7 +2,7 @@
 
 Slurm runs it as HealthCheckProgram (every HealthCheckInterval) or from a prolog; exit 0 means fit.
 It reads one scrape, of the local exporter (`--exporter URL`, the default) or of the collectors run
-once in this process (`--collect`, in exporter/cli.py: this module never loads a collector, so the
+once in this process (`--collect`, in gpuscope/cli.py: this module never loads a collector, so the
 remediation receiver shares its judgement without the node agent), and judges it as the hardware
 alerts do, without their history:
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.collectors import FACTORIES, Roots
@@ -29,7 +29,6 @@ from exporter.configfile import (
     parse_listen_address,
 )
 from exporter.logs import LEVELS
-from simulator.profiles import PROFILES
 
 
 def parse_ras_address(value: Any) -> str:
@@ -63,15 +62,7 @@ def parse_names(value: Any) -> tuple[str, ...]:
     return names
 
 
-def parse_profile(value: Any) -> str:
-    """A simulated node profile, or empty for the real host."""
-    text = str(value or "")
-    if text and text not in PROFILES:
-        raise ValueError(f"unknown profile {text!r} (one of {', '.join(PROFILES)})")
-    return text
-
-
-def _choice(*allowed: str) -> Callable[[Any], str]:
+def choice(*allowed: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if str(value) not in allowed:
             raise ValueError(f"invalid value {value!r} (one of {', '.join(allowed)})")
@@ -101,8 +92,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("path.procfs", "/proc", parse_path, "procfs mount point"),
     Option("collector.timeout", "5s", parse_duration,
            "longest a scrape waits for a collector before reporting it failed"),
-    Option("log.level", "info", _choice(*LEVELS), "log level: " + ", ".join(LEVELS)),
-    Option("log.format", "logfmt", _choice("logfmt", "json"), "log line format: logfmt or json"),
+    Option("log.level", "info", choice(*LEVELS), "log level: " + ", ".join(LEVELS)),
+    Option("log.format", "logfmt", choice("logfmt", "json"), "log line format: logfmt or json"),
     *(Option(f"collector.{name}", True, parse_bool, f"enable the {name} collector", is_flag=True)
       for name in FACTORIES),
     Option("collector.rdma.efa-device-detail", False, parse_bool,
@@ -112,7 +103,7 @@ OPTIONS: tuple[Option, ...] = (
            "also export NVLink bytes per link (18 links x 8 GPUs more series)", is_flag=True),
     Option("collector.gpu.gpm-interval", "10s", parse_duration,
            "how often profiling (GPM, or DCGM's watch) is sampled in the background (set it to the scrape interval)"),
-    Option("collector.gpu.profiling", "auto", _choice("auto", "gpm", "dcgm", "off"),
+    Option("collector.gpu.profiling", "auto", choice("auto", "gpm", "dcgm", "off"),
            "profiling ratios (SM active, tensor, DRAM): auto (NVML GPM where the GPU has it, else DCGM's host "
            "engine: A100), gpm, dcgm, off"),
     Option("collector.gpu.dcgm-address", "127.0.0.1:5555", str,
@@ -136,7 +127,7 @@ OPTIONS: tuple[Option, ...] = (
            "the node's instance type (e.g. p5.48xlarge) when DMI does not tell it; empty: from DMI"),
     Option("collector.nccl.inspector-dir", "", str,
            "NCCL Inspector's Prometheus dump directory (NCCL_INSPECTOR_DUMP_DIR); the nccl collector runs only "
-           "when this names one (with --simulate: the simulated node's)"),
+           "when this names one"),
     Option("collector.nccl.interval", "30s", parse_duration,
            "Inspector's dump interval (NCCL_INSPECTOR_DUMP_THREAD_INTERVAL_MICROSECONDS); a file not rewritten "
            "for 3 intervals belongs to an ended job and its series go"),
@@ -153,14 +144,6 @@ OPTIONS: tuple[Option, ...] = (
            "how often the node leading a job asks RAS (the others ask at start, on a new job and hourly)"),
     Option("collector.nccl.message-sizes", False, parse_bool,
            "also export each message-size bucket (message_size label), not only their aggregate", is_flag=True),
-    Option("simulate", "", parse_profile,
-           "serve a simulated node of this profile instead of the host's hardware: " + ", ".join(PROFILES)),
-    Option("simulate.dir", "", parse_directory,
-           "with --simulate: the node's directory (its sysfs tree, and faults.yaml read for injected faults); "
-           "a sys/ there that the simulator did not write is refused, never replaced; empty: a temporary one"),
-    Option("simulate.interval", "2s", parse_duration, "with --simulate: how often the node's counters move on"),
-    Option("simulate.efa-layout", "split", _choice("split", "combined"),
-           "with --simulate: EFA counter layout, split (kernel >= 5.15) or combined (older kernels)"),
 )
 
 
@@ -174,17 +157,17 @@ class ExporterSettings:
     timeout: float
     log_level: str
     log_format: str
-    simulate: str = ""
-    simulate_dir: str = ""
-    simulate_interval: float = 2.0
-    simulate_efa_layout: str = "split"
+    values: Mapping[str, Any] = field(default_factory=dict)  # every option's value, by name, extra ones too
 
 
-def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) -> ExporterSettings:
-    """Merge the sources option by option; raises ConfigError naming the source of a bad value."""
-    file_values = _load_config_file(config_file) if config_file else {}
+def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str,
+            extra: tuple[Option, ...] = ()) -> ExporterSettings:
+    """Merge the sources option by option; raises ConfigError naming the source of a bad value.
+    `extra`: options of what runs the agent (the simulator's), resolved the same way into `values`."""
+    options = OPTIONS + extra
+    file_values = _load_config_file(config_file, options) if config_file else {}
     values: dict[str, Any] = {}
-    for option in OPTIONS:
+    for option in options:
         if option.name in cli:
             raw, source = cli[option.name], f"flag --{option.name}"
         elif option.env in env:
@@ -225,22 +208,19 @@ def resolve(cli: Mapping[str, Any], env: Mapping[str, str], config_file: str) ->
                                      ras_cadence=Cadence(leader=values["collector.nccl.ras-interval"]))),
         collectors=tuple(name for name in FACTORIES if values[f"collector.{name}"]
                          and (name != "nccl" or values["collector.nccl.inspector-dir"]
-                              or values["collector.nccl.ras-address"] or values["simulate"])),
+                              or values["collector.nccl.ras-address"])),
         timeout=values["collector.timeout"],
         log_level=values["log.level"],
         log_format=values["log.format"],
-        simulate=values["simulate"],
-        simulate_dir=values["simulate.dir"],
-        simulate_interval=values["simulate.interval"],
-        simulate_efa_layout=values["simulate.efa-layout"],
+        values=values,
     )
 
 
-def _load_config_file(path: str) -> dict[str, Any]:
+def _load_config_file(path: str, options: tuple[Option, ...]) -> dict[str, Any]:
     data = load_yaml(path, "config file")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: must be a mapping of flag names to values")
-    known = {option.name for option in OPTIONS}
+    known = {option.name for option in options}
     unknown = sorted(str(key) for key in data if key not in known)
     if unknown:
         raise ConfigError(f"config file {path}: unknown setting {unknown[0]!r}")

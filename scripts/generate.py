@@ -16,7 +16,7 @@ from pathlib import Path
 from alerts.render import render_all
 from alerts.settings import Settings
 from dashboards.build import render_files
-from exporter.reference import DOCS, render
+from gpuscope.reference import DOCS, render
 
 REPO = Path(__file__).resolve().parents[1]
 HELM = REPO / "deploy" / "helm" / "gpuscope" / "files"

@@ -131,7 +131,7 @@ class Cluster:
     def _launch(self, node: SimNode) -> None:
         log = open(os.path.join(node.directory, "exporter.log"), "ab")  # noqa: SIM115 (kept by the child)
         node.process = subprocess.Popen(
-            [sys.executable, "-m", "exporter", f"--simulate={self.profile_name}",
+            [sys.executable, "-m", "gpuscope", "exporter", f"--simulate={self.profile_name}",
              f"--simulate.dir={node.directory}", f"--simulate.interval={self._interval}",
              f"--collector.gpu.job-mapping-dir={node.directory}/job-mapping",
              f"--web.listen-address={node.address}", f"--collector.nccl.ras-address={self.ras_address(node)}",

@@ -18,19 +18,20 @@ from tests.helpers import free_port
 
 def run_gpuscope(*args: str, env: dict[str, str] | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
     """`gpuscope ARGS` to completion, through the console script's entry point."""
-    return subprocess.run([sys.executable, "-c", "import sys; from exporter.cli import main; sys.exit(main())", *args],
+    return subprocess.run([sys.executable, "-c", "import sys; from gpuscope.cli import main; sys.exit(main())", *args],
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
-    """`python -m exporter ARGS` (the daemon) to completion, for runs expected to exit."""
-    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True,
+    """`gpuscope exporter ARGS` (the daemon) to completion, for runs expected to exit."""
+    return subprocess.run([sys.executable, "-m", "gpuscope", "exporter", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
 @contextmanager
 def exporter_process(*args: str, scheme: str = "http", verify=None, user: int | None = None,
-                     command: Sequence[str] = (sys.executable, "-m", "exporter"), **request_kwargs) -> Iterator[str]:
+                     command: Sequence[str] = (sys.executable, "-m", "gpuscope", "exporter"),
+                     **request_kwargs) -> Iterator[str]:
     """Starts `gpuscope exporter` (this checkout's, or `command`, e.g. an installed console script's)
     on a free loopback port and yields its base URL."""
     port = free_port()
@@ -84,7 +85,7 @@ def receiver_process(tmp_path, policy: dict, *args: str, env: dict[str, str] | N
     path.write_text(yaml.safe_dump({"audit_log": str(tmp_path / "audit.jsonl"),
                                     "state_file": str(tmp_path / "state.json"), **policy}))
     port = free_port()
-    cli = [sys.executable, "-c", "import sys; from exporter.cli import main; sys.exit(main())"]
+    cli = [sys.executable, "-c", "import sys; from gpuscope.cli import main; sys.exit(main())"]
     process = subprocess.Popen([*cli, "remediate", f"--policy={path}", f"--web.listen-address=127.0.0.1:{port}",
                                 *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"

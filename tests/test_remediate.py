@@ -382,7 +382,7 @@ def test_the_receiver_loads_no_collector_simulator_or_grafanalib(tmp_path):
     (tmp_path / "policy.yml").write_text(yaml.safe_dump({
         "audit_log": str(tmp_path / "audit.jsonl"), "state_file": str(tmp_path / "state.json"),
         "slurm": {"scontrol": str(tmp_path / "no-scontrol"), "sinfo": str(tmp_path / "no-sinfo")}}))
-    command = [sys.executable, "-X", "importtime", "-c", "import sys; from exporter.cli import main; sys.exit(main())",
+    command = [sys.executable, "-X", "importtime", "-c", "import sys; from gpuscope.cli import main; sys.exit(main())",
                "remediate", f"--policy={tmp_path / 'policy.yml'}", f"--web.listen-address=127.0.0.1:{port}"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

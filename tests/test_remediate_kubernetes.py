@@ -30,7 +30,7 @@ import yaml
 from tests.helpers import free_port, http_status, json_reply, wait_until
 from tests.procs import exporter_process, receiver_process
 
-CLI = [sys.executable, "-c", "import sys; from exporter.cli import main; sys.exit(main())"]
+CLI = [sys.executable, "-c", "import sys; from gpuscope.cli import main; sys.exit(main())"]
 API_TOKEN = "api-token"
 
 

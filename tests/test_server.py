@@ -310,7 +310,7 @@ def test_a_renewed_certificate_is_served_without_a_restart_and_sighup_is_harmles
     _write_pem(tmp_path / "server.key", key=key)
     (tmp_path / "web.yml").write_text("tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n")
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{port}",
+    process = subprocess.Popen([sys.executable, "-m", "gpuscope", "exporter", f"--web.listen-address=127.0.0.1:{port}",
                                 f"--web.config.file={tmp_path / 'web.yml'}", *exporter_flags(efa_sysfs)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"https://127.0.0.1:{port}"
@@ -355,7 +355,7 @@ def test_sigterm_lets_a_scrape_in_progress_finish(fixtures, tmp_path):
     stats.unlink()
     os.mkfifo(stats)
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{port}",
+    process = subprocess.Popen([sys.executable, "-m", "gpuscope", "exporter", f"--web.listen-address=127.0.0.1:{port}",
                                 f"--path.sysfs={root / 'sys'}", f"--path.procfs={root / 'proc'}",
                                 "--collector.timeout=2s", "--no-collector.gpu", "--no-collector.kmsg"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

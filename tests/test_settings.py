@@ -13,7 +13,7 @@ import pytest
 import requests
 import yaml
 
-from exporter.cli import main
+from gpuscope.cli import main
 from tests.helpers import FIXTURES, free_port
 from tests.procs import _wait_healthy, run_gpuscope
 
@@ -103,14 +103,14 @@ def test_bad_settings_are_one_line_naming_file_and_key(tmp_path, capsys, setting
 
 def test_build_commands_without_the_extra_say_how_to_install_it():
     # grafanalib made unimportable, as on a node where only `pip install gpuscope` ran
-    code = ("import sys; sys.modules['grafanalib'] = None; from exporter.cli import main; "
+    code = ("import sys; sys.modules['grafanalib'] = None; from gpuscope.cli import main; "
             "sys.exit(main(['dashboards', 'build', '--out', '/nonexistent']))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "pip install 'gpuscope[dashboards]'" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_the_node_agent_loads_no_simulator_grafanalib_or_requests():
+def test_the_node_agent_loads_no_other_product_grafanalib_or_requests():
     """A real exporter process, started, scraped and stopped, with every import it made logged."""
     port = free_port()
     command = [sys.executable, "-X", "importtime", "-m", "exporter", f"--web.listen-address=127.0.0.1:{port}",
@@ -124,8 +124,8 @@ def test_the_node_agent_loads_no_simulator_grafanalib_or_requests():
         _, err = proc.communicate(timeout=10)
     imported = {line.rsplit("|", 1)[1].strip() for line in err.splitlines() if line.startswith("import time:")}
     assert "exporter.collectors.rdma" in imported  # the log is complete
-    unwanted = {m for m in imported if m.split(".")[0] in ("grafanalib", "requests", "alerts", "dashboards")
-                or (m.startswith("simulator.") and m not in ("simulator.profiles", "simulator.scenarios"))}
+    unwanted = {m for m in imported if m.split(".")[0] in ("grafanalib", "requests", "alerts", "dashboards",
+                                                            "simulator", "receiver", "gpuscope")}
     assert unwanted == set()
 
 

@@ -210,7 +210,7 @@ def test_built_in_scenarios_load(name):
 
 
 def test_unknown_scenario_names_the_built_in_ones():
-    with pytest.raises(ScenarioError, match="built-in scenarios: healthy, straggler"):
+    with pytest.raises(ScenarioError, match="built-in scenarios: a100_stragglers, collective_stall"):
         load_scenario("/no/such/scenario.yml")
 
 

@@ -86,7 +86,7 @@ def notify_socket(tmp_path):
 def test_exporter_announces_readiness_and_stopping(notify_socket, tmp_path):
     path, sock = notify_socket
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{port}",
+    proc = subprocess.Popen([sys.executable, "-m", "gpuscope", "exporter", f"--web.listen-address=127.0.0.1:{port}",
                              f"--path.sysfs={tmp_path}", "--no-collector.gpu"],
                             env={**os.environ, "NOTIFY_SOCKET": path},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

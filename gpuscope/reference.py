@@ -10,7 +10,10 @@ import re
 
 from exporter.catalog import CATALOG
 from exporter.collectors import DESCRIPTIONS
-from exporter.config import OPTIONS
+from exporter.config import OPTIONS as AGENT_OPTIONS
+from simulator.serve import OPTIONS as SIMULATOR_OPTIONS
+
+OPTIONS = AGENT_OPTIONS + SIMULATOR_OPTIONS  # `gpuscope exporter`'s flags
 
 
 def flags_table() -> str:
