@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from alerts.rules import Alert, Group, Record, groups, load
-from alerts.settings import DURATION_UNITS, MIN_SCRAPES_PER_WINDOW, SCRAPE_INTERVAL, Settings, duration_seconds
+from alerts.settings import MIN_SCRAPES_PER_WINDOW, SCRAPE_INTERVAL, Settings
+from toolkit.durations import UNITS, seconds
 
 HEADER = ("# Generated from alerts/rules.py by `gpuscope alerts build` (in the gpuscope repository: "
           "scripts/generate); do not edit by hand.\n")
@@ -68,21 +69,21 @@ def shorten_durations(rules: dict[str, Any], factor: float, scrape_seconds: floa
     For the end-to-end tests and `gpuscope demo` only: it changes timing, not logic.
     """
     floor = MIN_SCRAPES_PER_WINDOW * scrape_seconds
-    per_scrape = scrape_seconds / duration_seconds(SCRAPE_INTERVAL)  # a production second in this stack
+    per_scrape = scrape_seconds / seconds(SCRAPE_INTERVAL)  # a production second in this stack
 
     def scale(match: re.Match[str]) -> str:
-        seconds = int(match[1]) * DURATION_UNITS[match[2]] / factor
+        seconds = int(match[1]) * UNITS[match[2]] / factor
         return prometheus_duration(max(floor, seconds)) if seconds else "0s"
 
     out = copy.deepcopy(rules)
     for group in out["groups"]:
         if "interval" in group:
-            group["interval"] = prometheus_duration(duration_seconds(group["interval"]) * per_scrape)
+            group["interval"] = prometheus_duration(seconds(group["interval"]) * per_scrape)
         for rule in group["rules"]:
             rule["expr"] = _AGE.sub(lambda m: f"{m[1]}{max(floor, float(m[2]) / factor):g}",
                                     _DURATION.sub(scale, rule["expr"]))
             if "for" in rule:  # a single-unit duration, as the settings' are
-                production = duration_seconds(rule["for"])
+                production = seconds(rule["for"])
                 rule["for"] = prometheus_duration(max(production / factor, min(production * per_scrape, floor)))
     return out
 

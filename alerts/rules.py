@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from alerts.settings import Settings, duration_seconds, load_settings
+from alerts.settings import Settings, load_settings
 from exporter import catalog as c
+from toolkit.durations import seconds
 
 
 @dataclass(frozen=True)
@@ -767,7 +768,7 @@ def _recent_event(last_timestamp: str, window: str) -> str:
     and that happened within it by the kernel's clock: an exporter that starts, or restarts, reads
     the log since boot and must not page for events logged hours before."""
     return (f"(changes({last_timestamp}[{window}]) > 0 or ({last_timestamp} unless {last_timestamp} offset {window}))"
-            f" and time() - {last_timestamp} < {duration_seconds(window):g}")
+            f" and time() - {last_timestamp} < {seconds(window):g}")
 
 
 def gpu_health_alerts(s: Settings) -> list[Group]:

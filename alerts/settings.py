@@ -19,8 +19,6 @@ from exporter import xid
 from exporter.configfile import ConfigError, load_yaml
 
 SEVERITIES = ("critical", "warning", "info")
-# Prometheus duration units, as the settings' durations and the rules' range selectors use them.
-DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # The scrape (and rule evaluation) interval gpuscope ships (Helm's ServiceMonitor, the kustomize base,
 # docs/deployment.md). Every range a rule reads holds at least MIN_SCRAPES_PER_WINDOW of them: rate()
 # needs two samples, and four ride over one missed scrape. tests/test_alert_rules.py holds both.
@@ -164,12 +162,6 @@ class Settings:
 
     def severity(self, alert: str, default: str) -> str:
         return dict(self.severities).get(alert, default)
-
-
-def duration_seconds(duration: str) -> float:
-    """"10m" -> 600.0: a single-unit Prometheus duration such as the settings' windows."""
-    unit = "ms" if duration.endswith("ms") else duration[-1]
-    return float(duration[:-len(unit)]) * DURATION_UNITS[unit]
 
 
 # Keys of the settings file that are not plain fields.

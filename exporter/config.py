@@ -25,10 +25,10 @@ from exporter.configfile import (
     load_yaml,
     parse_bool,
     parse_count,
-    parse_duration,
     parse_listen_address,
 )
 from exporter.logs import LEVELS
+from toolkit.durations import positive_seconds
 
 
 def parse_ras_address(value: Any) -> str:
@@ -90,7 +90,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("web.config.file", "", str, "exporter-toolkit web config file (TLS, basic auth); empty: plain HTTP"),
     Option("path.sysfs", "/sys", parse_path, "sysfs mount point (debugfs is looked up under it)"),
     Option("path.procfs", "/proc", parse_path, "procfs mount point"),
-    Option("collector.timeout", "5s", parse_duration,
+    Option("collector.timeout", "5s", positive_seconds,
            "longest a scrape waits for a collector before reporting it failed"),
     Option("log.level", "info", choice(*LEVELS), "log level: " + ", ".join(LEVELS)),
     Option("log.format", "logfmt", choice("logfmt", "json"), "log line format: logfmt or json"),
@@ -101,7 +101,7 @@ OPTIONS: tuple[Option, ...] = (
            is_flag=True),
     Option("collector.gpu.nvlink-per-link", False, parse_bool,
            "also export NVLink bytes per link (18 links x 8 GPUs more series)", is_flag=True),
-    Option("collector.gpu.gpm-interval", "10s", parse_duration,
+    Option("collector.gpu.gpm-interval", "10s", positive_seconds,
            "how often profiling (GPM, or DCGM's watch) is sampled in the background (set it to the scrape interval)"),
     Option("collector.gpu.profiling", "auto", choice("auto", "gpm", "dcgm", "off"),
            "profiling ratios (SM active, tensor, DRAM): auto (NVML GPM where the GPU has it, else DCGM's host "
@@ -111,7 +111,7 @@ OPTIONS: tuple[Option, ...] = (
            "path; 'embedded' starts an engine inside gpuscope (only where no other engine runs)"),
     Option("collector.gpu.dcgm-bindings", ",".join(DEFAULT_BINDINGS), parse_names,
            "comma-separated folders to load DCGM's Python bindings from (the DCGM package's own; first found)"),
-    Option("collector.gpu.link-interval", "30s", parse_duration,
+    Option("collector.gpu.link-interval", "30s", positive_seconds,
            "how often the active NVLinks are counted in the background (one field-values call per GPU)"),
     Option("collector.gpu.job-mapping-dir", "", str,
            "dcgm-exporter style HPC job mapping directory (one file per GPU index, a job id per line); "
@@ -128,7 +128,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("collector.nccl.inspector-dir", "", str,
            "NCCL Inspector's Prometheus dump directory (NCCL_INSPECTOR_DUMP_DIR); the nccl collector runs only "
            "when this names one"),
-    Option("collector.nccl.interval", "30s", parse_duration,
+    Option("collector.nccl.interval", "30s", positive_seconds,
            "Inspector's dump interval (NCCL_INSPECTOR_DUMP_THREAD_INTERVAL_MICROSECONDS); a file not rewritten "
            "for 3 intervals belongs to an ended job and its series go"),
     Option("collector.nccl.max-files", "32", parse_count, "most Inspector files read per scrape; the rest are "
@@ -140,7 +140,7 @@ OPTIONS: tuple[Option, ...] = (
            "for; empty: not asked"),
     Option("collector.nccl.ras-hosts", "", lambda v: parse_names(v) if str(v).strip() else (),
            "this node's addresses as RAS names hosts (comma-separated); empty: its interfaces' IPv4 addresses"),
-    Option("collector.nccl.ras-interval", "10s", parse_duration,
+    Option("collector.nccl.ras-interval", "10s", positive_seconds,
            "how often the node leading a job asks RAS (the others ask at start, on a new job and hourly)"),
     Option("collector.nccl.message-sizes", False, parse_bool,
            "also export each message-size bucket (message_size label), not only their aggregate", is_flag=True),

@@ -5,7 +5,6 @@ input raises, YAML files, and the values flags and files share.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import yaml
@@ -15,18 +14,6 @@ DEFAULT_PORT = 19400
 
 class ConfigError(Exception):
     """A configuration problem, already phrased for the operator as one line."""
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(value: Any) -> float:
-    """`500ms`, `5s`, `1m` or a plain number of seconds; must be positive."""
-    match = _DURATION.match(str(value).strip())
-    if not match or float(match[1]) <= 0:
-        raise ValueError(f"invalid duration {value!r} (examples: 500ms, 5s, 1m)")
-    return float(match[1]) * _DURATION_UNITS[match[2]]
-
 
 def parse_bool(value: Any) -> bool:
     if isinstance(value, bool):

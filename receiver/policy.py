@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from alerts.settings import DURATION_UNITS
 from exporter.configfile import DEFAULT_PORT, ConfigError, load_yaml
+from toolkit import durations
 
 # Critical hardware alerts after which a node should not take new work; alerts/alertmanager.yml routes
 # exactly these to the receiver (tests/test_remediate.py holds the two lists together).
@@ -24,7 +24,6 @@ KEY_LABELS = ("gpu", "xid", "device", "port", "switch", "system", "fs", "target"
 SCHEDULERS = ("slurm", "kubernetes")
 _TOP = {"enforce", "scheduler", "alerts", "node", "limits", "resume", "audit_log", "state_file", "reason_prefix",
         "slurm", "kubernetes"}
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 
 
 class PolicyError(ConfigError):
@@ -199,7 +198,7 @@ class _Reader:
             raise self.fail(name, f"a regular expression ({exc})") from None
 
     def duration(self, name: str, value: Any) -> float:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise self.fail(name, "a duration such as 30s, 10m or 1h")
-        return float(match[1]) * DURATION_UNITS[match[2]]
+        try:
+            return durations.seconds(value)
+        except ValueError:
+            raise self.fail(name, "a duration such as 30s, 10m or 1h") from None

@@ -52,9 +52,10 @@ def run_demo(args: dict[str, Any]) -> int:
 def _rules_file(work: str) -> tuple[str, str]:
     """The shortened rules file and the scrape interval it was shortened for."""
     from alerts.render import prometheus_duration, write_shortened_rules  # the daemon never loads alerts
-    from alerts.settings import SCRAPE_INTERVAL, duration_seconds
+    from alerts.settings import SCRAPE_INTERVAL
+    from toolkit.durations import seconds
 
-    scrape = duration_seconds(SCRAPE_INTERVAL) / DEMO_SPEEDUP
+    scrape = seconds(SCRAPE_INTERVAL) / DEMO_SPEEDUP
     return (write_shortened_rules(os.path.join(work, "rules.yml"), DEMO_SPEEDUP, scrape_seconds=scrape),
             prometheus_duration(scrape))
 

@@ -16,11 +16,11 @@ Job faults are written to every node of the job; those aimed at one rank or node
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from simulator.nvml import Fault
+from toolkit import durations
 
 GPU_KINDS = ("straggler", "thermal_throttle", "power_brake", "nvlink_errors", "gpu_lost", "ecc_uncorrectable",
              "row_remap_failure", "xid", "kernel_xid", "nvlink_down", "gpu_missing_at_boot", "dcgm_health")
@@ -36,8 +36,6 @@ LINK_KINDS = ("nccl_bandwidth_drop",)  # aimed at one node's network: `node`
 # How much longer the ranks that wait spend in each collective, and how much shorter the rank waited for.
 WAITING_EXEC, WAITED_FOR_EXEC = 1.7, 0.45
 KINDS = GPU_KINDS + NODE_KINDS + JOB_KINDS
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 class ScenarioError(ValueError):
@@ -257,10 +255,11 @@ class Scenario:
 
 
 def parse_duration(value: Any, where: str) -> float:
-    match = _DURATION.match(str(value).strip())
-    if not match:
-        raise ScenarioError(f"{where}: invalid duration {value!r} (examples: 30s, 2m)")
-    return float(match[1]) * _UNITS[match[2]]
+    """A scenario's duration, or ScenarioError naming where it stands."""
+    try:
+        return durations.seconds(value)
+    except ValueError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
 
 
 def parse_scenario(data: Any, source: str, gpus: int, nodes: int | None = None) -> Scenario:

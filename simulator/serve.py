@@ -19,8 +19,8 @@ from typing import Any
 from exporter.collectors import FACTORIES
 from exporter.collectors.kmsg import KmsgOptions
 from exporter.config import ExporterSettings, Option, choice, parse_directory
-from exporter.configfile import parse_duration
 from simulator.profiles import PROFILES
+from toolkit.durations import positive_seconds
 
 log = logging.getLogger("gpuscope")
 
@@ -40,7 +40,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("simulate.dir", "", parse_directory,
            "with --simulate: the node's directory (its sysfs tree, and faults.yaml read for injected faults); "
            "a sys/ there that the simulator did not write is refused, never replaced; empty: a temporary one"),
-    Option("simulate.interval", "2s", parse_duration, "with --simulate: how often the node's counters move on"),
+    Option("simulate.interval", "2s", positive_seconds, "with --simulate: how often the node's counters move on"),
     Option("simulate.efa-layout", "split", choice("split", "combined"),
            "with --simulate: EFA counter layout, split (kernel >= 5.15) or combined (older kernels)"),
 )

@@ -25,8 +25,8 @@ import requests
 import yaml
 
 from alerts.render import prometheus_duration
-from alerts.settings import duration_seconds
 from simulator.cluster import free_port
+from toolkit.durations import seconds
 
 
 class MissingBinary(RuntimeError):
@@ -270,7 +270,7 @@ def routed_to_webhook(config: dict, url: str, factor: float = 0) -> dict:
     out = copy.deepcopy(config)
 
     def wait(duration: str) -> str:
-        return prometheus_duration(duration_seconds(duration) / factor) if factor else "1s"
+        return prometheus_duration(seconds(duration) / factor) if factor else "1s"
 
     root = out["route"]
     root.update(group_wait=wait(root["group_wait"]), group_interval="1s")

@@ -21,10 +21,10 @@ from alerts.settings import (
     SCRAPE_INTERVAL,
     Settings,
     SettingsError,
-    duration_seconds,
     load_settings,
 )
 from tests.helpers import REPO
+from toolkit.durations import seconds
 
 GENERATED = REPO / "alerts" / "generated"
 RULE_TESTS = sorted((REPO / "tests" / "rules").glob("*.yml"))
@@ -116,7 +116,7 @@ _RANGE = re.compile(r"\[(\d+(?:ms|s|m|h|d))(?::[^\]]*)?\]")
 
 def ranges_seconds(rules: dict) -> list[float]:
     """Every range selector's length, in seconds, across the rule file."""
-    return [duration_seconds(found) for group in rules["groups"] for rule in group["rules"]
+    return [seconds(found) for group in rules["groups"] for rule in group["rules"]
             for found in _RANGE.findall(rule["expr"])]
 
 
@@ -127,7 +127,7 @@ def test_every_window_holds_four_scrapes_at_the_shipped_interval():
     helm = yaml.safe_load((REPO / "deploy/helm/gpuscope/values.yaml").read_text())
     kustomize = yaml.safe_load((REPO / "deploy/kubernetes/base/servicemonitor.yaml").read_text())
     assert helm["serviceMonitor"]["interval"] == kustomize["spec"]["endpoints"][0]["interval"] == SCRAPE_INTERVAL
-    assert min(windows) == MIN_SCRAPES_PER_WINDOW * duration_seconds(SCRAPE_INTERVAL) == 60
+    assert min(windows) == MIN_SCRAPES_PER_WINDOW * seconds(SCRAPE_INTERVAL) == 60
 
 
 @pytest.mark.parametrize(("factor", "scrape", "shortest", "two_samples", "straggler", "fast_group"), [

@@ -22,12 +22,13 @@ import pytest
 import yaml
 
 from alerts.render import prometheus_duration, write_shortened_rules
-from alerts.settings import SCRAPE_INTERVAL, duration_seconds
+from alerts.settings import SCRAPE_INTERVAL
 from simulator.cluster import Cluster, load_scenario
 from simulator.stack import alertmanager, prometheus, routed_to_webhook, webhook_receiver
 from tests.helpers import wait_until
 from tests.test_alertmanager import CONFIG
 from tests.test_e2e_alerts import firing, key
+from toolkit.durations import seconds
 
 pytestmark = pytest.mark.e2e
 
@@ -67,7 +68,7 @@ def stack(tmp_path_factory):
     """Four p5.48xlarge nodes (node-3 reading profiling and health from DCGM, as an A100 does),
     Prometheus with the shortened rules, the reference Alertmanager routes."""
     root = tmp_path_factory.mktemp("time-to-page")
-    scrape = duration_seconds(SCRAPE_INTERVAL) / FACTOR
+    scrape = seconds(SCRAPE_INTERVAL) / FACTOR
     rules = write_shortened_rules(str(root / "rules.yml"), FACTOR, scrape_seconds=scrape)
     sampling = prometheus_duration(GPM_SECONDS / FACTOR)
     cluster = Cluster(str(root), nodes=4, interval=SIMULATE_INTERVAL, ras_interval=sampling,

@@ -12,10 +12,10 @@ from exporter import catalog
 from exporter.collectors.gpu import GpuCollector, GpuOptions
 from exporter.collectors.gpu_background import GpmSampler, LinkWatcher
 from exporter.config import OPTIONS
-from exporter.configfile import parse_duration
 from exporter.registry import ScrapeRegistry
 from simulator.nvml import UPTIME_AT_START, Fault, SimulatedNvml
 from tests.helpers import samples, series, value
+from toolkit.durations import positive_seconds
 
 
 class Clock:
@@ -154,8 +154,8 @@ def test_nvml_calls_per_gpu_per_scrape_with_the_background_at_most_11_on_a_p5(gp
     finally:
         links.stop()
     defaults = {option.name: option.default for option in OPTIONS}
-    gpm_every = parse_duration(defaults["collector.gpu.gpm-interval"])
-    links_every = parse_duration(defaults["collector.gpu.link-interval"])
+    gpm_every = positive_seconds(defaults["collector.gpu.gpm-interval"])
+    links_every = positive_seconds(defaults["collector.gpu.link-interval"])
     assert (gpm_calls, link_calls, gpm_every, links_every) == (2, 4, 10.0, 30.0)
     assert 6 + gpm_calls * 15 / gpm_every + link_calls * 15 / links_every == 11
 

@@ -21,7 +21,7 @@ import urllib.request
 
 import yaml
 
-from alerts.settings import duration_seconds
+from toolkit.durations import seconds
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _TERM = re.compile(rf"^(_|stale|{_NUMBER})(?:([-+])({_NUMBER}))?(?:x(\d+))?$")
@@ -151,26 +151,26 @@ def play(vm: VictoriaMetrics, rules: dict, case_file: str, work: str) -> list[st
     with open(case_file) as handle:
         tests = yaml.safe_load(handle)["tests"]
     for number, test in enumerate(tests):
-        interval = duration_seconds(test.get("interval", "1m"))
+        interval = seconds(test.get("interval", "1m"))
         alert_checks, expr_checks = test.get("alert_rule_test", []), test.get("promql_expr_test", [])
         vm.clear()
         for entry in test["input_series"]:
             vm.import_series(entry["series"], expand(str(entry["values"])), interval)
         vm.flush()
-        times = [duration_seconds(check["eval_time"]) for check in alert_checks + expr_checks]
+        times = [seconds(check["eval_time"]) for check in alert_checks + expr_checks]
         replay(vm, needed_groups(rules, {c["alertname"] for c in alert_checks}, [c["expr"] for c in expr_checks]),
                max(times) + 60, work)
         for check in alert_checks:
             expected = _sorted({k: str(v) for k, v in alert.get("exp_labels", {}).items() if k != "alertname"}
                                for alert in check.get("exp_alerts") or [])
-            got = firing(vm, check["alertname"], duration_seconds(check["eval_time"]))
+            got = firing(vm, check["alertname"], seconds(check["eval_time"]))
             if got != expected:
                 differences.append(f"{name} test {number} {check['alertname']} at {check['eval_time']}: "
                                    f"expected {expected}, vmalert fired {got}")
         for check in expr_checks:
             expected = {tuple(sorted(_labels(sample["labels"]).items())): float(sample["value"])
                         for sample in check.get("exp_samples") or []}
-            got = query(vm, check["expr"], duration_seconds(check["eval_time"]))
+            got = query(vm, check["expr"], seconds(check["eval_time"]))
             if got.keys() != expected.keys() or any(abs(got[k] - v) > 1e-6 * max(1.0, abs(v))
                                                     for k, v in expected.items()):
                 differences.append(f"{name} test {number} {check['expr']} at {check['eval_time']}: "
