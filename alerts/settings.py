@@ -16,7 +16,7 @@ from typing import Any
 
 from alerts import promql
 from exporter import xid
-from exporter.configfile import ConfigError, load_yaml
+from toolkit.configfile import ConfigError, load_yaml
 
 SEVERITIES = ("critical", "warning", "info")
 # The scrape (and rule evaluation) interval gpuscope ships (Helm's ServiceMonitor, the kustomize base,

@@ -16,7 +16,7 @@ from exporter.config import ConfigError, ExporterSettings
 from exporter.process import ProcessCollector
 from exporter.registry import ScrapeRegistry
 from exporter.sdnotify import notify
-from exporter.webconfig import WebConfig
+from toolkit.webconfig import WebConfig
 
 log = logging.getLogger("gpuscope")
 # After SIGTERM, scrapes in progress get this long to finish (a scrape is bounded by --collector.timeout).

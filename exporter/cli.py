@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, NoReturn
 
 from exporter import __version__
-from exporter.configfile import DEFAULT_PORT
+from toolkit.configfile import DEFAULT_PORT
 
 if TYPE_CHECKING:
     from exporter.config import ExporterSettings, Option
@@ -47,8 +47,9 @@ def run(cli: dict, extra: tuple[Option, ...] = (),
         node: Callable[[ExporterSettings], AbstractContextManager[ExporterSettings]] | None = None) -> int:
     """Resolves the settings (the agent's options and `extra`), then serves on `node` (default: the host)."""
     # Imported here so `gpuscope --help` and config errors stay fast and free of server imports.
-    from exporter import app, logs, webconfig
+    from exporter import app
     from exporter.config import ConfigError, config_file_from, resolve
+    from toolkit import logs, webconfig
 
     try:
         settings = resolve(cli, os.environ, config_file_from(cli), extra)

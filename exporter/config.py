@@ -19,7 +19,7 @@ from exporter.collectors.gpu_dcgm import DEFAULT_BINDINGS, DcgmOptions
 from exporter.collectors.kmsg import KmsgOptions
 from exporter.collectors.nccl import NcclOptions
 from exporter.collectors.nccl_ras import Cadence
-from exporter.configfile import (
+from toolkit.configfile import (
     DEFAULT_PORT,
     ConfigError,
     load_yaml,
@@ -27,8 +27,8 @@ from exporter.configfile import (
     parse_count,
     parse_listen_address,
 )
-from exporter.logs import LEVELS
 from toolkit.durations import positive_seconds
+from toolkit.logs import LEVELS
 
 
 def parse_ras_address(value: Any) -> str:

@@ -14,9 +14,9 @@ from exporter import __version__
 from exporter import cli as agent
 from exporter.cli import USAGE_ERROR
 from exporter.cli import Parser as _Parser
-from exporter.configfile import DEFAULT_PORT, parse_count
 from simulator.profiles import DEFAULT_PROFILE, PROFILES
 from simulator.scenarios import SCENARIOS
+from toolkit.configfile import DEFAULT_PORT, parse_count
 
 
 def _exporter_parser(subparsers, with_options: bool) -> None:

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.configfile import DEFAULT_PORT, ConfigError, load_yaml
 from toolkit import durations
+from toolkit.configfile import DEFAULT_PORT, ConfigError, load_yaml
 
 # Critical hardware alerts after which a node should not take new work; alerts/alertmanager.yml routes
 # exactly these to the receiver (tests/test_remediate.py holds the two lists together).

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from exporter import scontrol
-from exporter.configfile import ConfigError, load_yaml
 from receiver.policy import Kubernetes, Policy
+from toolkit.configfile import ConfigError, load_yaml
 
 REASON_ANNOTATION = "gpuscope.io/drain-reason"
 CORDONED_ANNOTATION = "gpuscope.io/was-cordoned"  # so resuming leaves a person's own cordon in place

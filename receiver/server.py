@@ -1,8 +1,8 @@
 """`gpuscope remediate`: the Alertmanager webhook receiver. POST /alerts takes a notification (webhook
 version 4), GET /metrics shows the decisions, /-/healthy and /-/ready answer probes without
 authentication. TLS, basic auth and response headers come from the exporter's web config file; a
-bearer token (Alertmanager's `http_config.authorization`) from a file. The HTTP edge is the
-exporter's (exporter/server.py). It binds 127.0.0.1 unless told otherwise.
+bearer token (Alertmanager's `http_config.authorization`) from a file. The HTTP edge is the shared
+one (toolkit/http.py), as the exporter's. It binds 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from exporter import __version__, check
 from exporter import catalog as c
-from exporter import check, logs, webconfig
-from exporter.configfile import ConfigError, parse_listen_address
 from exporter.exposition import CONTENT_TYPE
-from exporter.server import TEXT, BaseHandler, Routes, WebServer
 from receiver import policy as policy_module
 from receiver.engine import OUTCOMES, Decision, Engine, Unrecorded
 from receiver.schedulers import SchedulerError, for_policy
+from toolkit import logs, webconfig
+from toolkit.configfile import ConfigError, parse_listen_address
+from toolkit.http import TEXT, BaseHandler, Routes, WebServer
 
 DEFAULT_ADDRESS = "127.0.0.1:19401"
 MAX_BODY_BYTES = 8 << 20
@@ -66,6 +67,7 @@ class Handler(BaseHandler):
     kubelet needs no token in the pod spec."""
 
     server: ReceiverServer
+    server_version = f"gpuscope/{__version__}"
     open_paths = frozenset({"/-/healthy", "/-/ready"})
     max_body = MAX_BODY_BYTES  # Alertmanager sends every alert of a group in one notification
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import yaml
 
-from exporter.configfile import ConfigError
 from simulator.dcgm_engine import HostEngine
 from simulator.faults import JOB_KINDS, NodeEffects, ScenarioError, check_fault, node_effects
 from simulator.files import relative_symlink
@@ -39,6 +38,7 @@ from simulator.rdma_tree import (
     write_port_state,
     write_rdma_tree,
 )
+from toolkit.configfile import ConfigError
 
 log = logging.getLogger("gpuscope")
 

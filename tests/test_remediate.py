@@ -393,9 +393,9 @@ def test_the_receiver_loads_no_collector_simulator_or_grafanalib(tmp_path):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=10)
     imported = {line.rsplit("|", 1)[1].strip() for line in err.splitlines() if line.startswith("import time:")}
-    assert {"receiver.engine", "exporter.check", "exporter.server"} <= imported  # the log is complete
+    assert {"receiver.engine", "exporter.check", "toolkit.http"} <= imported  # the log is complete
     names_only = ("simulator.profiles", "simulator.scenarios")  # the command line's choices
     unwanted = {m for m in imported if m.startswith(("exporter.collectors", "grafanalib", "pynvml"))
-                or m == "exporter.config" or (m.startswith("simulator.") and m not in names_only)}
+                or m in ("exporter.config", "exporter.server") or (m.startswith("simulator.") and m not in names_only)}
     assert unwanted == set()
 

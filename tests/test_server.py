@@ -22,13 +22,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 
-from exporter import webconfig
 from exporter.registry import ScrapeRegistry
 from exporter.server import serve
 from simulator.rdma_tree import p5_efa_devices, write_rdma_tree
 from tests.helpers import free_port, samples, value, wait_until
 from tests.procs import exporter_process
 from tests.test_faults import Exploding
+from toolkit import webconfig
 
 
 @pytest.fixture
@@ -391,8 +391,8 @@ def test_idle_connections_cannot_pile_up_threads_or_crowd_out_a_scraper(in_proce
     """300 clients connect and say nothing (or start a request and stall): the exporter keeps at
     most MAX_CONNECTIONS of them, closing the oldest idle ones, and a scraper is served at once
     (each used to hold a thread, unbounded)."""
-    from exporter import server as server_module
     from exporter.collectors.rdma import RdmaCollector
+    from toolkit import http as server_module
 
     address = in_process([RdmaCollector(efa_sysfs)])
     host, port = address.split(":")
@@ -419,8 +419,8 @@ def test_idle_connections_cannot_pile_up_threads_or_crowd_out_a_scraper(in_proce
 def test_a_client_dribbling_header_lines_is_cut_off(in_process, efa_sysfs, monkeypatch):
     """One header line every half second: each line restarts the socket timeout, so the client used
     to stay connected for ever; the header lines now have an overall deadline."""
-    from exporter import server as server_module
     from exporter.collectors.rdma import RdmaCollector
+    from toolkit import http as server_module
 
     monkeypatch.setattr(server_module, "HEADER_SECONDS", 1.0)
     host, port = in_process([RdmaCollector(efa_sysfs)]).split(":")

@@ -12,7 +12,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.configfile import ConfigError, load_yaml
+from toolkit.configfile import ConfigError, load_yaml
 
 # client_auth_type -> ssl verify mode. Python's ssl always verifies a certificate it asks for,
 # so RequireAnyClientCert (require but do not verify) has no faithful equivalent and is refused.
