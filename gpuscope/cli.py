@@ -168,7 +168,8 @@ def _collect_once(sysfs: str, procfs: str, instance_type: str, timeout: float) -
     from exporter.collectors import Roots, build, close
     from exporter.registry import ScrapeRegistry
 
-    collectors = build(("identity", "gpu", "rdma", "lustre"), Roots(sysfs, procfs, instance_type=instance_type))
+    roots = Roots(sysfs, procfs, settings={"identity": instance_type})
+    collectors = build(("identity", "gpu", "rdma", "lustre"), roots)
     try:
         return ScrapeRegistry(collectors, timeout).render()
     finally:

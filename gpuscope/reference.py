@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from exporter.catalog import CATALOG
-from exporter.collectors import DESCRIPTIONS
+from exporter.collectors import MODULES, REGISTERED
 from exporter.config import OPTIONS as AGENT_OPTIONS
 from simulator.serve import OPTIONS as SIMULATOR_OPTIONS
 
@@ -29,7 +29,8 @@ def flags_table() -> str:
 
 def metrics_table() -> str:
     rows = []
-    titles = {"exporter": "exporter self-metrics (plus prometheus_client's process_* and python_*)", **DESCRIPTIONS,
+    titles = {"exporter": "exporter self-metrics (plus prometheus_client's process_* and python_*)",
+              **{name: REGISTERED[name].description for name in MODULES},
               "remediate": "`gpuscope remediate`, the remediation receiver, on its own /metrics (docs/remediation.md)"}
     for collector, title in titles.items():
         metrics = [m for m in CATALOG.values() if m.collector == collector]

@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from exporter.collectors import FACTORIES
+from exporter.collectors import MODULES
 from exporter.collectors.kmsg import KmsgOptions
-from exporter.config import ExporterSettings, Option, choice, parse_directory
+from exporter.config import ExporterSettings
+from exporter.options import Option, choice, parse_directory
 from simulator.profiles import PROFILES
 from toolkit.durations import positive_seconds
 
@@ -63,7 +64,7 @@ def node(settings: ExporterSettings) -> Iterator[ExporterSettings]:
         nvml = SimulatedNvml(profile)
         if not directory:  # a node of its own runs a one-node training job
             SimulatedNode.write_job(work, "4242", node=0, nodes=1)
-        dcgm = settings.roots.gpu.dcgm
+        dcgm = settings.roots.of("gpu").dcgm
         engine = dcgm_engine.serve(nvml, profile, dcgm.address)  # a p4d's nv-hostengine, behind the emulated bindings
         simulated = SimulatedNode(directory or work, profile, nvml, layout=settings.values["simulate.efa-layout"],
                                   dcgm=engine)
@@ -83,11 +84,12 @@ def _served_by(settings: ExporterSettings, simulated: Any, nvml: Any, inspector_
     simulator's dump cadence; the nccl collector on, as a node of its own runs a job), its own kernel
     log, and DCGM's emulated bindings."""
     roots = settings.roots
-    nccl = dataclasses.replace(roots.nccl, interval=inspector_interval,
-                               directory=roots.nccl.directory or simulated.inspector_dir)
-    kmsg = KmsgOptions(path=simulated.kmsg_file, boot_procfs=simulated.procfs)
-    gpu = dataclasses.replace(roots.gpu, dcgm=dataclasses.replace(roots.gpu.dcgm, bindings=(bindings,)))
+    nccl, gpu = roots.of("nccl"), roots.of("gpu")
+    own = {"nccl": dataclasses.replace(nccl, interval=inspector_interval,
+                                       directory=nccl.directory or simulated.inspector_dir),
+           "kmsg": KmsgOptions(path=simulated.kmsg_file, boot_procfs=simulated.procfs),
+           "gpu": dataclasses.replace(gpu, dcgm=dataclasses.replace(gpu.dcgm, bindings=(bindings,)))}
     enabled = set(settings.collectors) | ({"nccl"} if settings.values.get("collector.nccl", True) else set())
     return dataclasses.replace(
-        settings, collectors=tuple(name for name in FACTORIES if name in enabled),
-        roots=dataclasses.replace(roots, sysfs=simulated.sysfs, nvml=nvml, nccl=nccl, kmsg=kmsg, gpu=gpu))
+        settings, collectors=tuple(name for name in MODULES if name in enabled),
+        roots=dataclasses.replace(roots, sysfs=simulated.sysfs, nvml=nvml, settings={**roots.settings, **own}))

@@ -28,10 +28,10 @@ def test_defaults():
     assert (settings.roots.sysfs, settings.roots.procfs) == ("/sys", "/proc")
     # nccl: on for NCCL RAS on its default port; Inspector files only where a directory is named
     assert settings.collectors == ("gpu", "rdma", "lustre", "host", "nccl", "identity", "kmsg")
-    assert (settings.roots.nccl.ras_address, settings.roots.nccl.directory) == ("127.0.0.1:28028", "")
+    assert (settings.roots.of("nccl").ras_address, settings.roots.of("nccl").directory) == ("127.0.0.1:28028", "")
     assert settings.timeout == 5.0
     with_inspector = resolve({"collector.nccl.inspector-dir": "/var/lib/nccl"}, {}, "")
-    assert "nccl" in with_inspector.collectors and with_inspector.roots.nccl.directory == "/var/lib/nccl"
+    assert "nccl" in with_inspector.collectors and with_inspector.roots.of("nccl").directory == "/var/lib/nccl"
     neither = resolve({"collector.nccl.ras-address": ""}, {}, "")
     assert "nccl" not in neither.collectors
 

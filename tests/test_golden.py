@@ -96,7 +96,7 @@ def test_simulated_p5_whole_scrape(tmp_path):
     sim = SimulatedNvml("p5.48xlarge", clock=clock)
     node = SimulatedNode(str(tmp_path), load_profile("p5.48xlarge"), clock=clock)
     built = build(("gpu", "rdma", "lustre"), Roots(node.sysfs, str(tmp_path / "none"), nvml=sim,
-                                                   gpu=GpuOptions(gpm_interval=0.05)))
+                                                   settings={"gpu": GpuOptions(gpm_interval=0.05)}))
     try:
         registry = ScrapeRegistry(built, 5.0)
         deadline = time.monotonic() + 5

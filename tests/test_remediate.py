@@ -316,7 +316,7 @@ def sim_scrape(tmp_path):
         node.advance()
         built.append(build(("identity", "gpu", "rdma", "lustre", "kmsg"),
                            Roots(node.sysfs, str(root / "proc"), nvml=nvml,
-                                 kmsg=KmsgOptions(node.kmsg_file, node.procfs))))
+                                 settings={"kmsg": KmsgOptions(node.kmsg_file, node.procfs)})))
         return ScrapeRegistry(built[-1], 5.0).render()
 
     yield scrape

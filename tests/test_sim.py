@@ -32,8 +32,8 @@ class Node:
         self.nvml = SimulatedNvml(profile, clock=clock)
         self.node = SimulatedNode(str(root), profile, self.nvml, clock=clock)
         self.collectors = build(("gpu", "rdma", "lustre"), Roots(self.node.sysfs, str(root / "none"), nvml=self.nvml,
-                                                                  gpu=GpuOptions(gpm_interval=3600,
-                                                                                 link_interval=0.05)))
+                                                                  settings={"gpu": GpuOptions(gpm_interval=3600,
+                                                                                              link_interval=0.05)}))
         self.registry = ScrapeRegistry(self.collectors, 5.0)
 
     def faults(self, *faults: dict) -> None:

@@ -19,6 +19,7 @@ Failure handling:
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
@@ -28,11 +29,15 @@ from typing import Any
 
 from exporter import catalog
 from exporter.catalog import Family, Metric, Scrape
+from exporter.collectors.base import Registration, Roots, register
 from exporter.collectors.gpu_background import UNSUPPORTED, GpmSampler, JobWatcher, LinkWatcher, XidWatcher
-from exporter.collectors.gpu_dcgm import DcgmOptions, DcgmSampler, DcgmView
+from exporter.collectors.gpu_dcgm import DEFAULT_BINDINGS, DcgmOptions, DcgmSampler, DcgmView
 from exporter.collectors.jobs import MappingDirectory
 from exporter.collectors.pods import PodResourcesWatcher
 from exporter.files import InFlight
+from exporter.options import Option, choice, parse_names
+from toolkit.configfile import parse_bool
+from toolkit.durations import positive_seconds
 
 log = logging.getLogger("gpuscope")
 
@@ -543,3 +548,51 @@ def _text(value: Any) -> str:
 def _cuda_version(version: int | None) -> str:
     """12040 -> "12.4"."""
     return f"{version // 1000}.{version % 1000 // 10}" if version else ""
+
+
+OPTIONS = (
+    Option("collector.gpu.nvlink-per-link", False, parse_bool,
+           "also export NVLink bytes per link (18 links x 8 GPUs more series)", is_flag=True),
+    Option("collector.gpu.gpm-interval", "10s", positive_seconds,
+           "how often profiling (GPM, or DCGM's watch) is sampled in the background (set it to the scrape interval)"),
+    Option("collector.gpu.profiling", "auto", choice("auto", "gpm", "dcgm", "off"),
+           "profiling ratios (SM active, tensor, DRAM): auto (NVML GPM where the GPU has it, else DCGM's host "
+           "engine: A100), gpm, dcgm, off"),
+    Option("collector.gpu.dcgm-address", "127.0.0.1:5555", str,
+           "DCGM host engine (nv-hostengine) to read profiling and health from: host:port, or a unix socket "
+           "path; 'embedded' starts an engine inside gpuscope (only where no other engine runs)"),
+    Option("collector.gpu.dcgm-bindings", ",".join(DEFAULT_BINDINGS), parse_names,
+           "comma-separated folders to load DCGM's Python bindings from (the DCGM package's own; first found)"),
+    Option("collector.gpu.link-interval", "30s", positive_seconds,
+           "how often the active NVLinks are counted in the background (one field-values call per GPU)"),
+    Option("collector.gpu.job-mapping-dir", "", str,
+           "dcgm-exporter style HPC job mapping directory (one file per GPU index, a job id per line); "
+           "empty: find each GPU's Slurm job from its processes"),
+    Option("collector.gpu.pod-resources-socket", "", str,
+           "the kubelet's pod-resources socket (usually /var/lib/kubelet/pod-resources/kubelet.sock) for "
+           "Kubernetes pod attribution; empty: off"),
+    Option("collector.gpu.pod-resource-names", "nvidia.com/gpu", parse_names,
+           "comma-separated device plugin resource names that are GPUs"),
+)
+
+
+def _settings(values: dict[str, Any]) -> GpuOptions:
+    return GpuOptions(nvlink_per_link=values["collector.gpu.nvlink-per-link"],
+                      gpm_interval=values["collector.gpu.gpm-interval"], profiling=values["collector.gpu.profiling"],
+                      dcgm=DcgmOptions(address=values["collector.gpu.dcgm-address"],
+                                       bindings=values["collector.gpu.dcgm-bindings"]),
+                      job_mapping_dir=values["collector.gpu.job-mapping-dir"],
+                      link_interval=values["collector.gpu.link-interval"],
+                      pod_resources_socket=values["collector.gpu.pod-resources-socket"],
+                      pod_resource_names=values["collector.gpu.pod-resource-names"])
+
+
+def _build(roots: Roots, options: GpuOptions) -> GpuCollector:
+    nvml = roots.nvml or importlib.import_module("pynvml")  # the real NVML only when the collector starts
+    return GpuCollector(nvml, replace(options, procfs=roots.procfs))
+
+
+register(Registration(
+    "gpu", "NVIDIA GPUs through NVML: utilization, memory, temperatures and limits, power, clocks, throttle "
+           "reasons, ECC and row remapping, XIDs, PCIe, NVLink, GPM profiling",
+    _build, OPTIONS, _settings))

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from exporter import catalog
 from exporter.catalog import Family, Scrape
+from exporter.collectors.base import Registration, register
 from exporter.files import list_dir, read_text
 
 # /proc/stat columns after the cpu name: user nice system idle iowait irq softirq steal ...
@@ -105,3 +106,7 @@ class HostCollector:
             if entry.startswith("node") and entry[4:].isdigit():
                 nodes[entry[4:]] = parse_cpulist(read_text(os.path.join(self._node_dir, entry, "cpulist")))
         return nodes or {"0": sorted(busy)}
+
+
+register(Registration("host", "CPU busy time per NUMA node, available memory, pressure stall information",
+                      lambda roots, _: HostCollector(roots.sysfs, roots.procfs)))

@@ -14,8 +14,10 @@ from collections.abc import Iterable
 
 from exporter import catalog
 from exporter.catalog import Family, Scrape
+from exporter.collectors.base import Registration, register
 from exporter.files import read_optional
 from exporter.inventory import COMPONENTS, INVENTORY
+from exporter.options import Option
 
 EC2_VENDOR = "Amazon EC2"
 
@@ -39,3 +41,12 @@ class IdentityCollector:
             for component in COMPONENTS:
                 scrape.add(catalog.NODE_EXPECTED, getattr(expected, component), component)
         return scrape.families.values()
+
+
+register(Registration(
+    "identity", "the instance type from DMI (no network call) and what that type should have: GPUs, EFA devices, "
+                "NVLinks per GPU, NVSwitches",
+    lambda roots, instance_type: IdentityCollector(roots.sysfs, instance_type),
+    (Option("node.instance-type", "", str,
+            "the node's instance type (e.g. p5.48xlarge) when DMI does not tell it; empty: from DMI"),),
+    lambda values: values["node.instance-type"]))

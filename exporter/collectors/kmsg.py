@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 
 from exporter import catalog, files
 from exporter.catalog import Family, Scrape
+from exporter.collectors.base import Registration, register
+from exporter.options import Option
 
 log = logging.getLogger("gpuscope")
 
@@ -233,3 +235,12 @@ class KmsgCollector:
                     record = parse_record(raw)
                     if record:
                         self._events.add(record, boot_time)
+
+
+register(Registration(
+    "kmsg", "the kernel log since boot: NVIDIA XIDs per GPU (with 'fallen off the bus' as XID 79) and NVSwitch "
+            "SXIDs (needs CAP_SYSLOG)",
+    lambda roots, options: KmsgCollector(options.path, options.boot_procfs or roots.procfs),
+    (Option("collector.kmsg.path", "/dev/kmsg", str,
+            "the kernel log device (the kmsg collector reads it from boot; needs CAP_SYSLOG)"),),
+    lambda values: KmsgOptions(path=values["collector.kmsg.path"])))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from exporter import catalog
 from exporter.catalog import Family, Scrape
+from exporter.collectors.base import Registration, register
 from exporter.files import InFlight, list_dir, read_text
 
 IMPORT_STATES = ("CLOSED", "NEW", "DISCONN", "CONNECTING", "REPLAY", "REPLAY_LOCKS", "REPLAY_WAIT",
@@ -212,3 +213,7 @@ def _add_llite_rows(scrape: Scrape, fs: str, rows: dict[str, StatRow]) -> None:
             scrape.add(catalog.LUSTRE_OPERATIONS, float(row.count), fs, name)
             if row.unit in _MICRO_UNITS and row.total is not None:
                 scrape.add(catalog.LUSTRE_OPERATION_SECONDS, row.total * 1e-6, fs, name)
+
+
+register(Registration("lustre", "Lustre client I/O and per-target import health (procfs, sysfs, debugfs)",
+                      lambda roots, _: LustreCollector(roots.sysfs, roots.procfs)))

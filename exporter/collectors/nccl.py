@@ -34,11 +34,16 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from exporter import catalog
 from exporter.catalog import Family, Scrape
+from exporter.collectors.base import Registration, register
 from exporter.collectors.nccl_ras import Cadence, RasPoller, RasView, interface_addresses
 from exporter.files import list_dir, read_bytes
+from exporter.options import Option, parse_names
+from toolkit.configfile import parse_bool, parse_count
+from toolkit.durations import positive_seconds
 
 FILE_NAME = re.compile(r"^nccl_inspector_metrics_([0-9a-fA-F-]{36})\.prom$")
 LINE = re.compile(
@@ -331,3 +336,51 @@ def _mean(metric: catalog.Metric, values: list[float]) -> float:
         return sum(values) / len(values)
     positive = [v for v in values if v > 0]
     return math.exp(sum(math.log(v) for v in positive) / len(positive)) if positive else 0.0
+
+
+def parse_ras_address(value: Any) -> str:
+    """The NCCL RAS server to ask, `host:port` (NCCL_RAS_ADDR's form), or empty for none."""
+    text = str(value or "").strip()
+    host, _, port = text.rpartition(":")
+    if text and (not host or not port.isdigit() or not 0 < int(port) < 65536):
+        raise ValueError(f"invalid RAS address {value!r} (expected host:port, e.g. 127.0.0.1:28028)")
+    return text
+
+
+OPTIONS = (
+    Option("collector.nccl.inspector-dir", "", str,
+           "NCCL Inspector's Prometheus dump directory (NCCL_INSPECTOR_DUMP_DIR); the nccl collector runs only "
+           "when this names one"),
+    Option("collector.nccl.interval", "30s", positive_seconds,
+           "Inspector's dump interval (NCCL_INSPECTOR_DUMP_THREAD_INTERVAL_MICROSECONDS); a file not rewritten "
+           "for 3 intervals belongs to an ended job and its series go"),
+    Option("collector.nccl.max-files", "32", parse_count, "most Inspector files read per scrape; the rest are "
+           "counted in gpuscope_nccl_dropped_total{what=\"files\"}"),
+    Option("collector.nccl.max-series", "400", parse_count, "most NCCL series per scrape; the rest are counted in "
+           "gpuscope_nccl_dropped_total{what=\"series\"}"),
+    Option("collector.nccl.ras-address", "127.0.0.1:28028", parse_ras_address,
+           "the node's NCCL RAS server (NCCL >= 2.24, NCCL_RAS_ADDR), asked in the background which rank a job waits "
+           "for; empty: not asked"),
+    Option("collector.nccl.ras-hosts", "", lambda v: parse_names(v) if str(v).strip() else (),
+           "this node's addresses as RAS names hosts (comma-separated); empty: its interfaces' IPv4 addresses"),
+    Option("collector.nccl.ras-interval", "10s", positive_seconds,
+           "how often the node leading a job asks RAS (the others ask at start, on a new job and hourly)"),
+    Option("collector.nccl.message-sizes", False, parse_bool,
+           "also export each message-size bucket (message_size label), not only their aggregate", is_flag=True),
+)
+
+
+def _settings(values: dict[str, Any]) -> NcclOptions:
+    return NcclOptions(directory=values["collector.nccl.inspector-dir"], interval=values["collector.nccl.interval"],
+                       max_files=values["collector.nccl.max-files"], max_series=values["collector.nccl.max-series"],
+                       message_sizes=values["collector.nccl.message-sizes"],
+                       ras_address=values["collector.nccl.ras-address"], ras_hosts=values["collector.nccl.ras-hosts"],
+                       ras_cadence=Cadence(leader=values["collector.nccl.ras-interval"]))
+
+
+register(Registration(
+    "nccl", "NCCL Inspector's per-rank collective bandwidth and time, joined to the NVML GPU and its job (when "
+            "--collector.nccl.inspector-dir names a directory), and NCCL RAS's job-wide view: each communicator's "
+            "progress, the ranks behind, missing or dead (--collector.nccl.ras-address)",
+    lambda roots, options: NcclCollector(options), OPTIONS, _settings,
+    wanted=lambda values: bool(values["collector.nccl.inspector-dir"] or values["collector.nccl.ras-address"])))

@@ -24,7 +24,10 @@ from dataclasses import dataclass
 
 from exporter import catalog
 from exporter.catalog import Family, Metric, Scrape
+from exporter.collectors.base import Registration, register
 from exporter.files import CounterFiles, InFlight, list_dir, read_optional
+from exporter.options import Option
+from toolkit.configfile import parse_bool
 
 EFA_PCI_VENDOR = "0x1d0f"
 NVIDIA_PCI_VENDOR = "0x10de"
@@ -249,3 +252,12 @@ def _link_name(path: str) -> str:
         return os.path.basename(os.readlink(path))
     except OSError:
         return ""
+
+
+register(Registration(
+    "rdma", "RDMA/EFA device and port counters from sysfs class/infiniband",
+    lambda roots, detail: RdmaCollector(roots.sysfs, detail),
+    (Option("collector.rdma.efa-device-detail", False, parse_bool,
+            "also export EFA admin command, keep-alive and per-operation verbs error counters (11 series a device)",
+            is_flag=True),),
+    lambda values: values["collector.rdma.efa-device-detail"]))
