@@ -47,8 +47,9 @@ from pathlib import Path
 import requests
 import yaml
 
+from alerts.records import LOST_JOB
 from alerts.render import prometheus_rules
-from alerts.rules import LOST_JOB, Record, groups
+from alerts.rules import Record, groups
 from alerts.settings import Settings
 from bench import scale_data as data
 from dashboards.build import dashboard_json

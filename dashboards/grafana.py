@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from grafanalib import core as g
 
-from alerts import rules
+from alerts import records
 from alerts.settings import Settings
 
 DATASOURCE = "${datasource}"
@@ -90,8 +90,8 @@ VARIABLES = {
     "job_id": ("Slurm job", 'label_values(gpuscope_gpu_job_info{cluster=~"$cluster"}, job_id)', {}),
     # One collective at a time: a half-fleet job's per-rank series of every collective are one read of
     # 65,536 series, 1.2 s at 2,048 nodes; one collective's, under 0.5 s (docs/scale).
-    "collective": ("NCCL collective",
-                   f'label_values({rules.NCCL_EXEC_MEDIAN}{{cluster=~"$cluster", job_id="$job_id"}}, collective)', {}),
+    "collective": ("NCCL collective", f'label_values({records.NCCL_EXEC_MEDIAN}'
+                                      f'{{cluster=~"$cluster", job_id="$job_id"}}, collective)', {}),
     "namespace": ("namespace", 'label_values(gpuscope_gpu_pod_info{cluster=~"$cluster"}, namespace)', {}),
     "pod": ("pods", 'label_values(gpuscope_gpu_pod_info{cluster=~"$cluster", namespace="$namespace"}, pod)',
             {**_ALL, "default": "$__all"}),

@@ -7,7 +7,7 @@ faults (throttling, XIDs, firing alerts) and have no data on a healthy cluster.
 
 from __future__ import annotations
 
-from alerts import rules
+from alerts import records
 from dashboards.grafana import Panel, dashboard, derived, limit, q
 from exporter import catalog as c
 
@@ -30,8 +30,8 @@ EFA_TX = c.EFA_PORT_COUNTERS["tx_bytes"].name
 NCCL_EXEC = c.NCCL_EXEC_TIME.name
 # Per-node panels read the exporter's EFA node totals (one series per node, not 32).
 NODE_EFA = {name: metric.name for name, metric in c.EFA_NODE_COUNTERS.items()}
-FS_READ, FS_WRITE = (rules.FS_RATES[metric.name] for metric in (c.LUSTRE_READ_BYTES, c.LUSTRE_WRITE_BYTES))
-FS_OPS, FS_OP_SECONDS = (rules.FS_OPERATION_RATES[metric.name]
+FS_READ, FS_WRITE = (records.FS_RATES[metric.name] for metric in (c.LUSTRE_READ_BYTES, c.LUSTRE_WRITE_BYTES))
+FS_OPS, FS_OP_SECONDS = (records.FS_OPERATION_RATES[metric.name]
                          for metric in (c.LUSTRE_OPERATIONS, c.LUSTRE_OPERATION_SECONDS))
 
 
@@ -62,23 +62,24 @@ def fleet():
         Panel("table", "Firing alerts by kind", (q('count by (alertname, severity) (ALERTS{alertstate="firing"})'),),
               width=12, height=4, empty_when_healthy=True),
         Panel("timeseries", "GPU activity, whole cluster",
-              tuple(q(f"{rules.FLEET_AVERAGES[metric.name]}{{{CLUSTER}}}", legend) for metric, legend in (
+              tuple(q(f"{records.FLEET_AVERAGES[metric.name]}{{{CLUSTER}}}", legend) for metric, legend in (
                   (c.GPU_UTILIZATION, "utilization"), (c.GPU_SM_ACTIVE, "SM active"),
                   (c.GPU_TENSOR_ACTIVE, "tensor active"))), unit="percentunit", width=12),
         Panel("timeseries", "GPU power distribution",
-              (q(f"{rules.FLEET_QUANTILES[c.GPU_POWER.name]}{{{CLUSTER}}}", "q{{quantile}}"),), unit="watt", width=6),
+              (q(f"{records.FLEET_QUANTILES[c.GPU_POWER.name]}{{{CLUSTER}}}", "q{{quantile}}"),), unit="watt", width=6),
         Panel("timeseries", "GPU temperature distribution",
-              (q(f"{rules.FLEET_QUANTILES[c.GPU_TEMPERATURE.name]}{{{CLUSTER}}}", "q{{quantile}}"),),
+              (q(f"{records.FLEET_QUANTILES[c.GPU_TEMPERATURE.name]}{{{CLUSTER}}}", "q{{quantile}}"),),
               unit="celsius", width=6),
         Panel("table", "Stragglers: GPUs furthest below their node's median SM clock",
               (q(f"bottomk(10, {c.GPU_SM_CLOCK.name}{{{CLUSTER}}} / on (instance) group_left "
-                 f"{rules.SM_CLOCK_MEDIAN})"),), unit="percentunit", width=12),
-        Panel("table", "Throttled GPUs", (q(f"{rules.THROTTLED}{{{CLUSTER}}}"),), width=12, empty_when_healthy=True),
+                 f"{records.SM_CLOCK_MEDIAN})"),), unit="percentunit", width=12),
+        Panel("table", "Throttled GPUs", (q(f"{records.THROTTLED}{{{CLUSTER}}}"),), width=12, empty_when_healthy=True),
         Panel("table", "XIDs in the last day",
-              (q(f"{rules.counter_rise(XIDS, '1d')} > 0 or ({XIDS} unless {XIDS} offset 1d)"),),  # first ones count too
+              # the first ones count too
+              (q(f"{records.counter_rise(XIDS, '1d')} > 0 or ({XIDS} unless {XIDS} offset 1d)"),),
               width=12, empty_when_healthy=True),
         Panel("timeseries", "EFA and Lustre throughput",
-              (q(f"sum({rules.FLEET_EFA['tx_bytes']}{{{CLUSTER}}})", "EFA transmit"),
+              (q(f"sum({records.FLEET_EFA['tx_bytes']}{{{CLUSTER}}})", "EFA transmit"),
                q(f"sum({FS_READ}{{{CLUSTER}}})", "Lustre read"),
                q(f"sum({FS_WRITE}{{{CLUSTER}}})", "Lustre write")),
               unit="Bps", width=12),
@@ -110,7 +111,7 @@ def spread(title: str, slurm: tuple[str, ...], pods: tuple[str, ...], unit: str,
 def job():
     slurm = f'{{{CLUSTER}, job_id="$job_id"}}'
     clock = pod_spread(c.GPU_SM_CLOCK.name)
-    active_vs_median = f"{rules.JOB_SM_ACTIVE}{slurm} / on (job_id) group_left {rules.JOB_ACTIVE_MEDIAN}"
+    active_vs_median = f"{records.JOB_SM_ACTIVE}{slurm} / on (job_id) group_left {records.JOB_ACTIVE_MEDIAN}"
     return dashboard("gpuscope-job", "gpuscope / Job",
                      "One job's nodes and GPUs side by side: a Slurm job, or Kubernetes pods by namespace. "
                      "Per-GPU panels show the job's lowest, median and highest GPU, so a job of any size "
@@ -119,14 +120,15 @@ def job():
                       derived("pod_nodes", POD, "instance")), [
         Panel("table", "Nodes and GPUs of the job", (q(JOB),), width=8, height=10),
         spread("SM activity of the job's busy GPUs: lowest, median, highest",
-               (f"{rules.JOB_ACTIVE_MIN}{slurm}", f"{rules.JOB_ACTIVE_MEDIAN}{slurm}", f"{rules.JOB_BUSIEST}{slurm}"),
+               tuple(f"{record}{slurm}" for record in (records.JOB_ACTIVE_MIN, records.JOB_ACTIVE_MEDIAN,
+                                                       records.JOB_BUSIEST)),
                pod_spread(c.GPU_SM_ACTIVE.name), "percentunit", 16),
         spread("SM clock of the job's slowest and fastest GPU against its median",
-               tuple(f"{record}{slurm} / {rules.JOB_CLOCK_MEDIAN}{slurm}" for record in (rules.JOB_CLOCK_MIN,
-                                                                                        rules.JOB_CLOCK_MAX)),
+               tuple(f"{record}{slurm} / {records.JOB_CLOCK_MEDIAN}{slurm}" for record in (records.JOB_CLOCK_MIN,
+                                                                                        records.JOB_CLOCK_MAX)),
                (f"{clock[0]} / {clock[1]}", f"{clock[2]} / {clock[1]}"), "percentunit", 12, ("slowest", "fastest")),
         Panel("timeseries", "Power drawn by the job's GPUs",
-              (q(f"{rules.JOB_POWER}{slurm}", "job {{job_id}}"),
+              (q(f"{records.JOB_POWER}{slurm}", "job {{job_id}}"),
                q(f"sum({pod_gpus(c.GPU_POWER.name)})", "pods")),
               unit="watt", width=12,
               description="A drop across the whole job is a stall or a wait; each GPU's draw is on the node view."),
@@ -137,7 +139,7 @@ def job():
               (q(f"sum by (instance) (rate({c.LUSTRE_READ_BYTES.name}{{{JOB_NODES}}}[{RATE}]))", "{{instance}}"),),
               unit="Bps", width=12),
         Panel("timeseries", "NCCL bus bandwidth per communicator and collective (median rank)",
-              (q(f'{rules.NCCL_BW_MEDIAN}{{{CLUSTER}, job_id="$job_id"}}', "{{comm}} {{collective}}"),),
+              (q(f'{records.NCCL_BW_MEDIAN}{{{CLUSTER}, job_id="$job_id"}}', "{{comm}} {{collective}}"),),
               unit="Bps", width=12),
         Panel("table", "The job's busiest and least active GPUs now, against its median SM activity",
               (q(f"sort_desc(topk(5, {active_vs_median}) or bottomk(5, {active_vs_median}))"),),
@@ -148,7 +150,7 @@ def job():
                        "(the rank waited for on top)",
               (q(f'sort(bottomk(20, min by (instance, gpu, uuid) ({NCCL_EXEC}{{{CLUSTER}, job_id="$job_id", '
                  f'collective="$collective", message_size="all"}} / on (job_id, comm, collective) group_left '
-                 f'{rules.NCCL_EXEC_MEDIAN})))'),),
+                 f'{records.NCCL_EXEC_MEDIAN})))'),),
               unit="percentunit", width=24, height=10,
               description="A job of 8,192 GPUs would fill 8,192 rows; the rank the others wait for is among "
                           "the first, its collectives the shortest. It arrives late at every collective, so "
@@ -159,7 +161,7 @@ def job():
               unit="ops", width=12,
               description="From the node leading the job's RAS queries: each communicator's highest launch count."),
         Panel("table", "GPUs behind or gone while their communicator stands still (NCCL RAS)",
-              (q(rules.ras_rank(f'({c.NCCL_RAS_BEHIND.name}{{{CLUSTER}, job_id="$job_id"}} and on (job_id, comm) '
+              (q(records.ras_rank(f'({c.NCCL_RAS_BEHIND.name}{{{CLUSTER}, job_id="$job_id"}} and on (job_id, comm) '
                                 f'{c.NCCL_RAS_STALLED.name}{{{CLUSTER}}} > 0) or {c.NCCL_RAS_MISSING.name}{{{CLUSTER}, '
                                 f'job_id="$job_id"}}', f"{c.NCCL_RAS_HOST.name}{{{CLUSTER}}}")),),
               width=12, empty_when_healthy=True,
@@ -184,7 +186,7 @@ def node():
               (q(f'{c.GPU_CLOCK_EVENT.name}{{{GPU}, reason!="gpu_idle"}}', "GPU {{gpu}} {{reason}}"),), width=12),
         Panel("timeseries", "NVLink traffic", (q(f"rate({c.GPU_NVLINK_TX.name}{{{GPU}}}[{RATE}])", "GPU {{gpu}}"),),
               unit="Bps", width=8),
-        Panel("timeseries", "NVLink errors", (q(rules.counter_rise(f"{c.GPU_NVLINK_ERRORS.name}{{{GPU}}}", RATE),
+        Panel("timeseries", "NVLink errors", (q(records.counter_rise(f"{c.GPU_NVLINK_ERRORS.name}{{{GPU}}}", RATE),
                                                 "GPU {{gpu}} {{type}}"),), width=8),
         Panel("timeseries", "EFA traffic per device, by the GPU it serves",
               (q(f"sum by (gpu, device) ({EFA_BY_GPU})", "GPU {{gpu}} {{device}}"),), unit="Bps", width=8),
@@ -232,24 +234,24 @@ def network():
     """Fleet scope: distributions and cluster totals from recording rules over time, and the nodes
     to look at now as instant tables; one node's devices are on the node view."""
     errors_now = " or ".join(f'label_replace({efa_rate(name, CLUSTER, "5m")} > 0, "counter", "{name}", "", "")'
-                             for name in rules.EFA_ERROR_COUNTERS)
+                             for name in records.EFA_ERROR_COUNTERS)
     return dashboard("gpuscope-network", "gpuscope / Network", "EFA and NVLink across the fleet.", ("cluster",), [
         Panel("timeseries", "EFA traffic per node: distribution",
-              (q(f"{rules.EFA_NODE_QUANTILES}{{{CLUSTER}}}", "q{{quantile}}"),), unit="Bps", width=12),
+              (q(f"{records.EFA_NODE_QUANTILES}{{{CLUSTER}}}", "q{{quantile}}"),), unit="Bps", width=12),
         Panel("timeseries", "EFA traffic, whole cluster",
-              (q(f"sum({rules.FLEET_EFA['tx_bytes']}{{{CLUSTER}}})", "transmit"),
-               q(f"sum({rules.FLEET_EFA['rx_bytes']}{{{CLUSTER}}})", "receive")), unit="Bps", width=12),
+              (q(f"sum({records.FLEET_EFA['tx_bytes']}{{{CLUSTER}}})", "transmit"),
+               q(f"sum({records.FLEET_EFA['rx_bytes']}{{{CLUSTER}}})", "receive")), unit="Bps", width=12),
         Panel("timeseries", "EFA errors, whole cluster",
-              tuple(q(f"sum({rules.FLEET_EFA[name]}{{{CLUSTER}}})", name) for name in rules.EFA_ERROR_COUNTERS),
+              tuple(q(f"sum({records.FLEET_EFA[name]}{{{CLUSTER}}})", name) for name in records.EFA_ERROR_COUNTERS),
               unit="cps", width=12),
-        Panel("table", "Nodes moving the least EFA traffic", (q(f"bottomk(10, {rules.EFA_RATE}{{{CLUSTER}}})"),),
+        Panel("table", "Nodes moving the least EFA traffic", (q(f"bottomk(10, {records.EFA_RATE}{{{CLUSTER}}})"),),
               unit="Bps", width=12),
         Panel("table", "Nodes with EFA errors now (per second, 5 m)", (q(errors_now),), width=12,
               empty_when_healthy=True),
         Panel("timeseries", "NVLink errors, whole cluster",
-              (q(f"sum by (type) ({rules.FLEET_NVLINK_ERRORS}{{{CLUSTER}}})", "{{type}}"),), unit="cps", width=12),
+              (q(f"sum by (type) ({records.FLEET_NVLINK_ERRORS}{{{CLUSTER}}})", "{{type}}"),), unit="cps", width=12),
         Panel("table", "Nodes with NVLink errors now (per second, 5 m)",
-              (q(f"{rules.NODE_NVLINK_ERRORS}{{{CLUSTER}}} > 0"),), width=12, empty_when_healthy=True),
+              (q(f"{records.NODE_NVLINK_ERRORS}{{{CLUSTER}}} > 0"),), width=12, empty_when_healthy=True),
     ], LINKS)
 
 
@@ -268,11 +270,11 @@ def storage():
                  f" / sum by (fs, operation) ({FS_OPS}{{{CLUSTER}}})", "{{fs}} {{operation}}"),),
               unit="s", width=12),
         Panel("timeseries", "Clients not connected, per target",
-              (q(per_target(rules.TARGET_CLIENTS_UNHEALTHY), "{{fs}} {{target}}"),), width=8),
+              (q(per_target(records.TARGET_CLIENTS_UNHEALTHY), "{{fs}} {{target}}"),), width=8),
         Panel("timeseries", "RPCs in flight per target, all clients",
-              (q(per_target(rules.TARGET_RPCS_IN_FLIGHT), "{{fs}} {{target}}"),), width=8),
+              (q(per_target(records.TARGET_RPCS_IN_FLIGHT), "{{fs}} {{target}}"),), width=8),
         Panel("timeseries", "Reconnects per target, all clients (5 m)",
-              (q(per_target(rules.TARGET_RECONNECTS), "{{fs}} {{target}}"),), width=8),
+              (q(per_target(records.TARGET_RECONNECTS), "{{fs}} {{target}}"),), width=8),
         Panel("table", "Clients with a target not connected (state: 8 FULL, 10 IDLE healthy)",
               (q(f"{c.LUSTRE_IMPORT_STATE.name}{{{CLUSTER}}} and on (instance, fs, target)"
                  f" {c.LUSTRE_IMPORT_HEALTHY.name}{{{CLUSTER}}} == 0"),), width=16, empty_when_healthy=True),
@@ -284,11 +286,11 @@ def storage():
 def goodput():
     """What faults cost: GPU time and dollars lost by cause, for the cluster and per job (docs/goodput.md)."""
     stacked = {"stacking": {"mode": "normal", "group": "A"}, "fillOpacity": 40}
-    cost, lost = f"{rules.COST_CLUSTER}{{{CLUSTER}}}", f"{rules.LOST_CLUSTER}{{{CLUSTER}}}"
-    job_lost = f'{rules.LOST_JOB}{{{CLUSTER}, job_id="$job_id"}}'
+    cost, lost = f"{records.COST_CLUSTER}{{{CLUSTER}}}", f"{records.LOST_CLUSTER}{{{CLUSTER}}}"
+    job_lost = f'{records.LOST_JOB}{{{CLUSTER}, job_id="$job_id"}}'
     return dashboard("gpuscope-goodput", "gpuscope / Goodput",
                      "GPU time and money lost to faults, by cause: which page to work first.", ("cluster", "job_id"), [
-        Panel("stat", "Goodput: useful over allocated GPU time (5 min)", (q(f"{rules.GOODPUT}{{{CLUSTER}}}"),),
+        Panel("stat", "Goodput: useful over allocated GPU time (5 min)", (q(f"{records.GOODPUT}{{{CLUSTER}}}"),),
               unit="percentunit", width=6, height=4),
         Panel("stat", "GPUs' worth of time lost now", (q(f"sum({lost})"),), width=6, height=4),
         Panel("stat", "Lost now, per hour", (q(f"sum({cost})"),), unit="currencyUSD", width=6, height=4),
@@ -296,12 +298,12 @@ def goodput():
               unit="currencyUSD", width=6, height=4,
               description="Dollars per hour sampled every 10 s over the last day (a 10 s sample is 1/360 hour)."),
         Panel("timeseries", "GPU time lost by cause (GPUs' worth)", (q(lost, "{{cause}}"),), width=16, extra=stacked),
-        Panel("timeseries", "Goodput", (q(f"{rules.GOODPUT}{{{CLUSTER}}}", "{{cluster}}"),), unit="percentunit",
+        Panel("timeseries", "Goodput", (q(f"{records.GOODPUT}{{{CLUSTER}}}", "{{cluster}}"),), unit="percentunit",
               width=8),
         Panel("table", "Jobs losing most, dollars per hour",
-              (q(f"topk(10, sum by (job_id) ({rules.COST_JOB}{{{CLUSTER}}}))"),), unit="currencyUSD", width=12),
+              (q(f"topk(10, sum by (job_id) ({records.COST_JOB}{{{CLUSTER}}}))"),), unit="currencyUSD", width=12),
         Panel("table", "Jobs losing most GPU time, by cause",
-              (q(f"topk(10, sum by (job_id, cause) ({rules.LOST_JOB}{{{CLUSTER}}}))"),), width=12),
+              (q(f"topk(10, sum by (job_id, cause) ({records.LOST_JOB}{{{CLUSTER}}}))"),), width=12),
         Panel("timeseries", "Job $job_id: GPU time lost by cause", (q(job_lost, "{{cause}}"),), width=24,
               extra=stacked),
     ], LINKS)

@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from alerts import rules
+from alerts import records
 from alerts.render import write_shortened_rules
 from alerts.rules import Record, groups
 from alerts.settings import Settings
@@ -148,8 +148,8 @@ def test_job_view_shows_exactly_the_jobs_gpus(live, job, gpus):
                 assert len(result) == (0 if job is SLURM_JOB else 1), (panel.title, query.legend)
             elif by_slurm_job and job is not SLURM_JOB:
                 assert result == [], panel.title  # NCCL and the per-job records are keyed by the Slurm job id
-            elif rules.JOB_SM_ACTIVE in query.expr:  # the five busiest and five least active of its busy GPUs
-                busy = len(prom.query(f'{rules.JOB_SM_ACTIVE}{{job_id="4242"}}'))  # equals: the same five both ways
+            elif records.JOB_SM_ACTIVE in query.expr:  # the five busiest and five least active of its busy GPUs
+                busy = len(prom.query(f'{records.JOB_SM_ACTIVE}{{job_id="4242"}}'))  # equals: the same five both ways
                 assert 0 < busy <= 8 and min(busy, 5) <= len(result) <= min(busy, 10), panel.title
                 assert {(r["metric"]["instance"], r["metric"]["gpu"]) for r in result} <= gpus, panel.title
             elif panel.kind == "table":

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from alerts import rules
+from alerts import records
 from alerts.render import write_shortened_rules
 from simulator.cluster import Cluster
 from simulator.faults import WAITING_EXEC
@@ -44,20 +44,20 @@ def stack(tmp_path_factory):
         jobs = [{"job_name": "gpuscope", "file_sd_configs": [{"files": [cluster.write_targets()],
                                                               "refresh_interval": "1s"}]}]
         with prometheus(jobs, rule_files=[write_shortened_rules(str(root / "rules.yml"), 60)]) as prom:
-            prom.wait_for(f'count({rules.LOST_JOB}) == {2 * len(rules.CAUSES)}', timeout=60)
+            prom.wait_for(f'count({records.LOST_JOB}) == {2 * len(records.CAUSES)}', timeout=60)
             time.sleep(10)  # the job baselines have a healthy past
             yield cluster, prom
 
 
 def losses(prom, job: str) -> dict[str, float]:
-    return {r["metric"]["cause"]: float(r["value"][1]) for r in prom.query(f'{rules.LOST_JOB}{{job_id="{job}"}}')}
+    return {r["metric"]["cause"]: float(r["value"][1]) for r in prom.query(f'{records.LOST_JOB}{{job_id="{job}"}}')}
 
 
 def test_a_healthy_cluster_loses_nothing(stack):
     _, prom = stack
     for job, _ in JOBS:
-        assert losses(prom, job) == dict.fromkeys(rules.CAUSES, 0.0)
-    assert float(prom.query(rules.GOODPUT)[0]["value"][1]) == 1.0
+        assert losses(prom, job) == dict.fromkeys(records.CAUSES, 0.0)
+    assert float(prom.query(records.GOODPUT)[0]["value"][1]) == 1.0
 
 
 # Faults of different jobs played at once: a job's losses are its own GPUs' (issue 30's suite time).
@@ -106,8 +106,8 @@ def test_a_stall_halves_goodput_and_its_alert_says_what_it_costs(stack):
     cluster, prom = stack
     cluster.inject("job:4242", {"kind": "collective_stall"})
     try:
-        wait_until(lambda: abs(float(prom.query(rules.GOODPUT)[0]["value"][1]) - 0.5) <= 0.025, 60,
-                   lambda: f"goodput {prom.query(rules.GOODPUT)}", pause=1)
+        wait_until(lambda: abs(float(prom.query(records.GOODPUT)[0]["value"][1]) - 0.5) <= 0.025, 60,
+                   lambda: f"goodput {prom.query(records.GOODPUT)}", pause=1)
         cost = re.compile(r"The jobs on node-0 lose ([\d.]+) GPUs' worth of time, \$(\d+) an hour")
 
         def annotated() -> tuple[float, float] | None:

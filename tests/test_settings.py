@@ -130,7 +130,8 @@ def test_the_node_agent_loads_no_other_product_grafanalib_or_requests():
 
 
 def test_gpu_hour_prices_replace_the_defaults(tmp_path):
-    from alerts.rules import GPU_PRICE, groups
+    from alerts.records import GPU_PRICE
+    from alerts.rules import groups
     from alerts.settings import Settings, load_settings
 
     def price_rule(settings) -> str:
