@@ -19,7 +19,7 @@ from alerts.rules import Alert, Group, Record, groups, load
 from alerts.settings import MIN_SCRAPES_PER_WINDOW, SCRAPE_INTERVAL, Settings
 from toolkit.durations import UNITS, seconds
 
-HEADER = ("# Generated from alerts/rules.py by `gpuscope alerts build` (in the gpuscope repository: "
+HEADER = ("# Generated from alerts/rules/ by `gpuscope alerts build` (in the gpuscope repository: "
           "scripts/generate); do not edit by hand.\n")
 FILES = ("prometheus-rules.yml", "prometheusrule.yaml", "grafana-alert-rules.yaml")
 

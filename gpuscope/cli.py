@@ -106,7 +106,7 @@ def _alerts_parser(subparsers) -> None:
     parser = subparsers.add_parser("alerts", help="alert and recording rules")
     actions = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
     build = actions.add_parser("build", help="write the Prometheus rules file, PrometheusRule and Grafana provisioning",
-                               description="Renders alerts/rules.py into OUT/prometheus-rules.yml, "
+                               description="Renders alerts/rules/ into OUT/prometheus-rules.yml, "
                                            "OUT/prometheusrule.yaml and OUT/grafana-alert-rules.yaml.")
     _settings_argument(build)
     build.add_argument("--out", default="alerts/generated", metavar="DIR", help="default alerts/generated")

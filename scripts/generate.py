@@ -3,7 +3,7 @@
     scripts/generate            # rewrite them all
     scripts/generate --check    # write nothing; exit 1 naming each stale file
 
-Rules (alerts/rules.py) and dashboards (dashboards/views.py) are rendered with the default settings
+Rules (alerts/rules/) and dashboards (dashboards/views.py) are rendered with the default settings
 into alerts/generated/ and dashboards/generated/, and the same text into the Helm chart's files/ and
 the kustomize base; the flag and metric tables in docs/ come from exporter/config.py and the catalog.
 """
