@@ -3,13 +3,18 @@
     scripts/generate            # rewrite them all
     scripts/generate --check    # write nothing; exit 1 naming each stale file
 
-Rules (alerts/rules/) and dashboards (dashboards/views.py) are rendered with the default settings
-into alerts/generated/ and dashboards/generated/, and the same text into the Helm chart's files/ and
-the kustomize base; the flag and metric tables in docs/ come from exporter/config.py and the catalog.
+Rules (alerts/rules/) and dashboards (dashboards/views.py) are rendered with the default settings.
+Each file has one copy: the Helm chart and the kustomize base need theirs inside their own
+directories (neither reads a file from outside), so the rules file and the dashboards live there, and
+alerts/generated/ and dashboards/generated/ (where `gpuscope alerts build` and `dashboards build`
+write, and where a plain Prometheus looks) link to them; the Grafana-managed rules live in
+alerts/generated/ alone. The flag and metric tables in docs/ come from the option table and the
+catalog.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -23,18 +28,28 @@ HELM = REPO / "deploy" / "helm" / "gpuscope" / "files"
 KUSTOMIZE = REPO / "deploy" / "kubernetes" / "base"
 
 
+def homes() -> dict[Path, Path]:
+    """{path in a build directory: the one copy it links to} for the files the deployments need."""
+    rules, dashboards = REPO / "alerts" / "generated", REPO / "dashboards" / "generated"
+    links = {rules / "prometheus-rules.yml": HELM / "prometheus-rules.yml",
+             rules / "prometheusrule.yaml": KUSTOMIZE / "prometheusrule.yaml",
+             dashboards / "configmaps.yaml": KUSTOMIZE / "dashboards.yaml"}
+    return links | {dashboards / name: HELM / "dashboards" / name
+                    for name in render_files(Settings()) if name.endswith(".json")}
+
+
 def outputs() -> dict[Path, str]:
-    """{path: text} of every generated file."""
-    rules = render_all(Settings())
-    dashboards = render_files(Settings())
-    files = {REPO / "alerts" / "generated" / name: text for name, text in rules.items()}
-    files |= {REPO / "dashboards" / "generated" / name: text for name, text in dashboards.items()}
-    files[HELM / "prometheus-rules.yml"] = rules["prometheus-rules.yml"]
-    files[KUSTOMIZE / "prometheusrule.yaml"] = rules["prometheusrule.yaml"]
-    files[KUSTOMIZE / "dashboards.yaml"] = dashboards["configmaps.yaml"]
-    files |= {HELM / "dashboards" / name: text for name, text in dashboards.items() if name.endswith(".json")}
+    """{path: text} of every generated file, each at its one copy."""
+    files = {REPO / "alerts" / "generated" / name: text for name, text in render_all(Settings()).items()}
+    files |= {REPO / "dashboards" / "generated" / name: text for name, text in render_files(Settings()).items()}
+    for link, home in homes().items():
+        files[home] = files.pop(link)
     files |= {REPO / doc: render((REPO / doc).read_text(), sections) for doc, sections in DOCS.items()}
     return files
+
+
+def _linked(link: Path, home: Path) -> bool:
+    return link.is_symlink() and os.readlink(link) == os.path.relpath(home, link.parent)
 
 
 def main(argv: list[str]) -> int:
@@ -44,12 +59,20 @@ def main(argv: list[str]) -> int:
         return 2
     stale = []
     for path, text in outputs().items():
-        if path.exists() and path.read_text() == text:
+        if path.exists() and not path.is_symlink() and path.read_text() == text:
             continue
         stale.append(str(path.relative_to(REPO)))
         if not check:
             path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
             path.write_text(text)
+    for link, home in homes().items():
+        if _linked(link, home):
+            continue
+        stale.append(str(link.relative_to(REPO)))
+        if not check:
+            link.unlink(missing_ok=True)
+            link.symlink_to(os.path.relpath(home, link.parent))
     if check and stale:
         print("stale: " + ", ".join(stale) + "; run scripts/generate", file=sys.stderr)
         return 1
