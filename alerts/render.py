@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from alerts.rules import Alert, Group, Record, groups, load
-from alerts.settings import MIN_SCRAPES_PER_WINDOW, SCRAPE_INTERVAL, Settings
+from alerts.settings import MIN_SCRAPES_PER_WINDOW, SCRAPE_INTERVAL, Settings, in_unit
 from toolkit.durations import UNITS, seconds
 
 HEADER = ("# Generated from alerts/rules/ by `gpuscope alerts build` (in the gpuscope repository: "
@@ -94,17 +94,13 @@ def prometheus_duration(seconds: float) -> str:
     return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
 
 
-# Settings in seconds of the exporter's own clock (not PromQL durations), divided with the rest.
-SECONDS_SETTINGS = ("nccl_hang_seconds", "nccl_inspector_stale_seconds")
-
-
 def write_shortened_rules(path: str, factor: float, settings: Settings | None = None,
                           scrape_seconds: float = 1.0) -> str:
     """The rules file for a demo or an end-to-end test whose Prometheus scrapes and evaluates every
     `scrape_seconds`: every duration divided by `factor` (see shorten_durations), and the thresholds
-    that are seconds (SECONDS_SETTINGS) with them."""
+    that are seconds (the settings in_unit("seconds"): numbers, not PromQL durations) with them."""
     settings = settings or Settings()
-    settings = replace(settings, **{name: getattr(settings, name) / factor for name in SECONDS_SETTINGS})
+    settings = replace(settings, **{name: getattr(settings, name) / factor for name in in_unit("seconds")})
     with open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump(shorten_durations(prometheus_rules(groups(settings), settings), factor, scrape_seconds), handle)
     return path

@@ -21,6 +21,7 @@ from alerts.settings import (
     SCRAPE_INTERVAL,
     Settings,
     SettingsError,
+    in_unit,
     load_settings,
 )
 from tests.helpers import REPO
@@ -93,6 +94,26 @@ def test_settings_override_and_errors(tmp_path):
     path.write_text("straggler_ratio: lots\n")
     with pytest.raises(SettingsError, match="straggler_ratio: expected float"):
         load_settings(str(path))
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("straggler_ratio: 1.5", "straggler_ratio: 1.5 is not a fraction from 0 to 1"),
+    ("straggler_for: soon", "straggler_for: 'soon' is not a duration such as 30s, 10m or 6h"),
+    ("straggler_for: 60", "straggler_for: '60' is not a duration with its unit, such as 30s, 10m or 6h"),
+    ("nccl_hang_seconds: 0", "nccl_hang_seconds: 0.0 is not a number of seconds above 0"),
+    ("straggler_min_gpus: 0", "straggler_min_gpus: 0 is not a count of 1 or more"),
+    ("temperature_margin_celsius: -2", "temperature_margin_celsius: -2.0 is not 0 or more (celsius)"),
+])
+def test_each_setting_is_checked_in_its_unit(tmp_path, line, message):
+    path = tmp_path / "alerts.yml"
+    path.write_text(line + "\n")
+    with pytest.raises(SettingsError, match=re.escape(f"settings {path}: {message}")):
+        load_settings(str(path))
+
+
+def test_the_settings_in_seconds_are_the_ones_the_shortened_rules_divide():
+    assert in_unit("seconds") == ("nccl_hang_seconds", "nccl_inspector_stale_seconds")
+    assert "straggler_for" in in_unit("duration") and "busy_utilization" in in_unit("fraction")
 
 
 def test_grafana_provisioning_holds_every_alert_with_a_threshold_condition():
