@@ -16,26 +16,15 @@ Job faults are written to every node of the job; those aimed at one rank or node
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from simulator.nvml import Fault
 from toolkit import durations
 
-GPU_KINDS = ("straggler", "thermal_throttle", "power_brake", "nvlink_errors", "gpu_lost", "ecc_uncorrectable",
-             "row_remap_failure", "xid", "kernel_xid", "nvlink_down", "gpu_missing_at_boot", "dcgm_health")
-NODE_KINDS = ("efa_stall", "efa_retransmit_storm", "lustre_eviction", "efa_device_missing", "sxid", "rdma_port_down",
-              "dcgm_engine_down", "dcgm_profiling_locked")
-# NCCL hangs as RAS sees them (simulator/ras.py); on the hardware each looks like collective_stall.
-HANG_KINDS = ("nccl_hang", "nccl_hang_launched", "nccl_process_dead")
-JOB_KINDS = ("collective_stall", "compute_straggler", "nccl_late_arrival", "nccl_bandwidth_drop", "checkpoint",
-             "pipeline_imbalance", *HANG_KINDS, "ras_slow", "ras_off")
-RANK_KINDS = ("compute_straggler", "nccl_late_arrival")  # aimed at one GPU: `node` and `gpu`
-AIMED_KINDS = (*RANK_KINDS, "nccl_hang", "nccl_process_dead")
-LINK_KINDS = ("nccl_bandwidth_drop",)  # aimed at one node's network: `node`
 # How much longer the ranks that wait spend in each collective, and how much shorter the rank waited for.
 WAITING_EXEC, WAITED_FOR_EXEC = 1.7, 0.45
-KINDS = GPU_KINDS + NODE_KINDS + JOB_KINDS
 
 
 class ScenarioError(ValueError):
@@ -98,113 +87,272 @@ class NodeEffects:
     dcgm: DcgmEffect = field(default_factory=DcgmEffect)
 
 
+Effect = Callable[["NodeEffects", dict[str, Any], dict[str, Any], "int | None"], None]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A fault kind, declared once: where it strikes (`gpu`: one GPU of a node, `node`: a node, `job`:
+    every node of a job), the fields it needs (checked in this order: `node`, `gpu`, `xid`), a check of
+    its other fields (the message when wrong, else ""), its effect on one node (effects, the fault, the
+    node's profile, the node's index in its job), and whether NCCL RAS sees it as a hang."""
+
+    scope: str
+    effect: Effect
+    needs: tuple[str, ...] = ()
+    check: Callable[[dict[str, Any]], str] = lambda fault: ""
+    hang: bool = False
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def kind(name: str, scope: str, needs: tuple[str, ...] = (), check: Callable[[dict[str, Any]], str] | None = None,
+         hang: bool = False) -> Callable[[Effect], Effect]:
+    """Declares fault kind `name` with the effect it decorates."""
+    def declare(effect: Effect) -> Effect:
+        KINDS[name] = Kind(scope, effect, ("gpu", *needs) if scope == "gpu" else needs,
+                           check or (lambda fault: ""), hang)
+        return effect
+    return declare
+
+
 def check_fault(fault: Any, where: str, gpus: int) -> dict[str, Any]:
     """A fault mapping, validated; ScenarioError naming `where` and the field otherwise."""
     if not isinstance(fault, dict) or "kind" not in fault:
         raise ScenarioError(f"{where}: a fault needs a 'kind' (one of {', '.join(KINDS)})")
-    kind = fault["kind"]
-    if kind not in KINDS:
-        raise ScenarioError(f"{where}: unknown fault kind {kind!r} (one of {', '.join(KINDS)})")
-    if kind in GPU_KINDS:
-        gpu = fault.get("gpu")
-        if not isinstance(gpu, int) or not 0 <= gpu < gpus:
-            raise ScenarioError(f"{where}: fault {kind} needs 'gpu', an index from 0 to {gpus - 1}")
-    if kind in ("xid", "kernel_xid") and not isinstance(fault.get("xid"), int):
-        raise ScenarioError(f"{where}: fault {kind} needs 'xid', the XID number")
-    if kind == "sxid" and not (isinstance(fault.get("switch"), int) and isinstance(fault.get("sxid"), int)):
-        raise ScenarioError(f"{where}: fault sxid needs 'switch' (an NVSwitch index) and 'sxid', the SXID number")
-    if kind == "dcgm_health" and (fault.get("system", "memory") not in DCGM_SYSTEMS
-                                  or fault.get("result", "fail") not in DCGM_RESULTS):
-        raise ScenarioError(f"{where}: fault dcgm_health takes 'system' ({', '.join(DCGM_SYSTEMS)}) and "
-                            f"'result' (warn or fail)")
-    if kind == "rdma_port_down" and not (isinstance(fault.get("device", 0), int) and fault.get("device", 0) >= 0):
-        raise ScenarioError(f"{where}: fault rdma_port_down takes 'device', the index of an InfiniBand HCA (0, 1, ...)")
-    if kind in AIMED_KINDS + LINK_KINDS and not isinstance(fault.get("node"), int):
-        raise ScenarioError(f"{where}: fault {kind} needs 'node', the index of the node it hits")
-    if kind in AIMED_KINDS and not (isinstance(fault.get("gpu"), int) and 0 <= fault["gpu"] < gpus):
-        raise ScenarioError(f"{where}: fault {kind} needs 'gpu', an index from 0 to {gpus - 1}")
+    name = fault["kind"]
+    if name not in KINDS:
+        raise ScenarioError(f"{where}: unknown fault kind {name!r} (one of {', '.join(KINDS)})")
+    declared = KINDS[name]
+    for needed in sorted(declared.needs, key=("node", "gpu", "xid").index):
+        value = fault.get(needed)
+        if needed == "gpu" and not (isinstance(value, int) and 0 <= value < gpus):
+            raise ScenarioError(f"{where}: fault {name} needs 'gpu', an index from 0 to {gpus - 1}")
+        if needed == "node" and not isinstance(value, int):
+            raise ScenarioError(f"{where}: fault {name} needs 'node', the index of the node it hits")
+        if needed == "xid" and not isinstance(value, int):
+            raise ScenarioError(f"{where}: fault {name} needs 'xid', the XID number")
+    problem = declared.check(fault)
+    if problem:
+        raise ScenarioError(f"{where}: {problem}")
     return fault
 
 
 def node_effects(faults: list[dict[str, Any]], profile: dict[str, Any], node: int | None = None) -> NodeEffects:
     """What the faults active on a node change, given the node's profile and its index."""
     effects = NodeEffects()
-    gpu, busy = profile["gpu"], profile["busy"]
     for fault in faults:
-        kind = fault["kind"]
-        if kind in JOB_KINDS and kind not in ("collective_stall", *HANG_KINDS):
-            _job_effect(effects, fault, profile, node)
-        elif kind == "xid":
-            effects.xids.append((fault["gpu"], fault["xid"]))
-        elif kind == "gpu_missing_at_boot":
-            effects.missing_at_boot.add(fault["gpu"])
-        elif kind == "nvlink_down":
-            effects.gpus[fault["gpu"]] = Fault(nvlinks_down=int(fault.get("links", 1)))
-        elif kind == "kernel_xid":  # logged by the driver, never reported by NVML events (79, 119, 120)
-            effects.kernel_xids.append((fault["gpu"], fault["xid"]))
-        elif kind == "sxid":
-            effects.sxids.append((fault["switch"], fault["sxid"], bool(fault.get("fatal", False))))
-        elif kind == "dcgm_health":  # DCGM_FR_VOLATILE_DBE_DETECTED (4) unless the fault names a code
-            effects.dcgm.incidents.setdefault(fault["gpu"], []).append(
-                (DCGM_SYSTEMS[fault.get("system", "memory")], DCGM_RESULTS[fault.get("result", "fail")],
-                 int(fault.get("code", 4))))
-        elif kind == "dcgm_engine_down":
-            effects.dcgm.down = True
-        elif kind == "dcgm_profiling_locked":  # Nsight or a second engine holds the counters
-            effects.dcgm.locked = True
-        elif kind == "gpu_lost":
-            effects.gpus[fault["gpu"]] = Fault(lost=True)  # the simulated NVML raises XID 79 itself
-        elif kind in GPU_KINDS:
-            effects.gpus[fault["gpu"]] = _gpu_fault(kind, gpu, busy)
-        elif kind in ("collective_stall", *HANG_KINDS):  # a hung collective: every waiting GPU spins in NCCL
-            effects.nccl.paused = kind != "collective_stall"  # Inspector records completions: none come
-            stalled = Fault(utilization=100, power_watts=0.11 * gpu["power_limit_watts"], activity_scale=0.02,
-                            nvlink_scale=0.0)
-            effects.gpus.update({index: stalled for index in range(gpu["count"]) if index not in effects.gpus})
-            effects.efa.traffic_scale = 0.0
-        elif kind == "efa_stall":
-            effects.efa.traffic_scale = 0.0
-        elif kind == "efa_retransmit_storm":
-            effects.efa.error_rates.update(retrans_pkts=2000.0, retrans_bytes=2000.0 * 8192,
-                                           retrans_timeout_events=2.0, unresponsive_remote_events=1.0,
-                                           impaired_remote_conn_events=1.0)
-        elif kind == "efa_device_missing":
-            effects.efa.missing_devices += int(fault.get("count", 1))
-        elif kind == "rdma_port_down":
-            effects.ports_down.add(int(fault.get("device", 0)))
-        elif kind == "lustre_eviction":
-            effects.lustre.stalled_targets.add(fault.get("target", "OST0001"))
-            effects.lustre.state = fault.get("state", "DISCONN")
+        KINDS[fault["kind"]].effect(effects, fault, profile, node)
     return effects
 
 
-def _job_effect(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any], node: int | None) -> None:
-    """This node's part of a job-wide fault; effects on one GPU compose (a straggler in an imbalanced job)."""
-    kind, gpus = fault["kind"], range(profile["gpu"]["count"])
-    busy_power, limit = profile["busy"]["power_watts"], profile["gpu"]["power_limit_watts"]
-    target = fault.get("gpu") if fault.get("node") == node else None
-    if kind in RANK_KINDS:
-        for index in gpus:
-            waited_for = index == target
-            effects.nccl.scale_exec(index, WAITED_FOR_EXEC if waited_for else WAITING_EXEC)
-            if kind == "compute_straggler" and waited_for:  # never waits: busy at its full level, whatever its stage
-                effects.gpus[index] = replace(effects.gpus.get(index, Fault()), activity_scale=1.03,
-                                              power_watts=busy_power)
-            elif kind == "compute_straggler":  # the waiting GPUs spin in NCCL kernels: fewer SMs busy, less power
-                _compose(effects, index, 0.66, 0.72 * busy_power)
-    elif kind == "nccl_bandwidth_drop":  # a ring runs at its slowest link: everyone slows, that node most
-        effects.nccl.network_bandwidth_scale *= 0.3 if fault["node"] == node else 0.45
-    elif kind == "checkpoint":  # the job writes its state: GPUs idle, no collectives
-        effects.nccl.paused = True
-        for index in gpus:
-            _compose(effects, index, 0.02, 0.15 * limit, utilization=3)
-    elif kind == "pipeline_imbalance":  # first and last pipeline stages always busier: healthy
-        last = profile["gpu"]["count"] - 1
-        for index in gpus:
-            if index in (0, last):
-                effects.nccl.scale_exec(index, 0.55)
-            else:
-                _compose(effects, index, 0.78, None)
+def in_scope(scope: str) -> tuple[str, ...]:
+    return tuple(name for name, declared in KINDS.items() if declared.scope == scope)
+
+
+# --- one GPU ---------------------------------------------------------------------------------------
+
+def _gpu_fault(make: Callable[[dict[str, Any], dict[str, Any]], Fault]) -> Effect:
+    """An effect that gives the fault's GPU the NVML Fault `make(gpu profile, busy profile)` returns."""
+    def effect(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any], node: int | None) -> None:
+        effects.gpus[fault["gpu"]] = make(profile["gpu"], profile["busy"])
+    return effect
+
+
+def _slowdown_temperature(gpu: dict[str, Any]) -> float:
+    limits = gpu["temperature_limits"]
+    return limits["slowdown"] if limits["mode"] == "absolute" else limits["tlimit"] - limits["slowdown"]
+
+
+# slower than its peers with no throttle reason to show for it
+kind("straggler", "gpu")(_gpu_fault(lambda gpu, busy: Fault(
+    sm_clock_mhz=round(0.72 * gpu["sm_clock_max_mhz"]), activity_scale=0.75, power_watts=0.78 * busy["power_watts"])))
+kind("thermal_throttle", "gpu")(_gpu_fault(lambda gpu, busy: Fault(
+    reasons=0x40, temperature=_slowdown_temperature(gpu), sm_clock_mhz=round(0.6 * gpu["sm_clock_max_mhz"]),
+    violation_rates={"thermal": 1.0}, power_watts=0.7 * busy["power_watts"])))
+kind("power_brake", "gpu")(_gpu_fault(lambda gpu, busy: Fault(
+    reasons=0x80, sm_clock_mhz=round(0.4 * gpu["sm_clock_max_mhz"]), power_watts=0.35 * gpu["power_limit_watts"],
+    violation_rates={"power": 1.0})))
+kind("nvlink_errors", "gpu")(_gpu_fault(lambda gpu, busy: Fault(nvlink_error_rates={"replay": 2.0, "recovery": 0.2})))
+kind("gpu_lost", "gpu")(_gpu_fault(lambda gpu, busy: Fault(lost=True)))  # the simulated NVML raises XID 79 itself
+kind("ecc_uncorrectable", "gpu")(_gpu_fault(lambda gpu, busy: Fault(ecc={4: 1, 6: 1}, remap={143: 1, 144: 1},
+                                                                    recovery_action=1)))
+kind("row_remap_failure", "gpu")(_gpu_fault(lambda gpu, busy: Fault(ecc={4: 2, 6: 2}, remap={143: 2, 145: 1},
+                                                                    recovery_action=1)))
+
+
+@kind("xid", "gpu", needs=("xid",))
+def _xid(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any], node: int | None) -> None:
+    effects.xids.append((fault["gpu"], fault["xid"]))
+
+
+@kind("kernel_xid", "gpu", needs=("xid",))
+def _kernel_xid(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any], node: int | None) -> None:
+    """Logged by the driver, never reported by NVML events (79, 119, 120)."""
+    effects.kernel_xids.append((fault["gpu"], fault["xid"]))
+
+
+@kind("nvlink_down", "gpu")
+def _nvlink_down(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any], node: int | None) -> None:
+    effects.gpus[fault["gpu"]] = Fault(nvlinks_down=int(fault.get("links", 1)))
+
+
+@kind("gpu_missing_at_boot", "gpu")
+def _missing_at_boot(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any], node: int | None) -> None:
+    effects.missing_at_boot.add(fault["gpu"])
+
+
+def _dcgm_health_fields(fault: dict[str, Any]) -> str:
+    if fault.get("system", "memory") in DCGM_SYSTEMS and fault.get("result", "fail") in DCGM_RESULTS:
+        return ""
+    return f"fault dcgm_health takes 'system' ({', '.join(DCGM_SYSTEMS)}) and 'result' (warn or fail)"
+
+
+@kind("dcgm_health", "gpu", check=_dcgm_health_fields)
+def _dcgm_health(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any], node: int | None) -> None:
+    """DCGM_FR_VOLATILE_DBE_DETECTED (4) unless the fault names a code."""
+    effects.dcgm.incidents.setdefault(fault["gpu"], []).append(
+        (DCGM_SYSTEMS[fault.get("system", "memory")], DCGM_RESULTS[fault.get("result", "fail")],
+         int(fault.get("code", 4))))
+
+
+# --- a node ----------------------------------------------------------------------------------------
+
+@kind("efa_stall", "node")
+def _efa_stall(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any], node: int | None) -> None:
+    effects.efa.traffic_scale = 0.0
+
+
+@kind("efa_retransmit_storm", "node")
+def _efa_retransmit_storm(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any],
+                          node: int | None) -> None:
+    effects.efa.error_rates.update(retrans_pkts=2000.0, retrans_bytes=2000.0 * 8192, retrans_timeout_events=2.0,
+                                   unresponsive_remote_events=1.0, impaired_remote_conn_events=1.0)
+
+
+@kind("lustre_eviction", "node")
+def _lustre_eviction(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any], node: int | None) -> None:
+    effects.lustre.stalled_targets.add(fault.get("target", "OST0001"))
+    effects.lustre.state = fault.get("state", "DISCONN")
+
+
+@kind("efa_device_missing", "node")
+def _efa_device_missing(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any],
+                        node: int | None) -> None:
+    effects.efa.missing_devices += int(fault.get("count", 1))
+
+
+def _sxid_fields(fault: dict[str, Any]) -> str:
+    if isinstance(fault.get("switch"), int) and isinstance(fault.get("sxid"), int):
+        return ""
+    return "fault sxid needs 'switch' (an NVSwitch index) and 'sxid', the SXID number"
+
+
+@kind("sxid", "node", check=_sxid_fields)
+def _sxid(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any], node: int | None) -> None:
+    effects.sxids.append((fault["switch"], fault["sxid"], bool(fault.get("fatal", False))))
+
+
+def _port_fields(fault: dict[str, Any]) -> str:
+    device = fault.get("device", 0)
+    if isinstance(device, int) and device >= 0:
+        return ""
+    return "fault rdma_port_down takes 'device', the index of an InfiniBand HCA (0, 1, ...)"
+
+
+@kind("rdma_port_down", "node", check=_port_fields)
+def _rdma_port_down(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any], node: int | None) -> None:
+    effects.ports_down.add(int(fault.get("device", 0)))
+
+
+@kind("dcgm_engine_down", "node")
+def _dcgm_engine_down(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any],
+                      node: int | None) -> None:
+    effects.dcgm.down = True
+
+
+@kind("dcgm_profiling_locked", "node")
+def _dcgm_profiling_locked(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any],
+                           node: int | None) -> None:
+    """Nsight or a second engine holds the counters."""
+    effects.dcgm.locked = True
+
+
+# --- every node of a job ---------------------------------------------------------------------------
+
+def _hung(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any], node: int | None) -> None:
+    """A hung collective: every waiting GPU spins in NCCL. NCCL RAS tells the hangs apart (ras.py);
+    on the hardware each looks like a collective stall."""
+    gpu = profile["gpu"]
+    effects.nccl.paused = fault["kind"] != "collective_stall"  # Inspector records completions: none come
+    stalled = Fault(utilization=100, power_watts=0.11 * gpu["power_limit_watts"], activity_scale=0.02,
+                    nvlink_scale=0.0)
+    effects.gpus.update({index: stalled for index in range(gpu["count"]) if index not in effects.gpus})
+    effects.efa.traffic_scale = 0.0
+
+
+kind("collective_stall", "job")(_hung)
+kind("nccl_hang", "job", needs=("node", "gpu"), hang=True)(_hung)
+kind("nccl_hang_launched", "job", hang=True)(_hung)
+kind("nccl_process_dead", "job", needs=("node", "gpu"), hang=True)(_hung)
+
+
+def _waited_for(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any], node: int | None) -> None:
+    """One rank the job waits for (`node`, `gpu`): its collectives shorter, everyone else's longer; a
+    compute straggler also changes what the GPUs do (the waiting ones spin in NCCL kernels)."""
+    target = fault["gpu"] if fault["node"] == node else None
+    busy_power = profile["busy"]["power_watts"]
+    for index in range(profile["gpu"]["count"]):
+        waited_for = index == target
+        effects.nccl.scale_exec(index, WAITED_FOR_EXEC if waited_for else WAITING_EXEC)
+        if fault["kind"] == "compute_straggler" and waited_for:  # never waits: busy at its full level
+            effects.gpus[index] = replace(effects.gpus.get(index, Fault()), activity_scale=1.03,
+                                          power_watts=busy_power)
+        elif fault["kind"] == "compute_straggler":  # fewer SMs busy, less power
+            _compose(effects, index, 0.66, 0.72 * busy_power)
+
+
+kind("compute_straggler", "job", needs=("node", "gpu"))(_waited_for)
+kind("nccl_late_arrival", "job", needs=("node", "gpu"))(_waited_for)
+
+
+@kind("nccl_bandwidth_drop", "job", needs=("node",))
+def _bandwidth_drop(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any], node: int | None) -> None:
+    """A ring runs at its slowest link: everyone slows, that node most."""
+    effects.nccl.network_bandwidth_scale *= 0.3 if fault["node"] == node else 0.45
+
+
+@kind("checkpoint", "job")
+def _checkpoint(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any], node: int | None) -> None:
+    """The job writes its state: GPUs idle, no collectives."""
+    effects.nccl.paused = True
+    for index in range(profile["gpu"]["count"]):
+        _compose(effects, index, 0.02, 0.15 * profile["gpu"]["power_limit_watts"], utilization=3)
+
+
+@kind("pipeline_imbalance", "job")
+def _pipeline_imbalance(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any],
+                        node: int | None) -> None:
+    """First and last pipeline stages always busier: healthy."""
+    last = profile["gpu"]["count"] - 1
+    for index in range(profile["gpu"]["count"]):
+        if index in (0, last):
+            effects.nccl.scale_exec(index, 0.55)
+        else:
+            _compose(effects, index, 0.78, None)
+
+
+def _nothing_on_the_node(effects: NodeEffects, fault: dict[str, Any], profile: dict[str, Any],
+                         node: int | None) -> None:
+    """What only NCCL RAS's answers show (ras.py)."""
+
+
+kind("ras_slow", "job")(_nothing_on_the_node)
+kind("ras_off", "job")(_nothing_on_the_node)
+
+JOB_KINDS = in_scope("job")
+HANG_KINDS = tuple(name for name, declared in KINDS.items() if declared.hang)
 
 
 def _compose(effects: NodeEffects, index: int, activity: float, power: float | None,
@@ -214,26 +362,6 @@ def _compose(effects: NodeEffects, index: int, activity: float, power: float | N
     effects.gpus[index] = replace(current, activity_scale=scale,
                                   power_watts=power if power is not None else current.power_watts,
                                   utilization=utilization if utilization is not None else current.utilization)
-
-
-def _gpu_fault(kind: str, gpu: dict[str, Any], busy: dict[str, Any]) -> Fault:
-    max_clock = gpu["sm_clock_max_mhz"]
-    limits = gpu["temperature_limits"]
-    slowdown = limits["slowdown"] if limits["mode"] == "absolute" else limits["tlimit"] - limits["slowdown"]
-    if kind == "straggler":  # slower than its peers with no throttle reason to show for it
-        return Fault(sm_clock_mhz=round(0.72 * max_clock), activity_scale=0.75, power_watts=0.78 * busy["power_watts"])
-    if kind == "thermal_throttle":
-        return Fault(reasons=0x40, temperature=slowdown, sm_clock_mhz=round(0.6 * max_clock),
-                     violation_rates={"thermal": 1.0}, power_watts=0.7 * busy["power_watts"])
-    if kind == "power_brake":
-        return Fault(reasons=0x80, sm_clock_mhz=round(0.4 * max_clock), power_watts=0.35 * gpu["power_limit_watts"],
-                     violation_rates={"power": 1.0})
-    if kind == "nvlink_errors":
-        return Fault(nvlink_error_rates={"replay": 2.0, "recovery": 0.2})
-    if kind == "ecc_uncorrectable":
-        return Fault(ecc={4: 1, 6: 1}, remap={143: 1, 144: 1}, recovery_action=1)
-    # row_remap_failure
-    return Fault(ecc={4: 2, 6: 2}, remap={143: 2, 145: 1}, recovery_action=1)
 
 
 @dataclass(frozen=True)
