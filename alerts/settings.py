@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from alerts import promql
-from exporter import xid
+from exporter import catalog
 from toolkit import durations
 from toolkit.configfile import ConfigError, load_yaml
 
@@ -134,11 +134,11 @@ class Settings:
     # PCIe replays per minute above which a Gen5 x16 link is suspect (NVIDIA field guidance, ~31/min).
     pcie_replays_per_minute: float = setting("per_minute", 31.0)
     pcie_degraded_for: str = setting("duration", "10m")
-    # XIDs from NVIDIA's catalog (exporter/xid.py, which `gpuscope check` reads too): page on these,
+    # XIDs from NVIDIA's catalog (exporter/catalog.py's XID_*, which `gpuscope check` reads too): page on these,
     # warn on these, inform the job owner of these.
-    xid_critical: tuple[int, ...] = xid.CRITICAL
-    xid_warning: tuple[int, ...] = xid.WARNING
-    xid_application: tuple[int, ...] = xid.APPLICATION
+    xid_critical: tuple[int, ...] = catalog.XID_CRITICAL
+    xid_warning: tuple[int, ...] = catalog.XID_WARNING
+    xid_application: tuple[int, ...] = catalog.XID_APPLICATION
     xid_window: str = setting("duration", "10m")
     gpu_lost_for: str = setting("duration", "1m")
     rdma_port_down_for: str = setting("duration", "2m")

@@ -588,3 +588,11 @@ REMEDIATION_HELD = gauge("remediate", "gpuscope_remediation_nodes_held",
                          "Nodes gpuscope holds out of the scheduler now (in dry-run: would hold).")
 REMEDIATION_ENFORCING = gauge("remediate", "gpuscope_remediation_enforcing",
                               "1 if the policy lets the receiver act, 0 in dry-run.")
+
+# What the `xid` label's values mean: how gpuscope classes NVIDIA's XIDs (docs.nvidia.com/deploy/
+# xid-errors), which the alert rules' defaults and `gpuscope check` read. CRITICAL needs the node
+# drained and the GPU reset or serviced (79 fallen off the bus, 48/63-64 ECC, 119/120 GSP, ...);
+# WARNING degrades a job but the GPU may recover; APPLICATION is the job's own fault.
+XID_CRITICAL: tuple[int, ...] = (46, 48, 62, 64, 74, 79, 95, 109, 119, 120, 136, 140, 143, 154, 158)
+XID_WARNING: tuple[int, ...] = (32, 92, 94)
+XID_APPLICATION: tuple[int, ...] = (13, 31, 43, 45, 63)

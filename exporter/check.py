@@ -7,7 +7,7 @@ remediation receiver shares its judgement without the node agent), and judges it
 alerts do, without their history:
 
 - fewer GPUs answer NVML than the instance type has, or a GPU answers but is lost;
-- a critical XID (exporter/xid.py): since the last check with `--state-file`, else any the scrape
+- a critical XID (catalog.XID_CRITICAL): since the last check with `--state-file`, else any the scrape
   counts (the kernel log's since boot where the kmsg collector runs, NVML's since the exporter started);
 - uncorrectable ECC errors since the driver loaded, a failed row remap, a fatal NVSwitch SXID;
 - fewer EFA devices or active NVLinks than the type has, an RDMA port not ACTIVE;
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import catalog as c
-from exporter import scontrol, xid
+from exporter import scontrol
 
 FIT, UNFIT, UNKNOWN = 0, 1, 3
 REASON_PREFIX = "gpuscope check:"
@@ -138,7 +138,7 @@ def _critical_xids(samples: list[Sample], previous: dict[str, float]) -> tuple[d
     metric = c.KERNEL_XID_ERRORS if kmsg else c.GPU_XID_ERRORS
     counts: dict[str, float] = {}
     for s in _values(samples, metric):
-        if s.labels.get("xid", "").isdigit() and int(s.labels["xid"]) in xid.CRITICAL:
+        if s.labels.get("xid", "").isdigit() and int(s.labels["xid"]) in c.XID_CRITICAL:
             key = f"{s.labels.get('gpu') or s.labels.get('pci_address', '?')}/{s.labels['xid']}"  # a lost GPU: PCI
             counts[key] = counts.get(key, 0) + s.value
     risen = [key for key, count in sorted(counts.items()) if count > previous.get(key, 0)]
