@@ -5,8 +5,15 @@
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE NOTICE ./
+# The packages the wheel holds: the command, the node agent, the simulator (`--simulate`), the shared
+# library, the rules and dashboards (`alerts build`, `dashboards build` in the image too) and the receiver.
+COPY gpuscope ./gpuscope
 COPY exporter ./exporter
+COPY simulator ./simulator
+COPY toolkit ./toolkit
 COPY alerts ./alerts
+COPY receiver ./receiver
+COPY dashboards ./dashboards
 # The remediate extra (requests) too: the same image runs the remediation receiver's Deployment.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[remediate]"
 
