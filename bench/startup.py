@@ -1,8 +1,9 @@
 """The node agent's start: time until /-/healthy answers, and resident memory after its first scrape.
 
-Starts `python -m gpuscope exporter` from one or more checkouts, interleaved run by run so machine noise
-falls on all of them alike, against the same sysfs tree (the procfs capture's InfiniBand devices)
-and the host's /proc; no GPU, so the GPU collector reports NVML missing as it would on a CPU node.
+Starts `python -m exporter` (the node agent's own entry) from one or more checkouts, interleaved run
+by run so machine noise falls on all of them alike, against the same sysfs tree (the procfs
+capture's InfiniBand devices) and the host's /proc; no GPU, so the GPU collector reports NVML
+missing as it would on a CPU node.
 
     python bench/startup.py [--runs 10] [CHECKOUT ...]     # default: this checkout
 
@@ -38,7 +39,7 @@ def one_start(checkout: Path) -> tuple[float, float]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "gpuscope", "exporter", f"--web.listen-address=127.0.0.1:{port}",
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{port}",
                              f"--path.sysfs={SYSFS}"], cwd=checkout,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
