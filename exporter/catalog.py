@@ -589,6 +589,39 @@ REMEDIATION_HELD = gauge("remediate", "gpuscope_remediation_nodes_held",
 REMEDIATION_ENFORCING = gauge("remediate", "gpuscope_remediation_enforcing",
                               "1 if the policy lets the receiver act, 0 in dry-run.")
 
+# The training job's own steps, per rank, from the spool files its ranks write (gpuscope/train.py;
+# docs/training.md). Labels: the job, the global rank, and the GPU the rank drives (NVML index and
+# UUID, to join with gpuscope_gpu_info). Eight series a rank by default; samples and model FLOPs
+# only for ranks that report them.
+_RANK = ("job_id", "rank", "gpu", "uuid")
+TRAIN_STEPS = counter("train", "gpuscope_train_steps_total", "Training steps the rank completed.", _RANK,
+                      "spool: one record a step")
+TRAIN_STEP_SECONDS = counter("train", "gpuscope_train_step_seconds_total",
+                             "Wall seconds of the rank's steps; rate over rate(gpuscope_train_steps_total) is the "
+                             "mean step time, and sums across ranks.", _RANK, "spool: seconds")
+TRAIN_TOKENS = counter("train", "gpuscope_train_tokens_total", "Tokens the rank trained on.", _RANK,
+                       "spool: tokens")
+TRAIN_PHASE_SECONDS = counter("train", "gpuscope_train_phase_seconds_total",
+                              "Seconds of the rank's steps spent waiting for data (phase=data_wait) or saving "
+                              "and loading checkpoints (phase=checkpoint).", (*_RANK, "phase"),
+                              "spool: phases.data_wait, phases.checkpoint_save + checkpoint_load")
+TRAIN_LOSS = gauge("train", "gpuscope_train_loss", "The loss of the rank's last step with a finite one.", _RANK,
+                   "spool: loss")
+TRAIN_GRAD_NORM = gauge("train", "gpuscope_train_grad_norm", "The gradient norm of the rank's last step with "
+                        "a finite one.", _RANK, "spool: grad_norm")
+TRAIN_NONFINITE = counter("train", "gpuscope_train_nonfinite_steps_total",
+                          "Steps whose loss or gradient norm was not finite, or which the optimizer skipped.",
+                          _RANK, "spool: loss/grad_norm null, skipped")
+TRAIN_SAMPLES = counter("train", "gpuscope_train_samples_total", "Samples the rank trained on (ranks that "
+                        "report them).", _RANK, "spool: samples")
+TRAIN_FLOPS = counter("train", "gpuscope_train_model_flops_total", "Model FLOPs of the rank's steps, for MFU "
+                      "(ranks that report them).", _RANK, "spool: flops")
+TRAIN_DROPPED = counter("train", "gpuscope_train_records_dropped_total",
+                        "Spool lines or files not counted, by reason: malformed, too_long (a line over 64 KiB), "
+                        "version (a format this exporter does not read), not_regular (a FIFO, device or "
+                        "symbolic link), duplicate_rank (a second file for a job's rank), lost (a file rotated "
+                        "twice between two reads).", ("reason",), "--collector.train.dir")
+
 # What the `xid` label's values mean: how gpuscope classes NVIDIA's XIDs (docs.nvidia.com/deploy/
 # xid-errors), which the alert rules' defaults and `gpuscope check` read. CRITICAL needs the node
 # drained and the GPU reset or serviced (79 fallen off the bus, 48/63-64 ECC, 119/120 GSP, ...);

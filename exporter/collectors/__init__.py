@@ -18,6 +18,7 @@ from exporter.collectors import host  # noqa: F401
 from exporter.collectors import nccl  # noqa: F401
 from exporter.collectors import identity  # noqa: F401
 from exporter.collectors import kmsg  # noqa: F401
+from exporter.collectors import train  # noqa: F401
 # isort: on
 
 MODULES = tuple(REGISTERED)  # in the order of the imports above
@@ -39,6 +40,8 @@ def build(names: Iterable[str], roots: Roots) -> list[Collector]:
         built["nccl"].identify_with(built["gpu"].identities)
     if "kmsg" in built and "gpu" in built:
         built["kmsg"].identify_with(built["gpu"].gpus_by_pci)
+    if "train" in built and "gpu" in built:
+        built["train"].identify_with(built["gpu"].identities, built["gpu"].gpus_by_pci)
     return list(built.values())
 
 

@@ -1,0 +1,228 @@
+"""The training spool: the job's writer (gpuscope/train.py, standard library only) and the exporter's
+reader (exporter/collectors/train.py), exact on what they carry and bounded on what they refuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from exporter import catalog
+from exporter.collectors import Roots, build, close
+from exporter.collectors.gpu import GpuCollector, GpuOptions
+from exporter.collectors.train import READ_BUDGET, SpoolReader, TrainCollector, TrainOptions, parse_record
+from exporter.config import resolve
+from gpuscope.train import StepWriter, gpu_of
+from simulator.nvml import SimulatedNvml
+from tests.helpers import samples, scrape, series, value
+from tests.test_gpu import wait_for
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def reader(directory, clock=None, **options) -> SpoolReader:
+    return SpoolReader(TrainOptions(str(directory), **options), clock or Clock())
+
+
+def writer(directory, rank: int = 0, job: str = "4242", **kwargs) -> StepWriter:
+    return StepWriter(job=job, rank=rank, local_rank=rank % 8, gpu=kwargs.pop("gpu", str(rank % 8)),
+                      directory=str(directory), **kwargs)
+
+
+def test_a_record_carries_every_field_in_base_units(tmp_path):
+    steps = writer(tmp_path, rank=3, gpu="GPU-abc")
+    steps.step(7, 0.5, tokens=4096, samples=8, loss=2.25, grad_norm=0.75, flops=1.5e15, when=1700000000.0,
+               data_wait=0.05, compute=0.4, checkpoint_save=0.01)
+    line = (tmp_path / "4242" / "rank-3.jsonl").read_bytes()
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line) == {"v": 1, "job": "4242", "rank": 3, "local_rank": 3, "gpu": "GPU-abc", "step": 7,
+                                "time": 1700000000.0, "seconds": 0.5,
+                                "phases": {"data_wait": 0.05, "compute": 0.4, "checkpoint_save": 0.01},
+                                "tokens": 4096, "samples": 8, "loss": 2.25, "grad_norm": 0.75, "flops": 1.5e15}
+    assert parse_record(line)["step"] == 7
+    with pytest.raises(TypeError, match="unknown phase 'thinking'"):
+        steps.step(8, 0.5, thinking=0.1)
+
+
+def test_the_writer_imports_nothing_but_the_standard_library():
+    code = ("import sys; before = set(sys.modules); import gpuscope.train; "
+            "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] not in sys.stdlib_module_names))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    assert result.stdout.strip() == "['gpuscope', 'gpuscope.train']"
+
+
+def test_the_gpu_is_found_through_cuda_visible_devices():
+    assert gpu_of(1, {"CUDA_VISIBLE_DEVICES": "4,5,6,7"}) == "5"
+    assert gpu_of(0, {"CUDA_VISIBLE_DEVICES": "GPU-9f2e,GPU-77aa"}) == "GPU-9f2e"
+    assert gpu_of(3, {}) == "3"
+
+
+def test_without_a_directory_the_writer_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.delenv("GPUSCOPE_TRAIN_DIR", raising=False)
+    steps = StepWriter(job="1", rank=0)
+    steps.step(1, 0.1)
+    assert steps.path == "" and steps.dropped == 0
+
+
+def test_rotation_keeps_a_rank_under_twice_its_cap_and_the_reader_misses_no_step(tmp_path):
+    steps, spool = writer(tmp_path, max_bytes=4096), reader(tmp_path)
+    for step in range(1, 1001):
+        steps.step(step, 0.25, tokens=100)
+        if step % 10 == 0:
+            spool.read_round()
+    spool.read_round()
+    folder = tmp_path / "4242"
+    assert sorted(os.listdir(folder)) == ["rank-0.jsonl", "rank-0.jsonl.1"]
+    assert all(os.path.getsize(folder / name) <= 4096 for name in os.listdir(folder))
+    ranks, dropped = spool.view()
+    assert (ranks[("4242", 0)].steps, ranks[("4242", 0)].tokens, dropped) == (1000, 100_000, {})
+    assert ranks[("4242", 0)].seconds == pytest.approx(250.0)
+
+
+def test_a_file_rotated_twice_between_reads_is_counted_lost_and_reading_goes_on(tmp_path):
+    steps, spool = writer(tmp_path, max_bytes=1024), reader(tmp_path)
+    steps.step(1, 0.25)
+    spool.read_round()
+    for step in range(2, 60):  # several rotations before the next read
+        steps.step(step, 0.25)
+    spool.read_round()
+    ranks, dropped = spool.view()
+    assert dropped == {"lost": 1}
+    assert 1 < ranks[("4242", 0)].steps < 59
+
+
+def test_a_line_is_counted_once_whole_and_never_twice(tmp_path):
+    folder = tmp_path / "7"
+    folder.mkdir()
+    path = folder / "rank-0.jsonl"
+    record = b'{"v":1,"job":"7","rank":0,"gpu":"0","step":1,"seconds":0.5,"tokens":10}'
+    path.write_bytes(record[:30])  # a write caught in the middle
+    spool = reader(tmp_path)
+    spool.read_round()
+    assert spool.view()[0] == {}
+    with open(path, "ab") as handle:
+        handle.write(record[30:] + b"\n")
+    spool.read_round()
+    spool.read_round()
+    assert spool.view()[0][("7", 0)].tokens == 10
+
+
+def test_bad_input_is_counted_by_reason_and_costs_the_other_ranks_nothing(tmp_path):
+    good, other = writer(tmp_path, rank=0), writer(tmp_path, rank=1)
+    folder = tmp_path / "4242"
+    good.step(1, 0.5, tokens=10)
+    with open(good.path, "ab") as handle:
+        handle.write(b"not json\n")
+        handle.write(b'{"v":2,"job":"4242","rank":0,"step":2,"seconds":1}\n')
+        handle.write(b'{"v":1,"job":"4242","rank":0}\n')
+        handle.write(b"x" * (10 << 20) + b"\n")  # a 10 MB line
+    good.step(2, 0.5, tokens=10)
+    other.step(1, 1.0, tokens=5)
+    os.mkfifo(folder / "rank-8.jsonl")  # a FIFO never blocks the reader
+    os.symlink("/dev/zero", folder / "rank-9.jsonl")
+    with open(folder / "rank-10.jsonl", "wb") as handle:  # a second file claiming rank 1
+        handle.write(b'{"v":1,"job":"4242","rank":1,"gpu":"1","step":9,"seconds":9}\n')
+    spool = reader(tmp_path)
+    for _ in range(4):  # the long line takes three rounds of READ_BUDGET
+        spool.read_round()
+    ranks, dropped = spool.view()
+    assert dropped == {"malformed": 2, "version": 1, "too_long": 1, "not_regular": 2, "duplicate_rank": 1}
+    assert (ranks[("4242", 0)].steps, ranks[("4242", 0)].tokens) == (2, 20)
+    assert (ranks[("4242", 1)].steps, ranks[("4242", 1)].seconds) == (1, 1.0)
+
+
+def test_a_round_reads_at_most_its_budget_of_a_fast_file(tmp_path):
+    fast, slow = writer(tmp_path, rank=0, max_bytes=64 << 20), writer(tmp_path, rank=1)
+    for step in range(60_000):  # about 8 MB
+        fast.step(step, 0.001)
+    slow.step(1, 2.0)
+    spool = reader(tmp_path)
+    spool.read_round()
+    ranks, _ = spool.view()
+    size = os.path.getsize(fast.path)
+    assert ranks[("4242", 0)].steps < 60_000 and size > READ_BUDGET
+    assert ranks[("4242", 1)].steps == 1
+    spool.read_round()
+    spool.read_round()
+    assert spool.view()[0][("4242", 0)].steps == 60_000
+
+
+def test_non_finite_and_skipped_steps_are_counted_and_keep_the_last_finite_loss(tmp_path):
+    steps, spool = writer(tmp_path), reader(tmp_path)
+    steps.step(1, 0.5, loss=2.5, grad_norm=1.0)
+    steps.step(2, 0.5, loss=float("nan"), grad_norm=float("inf"))
+    steps.step(3, 0.5, loss=2.4, grad_norm=0.9, skipped=True)
+    spool.read_round()
+    rank = spool.view()[0][("4242", 0)]
+    assert (rank.nonfinite, rank.loss, rank.grad_norm) == (2, 2.4, 0.9)
+
+
+def test_a_silent_rank_and_a_removed_file_lose_their_series(tmp_path):
+    clock = Clock()
+    first, second = writer(tmp_path, rank=0), writer(tmp_path, rank=1)
+    first.step(1, 0.5)
+    second.step(1, 0.5)
+    spool = reader(tmp_path, clock, stale=60.0)
+    spool.read_round()
+    clock.now += 30
+    second.step(2, 0.5)
+    spool.read_round()
+    clock.now += 40  # rank 0 silent for 70 s
+    spool.read_round()
+    assert set(spool.view()[0]) == {("4242", 1)}
+    os.unlink(second.path)
+    spool.read_round()
+    assert spool.view()[0] == {}
+
+
+def test_the_ranks_series_join_the_gpus_they_drive_by_uuid_pci_address_or_index(tmp_path):
+    nvml = SimulatedNvml("p5.48xlarge")
+    gpus = GpuCollector(nvml, GpuOptions(gpm_interval=3600))
+    scrape([gpus])  # NVML initialised: the GPUs known
+    handle = nvml.nvmlDeviceGetHandleByIndex
+    uuid, bus = nvml.nvmlDeviceGetUUID(handle(2)), nvml.nvmlDeviceGetPciInfo(handle(5)).busId
+    bus = bus.decode() if isinstance(bus, bytes) else bus
+    writer(tmp_path, rank=10, gpu=uuid).step(1, 0.5, tokens=7, data_wait=0.1, checkpoint_load=0.2, loss=1.5)
+    writer(tmp_path, rank=13, gpu=bus).step(1, 0.25)
+    writer(tmp_path, rank=14, gpu="6").step(1, 0.125)
+    writer(tmp_path, rank=15, gpu="GPU-not-here").step(1, 0.5)
+    spool = reader(tmp_path)
+    spool.read_round()
+    train = TrainCollector(TrainOptions(str(tmp_path)), spool)
+    train.identify_with(gpus.identities, gpus.gpus_by_pci)
+    try:
+        parsed = samples(scrape([gpus, train]))
+    finally:
+        gpus.close()
+    at = {s["rank"]: (s.get("gpu", ""), s.get("uuid", "")) for s in series(parsed, catalog.TRAIN_STEPS.name)}
+    assert at == {"10": ("2", uuid), "13": ("5", nvml.nvmlDeviceGetUUID(handle(5))),
+                  "14": ("6", nvml.nvmlDeviceGetUUID(handle(6))), "15": ("", "")}
+    labels = {"job_id": "4242", "rank": "10", "gpu": "2", "uuid": uuid}
+    assert value(parsed, catalog.TRAIN_TOKENS.name, **labels) == 7
+    assert value(parsed, catalog.TRAIN_STEP_SECONDS.name, **labels) == 0.5
+    assert value(parsed, catalog.TRAIN_PHASE_SECONDS.name, phase="data_wait", **labels) == 0.1
+    assert value(parsed, catalog.TRAIN_PHASE_SECONDS.name, phase="checkpoint", **labels) == 0.2
+    assert value(parsed, catalog.TRAIN_LOSS.name, **labels) == 1.5
+    assert not series(parsed, catalog.TRAIN_SAMPLES.name)  # no rank reports samples: no series
+
+
+def test_the_collector_runs_where_a_spool_directory_is_given(tmp_path):
+    assert "train" not in resolve({}, {}, "").collectors
+    settings = resolve({"collector.train.dir": str(tmp_path)}, {}, "")
+    assert "train" in settings.collectors and settings.roots.of("train").directory == str(tmp_path)
+    writer(tmp_path, rank=0).step(1, 0.5)
+    built = build(("train",), Roots(settings=dict(settings.roots.settings)))
+    try:  # the background reader's first round comes within its interval (1 s)
+        parsed = wait_for(lambda: (p := samples(scrape(built))) and series(p, catalog.TRAIN_STEPS.name) and p)
+        assert value(parsed, catalog.TRAIN_STEPS.name, job_id="4242", rank="0") == 1  # no GPU collector: no GPU
+    finally:
+        close(built)
