@@ -38,6 +38,7 @@ from simulator.rdma_tree import (
     write_port_state,
     write_rdma_tree,
 )
+from simulator.training import TrainingRanks
 from toolkit.configfile import ConfigError
 
 log = logging.getLogger("gpuscope")
@@ -84,10 +85,13 @@ class SimulatedNode:
 
     def __init__(self, root: str, profile: dict[str, Any], nvml: SimulatedNvml | None = None,
                  layout: str = "split", clock: Callable[[], float] = time.monotonic,
-                 dcgm: HostEngine | None = None) -> None:
+                 dcgm: HostEngine | None = None, train_dir: str = "") -> None:
         """`layout` is the EFA counter layout: split (kernel >= 5.15) or combined (older kernels);
-        `dcgm` the node's simulated DCGM host engine, if it runs one."""
+        `dcgm` the node's simulated DCGM host engine, if it runs one; `train_dir` the training spool
+        its job's ranks write (simulator/training.py), if any."""
         self._dcgm = dcgm
+        self._train_dir = train_dir
+        self._training: TrainingRanks | None = None
         self.sysfs = os.path.join(root, "sys")
         self.faults_file = os.path.join(root, "faults.yaml")
         self.job_file = os.path.join(root, "job.yaml")
@@ -177,6 +181,19 @@ class SimulatedNode:
         self._advance_lustre(dt)
         write_lustre_tree(self.sysfs, self.lustre, time.time(), self._staging)
         self._dump_inspector()
+        self._advance_training(dt)
+
+    def _advance_training(self, dt: float) -> None:
+        """The job's ranks step on (a new job's ranks start from step 0), when the node has a spool."""
+        if not self._train_dir or not self._job:
+            return
+        job, node = self._job["id"], self._job["node"]
+        if self._training is None or self._training.job != (job, node):
+            if self._training is not None:
+                self._training.close()
+            self._training = TrainingRanks(self._train_dir, job, node, self._profile["gpu"]["count"],
+                                           self._profile["gpu"]["sm_clock_max_mhz"])
+        self._training.advance(dt, self._effects, time.time())
 
     def _load_job(self) -> None:
         """Reads job.yaml when it changed; the faults are worked out again for this node's index."""
@@ -349,6 +366,8 @@ class SimulatedNode:
             self._ras.stop()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self._training is not None:
+            self._training.close()
 
 
 def _version(path: str) -> tuple[float, int] | None:

@@ -67,7 +67,7 @@ def node(settings: ExporterSettings) -> Iterator[ExporterSettings]:
         dcgm = settings.roots.of("gpu").dcgm
         engine = dcgm_engine.serve(nvml, profile, dcgm.address)  # a p4d's nv-hostengine, behind the emulated bindings
         simulated = SimulatedNode(directory or work, profile, nvml, layout=settings.values["simulate.efa-layout"],
-                                  dcgm=engine)
+                                  dcgm=engine, train_dir=settings.roots.of("train").directory)
         simulated.start(interval)
         log.info("serving a simulated node", extra={"profile": profile_name, "sysfs": simulated.sysfs,
                                                     "faults": simulated.faults_file})

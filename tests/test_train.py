@@ -16,7 +16,7 @@ from exporter.collectors.gpu import GpuCollector, GpuOptions
 from exporter.collectors.train import READ_BUDGET, SpoolReader, TrainCollector, TrainOptions, parse_record
 from exporter.config import resolve
 from gpuscope.train import StepWriter, gpu_of
-from simulator.nvml import SimulatedNvml
+from simulator.nvml import SimulatedNvml, gpu_uuid
 from tests.helpers import samples, scrape, series, value
 from tests.test_gpu import wait_for
 
@@ -226,3 +226,64 @@ def test_the_collector_runs_where_a_spool_directory_is_given(tmp_path):
         assert value(parsed, catalog.TRAIN_STEPS.name, job_id="4242", rank="0") == 1  # no GPU collector: no GPU
     finally:
         close(built)
+
+
+def simulated_node(tmp_path, clock):
+    from simulator.node import SimulatedNode
+    from simulator.nvml import load_profile
+
+    root = tmp_path / "node"
+    SimulatedNode.write_job(str(root), "77", node=1, nodes=2)
+    node = SimulatedNode(str(root), load_profile("p5.48xlarge"), clock=clock, train_dir=str(tmp_path / "spool"))
+    return node, root / "faults.yaml"
+
+
+@pytest.mark.parametrize(("fault", "step_seconds", "checkpoint"), [
+    (None, 1.02, 0.0),  # 1 s and 0.02 s of data wait
+    ({"kind": "thermal_throttle", "gpu": 3}, round(1980 / 1188, 6) + 0.02, 0.0),  # the job at GPU 3's clock
+    ({"kind": "lustre_eviction"}, 1.0 + 1.5, 0.0),  # each step waits for data
+    ({"kind": "checkpoint"}, 1.02 + 4.0, 4.0),
+])
+def test_a_simulated_job_writes_every_rank_at_the_pace_its_node_faults_set(tmp_path, fault, step_seconds, checkpoint):
+    clock = Clock()
+    node, faults = simulated_node(tmp_path, clock)
+    if fault:
+        faults.write_text(json.dumps([fault]))
+    for _ in range(10):
+        clock.now += step_seconds
+        node.advance()
+    spool = reader(tmp_path / "spool")
+    spool.read_round()
+    ranks = spool.view()[0]
+    assert sorted(ranks) == [("77", rank) for rank in range(8, 16)]  # node 1 of the job: ranks 8-15
+    rank = ranks[("77", 11)]
+    assert rank.steps == 10
+    assert rank.seconds / rank.steps == pytest.approx(step_seconds, rel=1e-3)
+    assert rank.checkpoint / rank.steps == pytest.approx(checkpoint)
+    assert rank.gpu == gpu_uuid(3)
+
+
+def test_a_stalled_network_stops_every_simulated_step(tmp_path):
+    clock = Clock()
+    node, faults = simulated_node(tmp_path, clock)
+    faults.write_text(json.dumps([{"kind": "efa_stall"}]))
+    for _ in range(10):
+        clock.now += 1.0
+        node.advance()
+    assert not os.path.exists(tmp_path / "spool" / "77")
+
+
+def test_a_simulated_node_serves_its_jobs_ranks_joined_to_their_gpus(tmp_path):
+    """`gpuscope exporter --simulate` with a spool: the node's own job writes it, the exporter reads it."""
+    import requests
+
+    from tests.procs import exporter_process
+
+    with exporter_process("--simulate=p5.48xlarge", "--simulate.interval=0.5s", "--collector.train.interval=0.2s",
+                          f"--collector.train.dir={tmp_path}") as base:
+        parsed = wait_for(lambda: (p := samples(requests.get(f"{base}/metrics", timeout=10).text))
+                          and len(series(p, catalog.TRAIN_STEPS.name)) == 8 and p, timeout=15)
+    gpus = {s["gpu"]: s["uuid"] for s in series(parsed, "gpuscope_gpu_info")}
+    ranks = series(parsed, catalog.TRAIN_STEPS.name)
+    assert {(s["job_id"], s["rank"], s["gpu"], s["uuid"]) for s in ranks} == {
+        ("4242", str(gpu), str(gpu), gpus[str(gpu)]) for gpu in range(8)}
