@@ -287,3 +287,77 @@ def test_a_simulated_node_serves_its_jobs_ranks_joined_to_their_gpus(tmp_path):
     ranks = series(parsed, catalog.TRAIN_STEPS.name)
     assert {(s["job_id"], s["rank"], s["gpu"], s["uuid"]) for s in ranks} == {
         ("4242", str(gpu), str(gpu), gpus[str(gpu)]) for gpu in range(8)}
+
+
+def otlp_collector(tmp_path):
+    from tests.helpers import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    return TrainCollector(TrainOptions(otlp_address=address)), address
+
+
+def test_megatrons_opentelemetry_metrics_land_as_the_same_series_through_the_real_sdk(tmp_path):
+    """Megatron-core's instruments (megatron/core/telemetry/training_metrics.py), recorded through the
+    real opentelemetry-sdk and sent by its OTLP/HTTP protobuf exporter."""
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+
+    train, address = otlp_collector(tmp_path)
+    reader_ = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"http://{address}/v1/metrics"),
+                                            export_interval_millis=3_600_000)
+    provider = MeterProvider(metric_readers=[reader_],
+                             resource=Resource.create({"nemo.run.id": "4242", "rank": 31, "gpuscope.gpu": "7"}))
+    meter = provider.get_meter("megatron")
+    durations = meter.create_histogram("megatron.training.step_duration_ms", unit="ms")
+    for milliseconds in (500.0, 520.0, 480.0):
+        durations.record(milliseconds)
+    meter.create_gauge("megatron.training.loss").set(2.5)
+    meter.create_gauge("megatron.training.grad_norm").set(0.75)
+    meter.create_counter("megatron.training.skipped_iters").add(2)
+    meter.create_gauge("megatron.training.tokens_per_sec").set(1e6)  # a rate: not a token count
+    try:
+        assert reader_.force_flush(timeout_millis=10_000)
+        parsed = samples(scrape([train]))
+    finally:
+        provider.shutdown()
+        train.close()
+    labels = {"job_id": "4242", "rank": "31"}  # its GPU ("7") unresolved: no GPU collector here
+    assert value(parsed, catalog.TRAIN_STEPS.name, **labels) == 3
+    assert value(parsed, catalog.TRAIN_STEP_SECONDS.name, **labels) == pytest.approx(1.5)
+    assert value(parsed, catalog.TRAIN_LOSS.name, **labels) == 2.5
+    assert value(parsed, catalog.TRAIN_GRAD_NORM.name, **labels) == 0.75
+    assert value(parsed, catalog.TRAIN_NONFINITE.name, **labels) == 2
+    assert not series(parsed, catalog.TRAIN_TOKENS.name)
+
+
+def test_otlp_json_is_taken_and_a_request_without_a_job_is_refused(tmp_path):
+    import requests
+
+    train, address = otlp_collector(tmp_path)
+    url = f"http://{address}/v1/metrics"
+    point = {"count": "4", "sum": 2000.0, "timeUnixNano": "1"}
+    request = {"resourceMetrics": [{
+        "resource": {"attributes": [{"key": "slurm.job.id", "value": {"stringValue": "99"}},
+                                    {"key": "rank", "value": {"intValue": "3"}}]},
+        "scopeMetrics": [{"metrics": [{"name": "megatron.training.step_duration_ms", "histogram": {
+            "aggregationTemporality": 2, "dataPoints": [point]}}]}]}]}
+    try:
+        assert requests.post(url, json=request, timeout=10).status_code == 200
+        no_job = {"resourceMetrics": [{"resource": {"attributes": []}, "scopeMetrics": []}]}
+        refused = requests.post(url, json=no_job, timeout=10)
+        assert refused.status_code == 400 and "no job" in refused.text
+        assert requests.post(url, data=b"\xff\x00garbage", headers={"Content-Type": "application/x-protobuf"},
+                             timeout=10).status_code == 400
+        parsed = samples(scrape([train]))
+    finally:
+        train.close()
+    assert value(parsed, catalog.TRAIN_STEPS.name, job_id="99", rank="3") == 4
+    assert value(parsed, catalog.TRAIN_STEP_SECONDS.name, job_id="99", rank="3") == 2.0
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:4318", "10.0.0.5:4318", "127.0.0.1:0", "localhost"])
+def test_the_otlp_intake_listens_on_loopback_only(address):
+    with pytest.raises(Exception, match="invalid OTLP address"):
+        resolve({"collector.train.otlp-address": address}, {}, "")

@@ -12,6 +12,7 @@ series.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -42,9 +43,10 @@ Identities = Callable[[], dict[str, tuple[tuple[str, str], tuple[str, ...]]]]
 
 @dataclass(frozen=True)
 class TrainOptions:
-    directory: str = ""  # the spool directory; empty: the collector is off
+    directory: str = ""  # the spool directory; empty: none read
     interval: float = 1.0  # how often the files are read
     stale: float = 900.0  # a rank silent this long loses its series
+    otlp_address: str = ""  # loopback host:port of the OTLP intake (train_otlp.py); empty: none
 
 
 @dataclass
@@ -62,6 +64,8 @@ class Rank:
     nonfinite: int = 0
     loss: float | None = None
     grad_norm: float | None = None
+    reports_tokens: bool = False  # the series of what a rank never reports are left out
+    reports_phases: bool = False
     reports_samples: bool = False
     reports_flops: bool = False
     seen: float = 0.0  # monotonic time of its last record
@@ -91,9 +95,13 @@ def add_record(rank: Rank, record: dict[str, Any], now: float) -> None:
     rank.gpu = str(record.get("gpu", rank.gpu))
     rank.steps += 1
     rank.seconds += max(0.0, float(record["seconds"]))
-    rank.tokens += _count(record.get("tokens"))
-    rank.data_wait += _seconds(phases.get("data_wait"))
-    rank.checkpoint += _seconds(phases.get("checkpoint_save")) + _seconds(phases.get("checkpoint_load"))
+    if "tokens" in record:
+        rank.tokens += _count(record["tokens"])
+        rank.reports_tokens = True
+    if phases:
+        rank.data_wait += _seconds(phases.get("data_wait"))
+        rank.checkpoint += _seconds(phases.get("checkpoint_save")) + _seconds(phases.get("checkpoint_load"))
+        rank.reports_phases = True
     if "samples" in record:
         rank.samples += _count(record["samples"])
         rank.reports_samples = True
@@ -287,10 +295,13 @@ class TrainCollector:
 
     name = "train"
 
-    def __init__(self, options: TrainOptions, reader: SpoolReader | None = None) -> None:
+    def __init__(self, options: TrainOptions, reader: SpoolReader | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._options, self._clock = options, clock
         self._reader = reader or SpoolReader(options)
-        if reader is None:
+        if reader is None and options.directory:
             self._reader.start()
+        self._intake = _intake(options.otlp_address, clock) if options.otlp_address else None
         self._identities: Identities = dict
         self._by_pci: Callable[[], dict[str, tuple[str, str]]] = dict
 
@@ -300,18 +311,25 @@ class TrainCollector:
 
     def close(self) -> None:
         self._reader.stop()
+        if self._intake:
+            self._intake.stop()
 
     def collect(self) -> Iterable[Family]:
         ranks, dropped = self._reader.view()
+        if self._intake:
+            self._intake.forget_before(self._clock() - self._options.stale)
+            ranks = {**self._intake.ranks(), **ranks}  # a rank in both: its spool
         resolve = self._resolver()
         scrape = Scrape()
         for (job, rank_id), rank in sorted(ranks.items()):
             labels = (job, str(rank_id), *resolve(rank.gpu))
             scrape.add(catalog.TRAIN_STEPS, rank.steps, *labels)
             scrape.add(catalog.TRAIN_STEP_SECONDS, rank.seconds, *labels)
-            scrape.add(catalog.TRAIN_TOKENS, rank.tokens, *labels)
-            scrape.add(catalog.TRAIN_PHASE_SECONDS, rank.data_wait, *labels, "data_wait")
-            scrape.add(catalog.TRAIN_PHASE_SECONDS, rank.checkpoint, *labels, "checkpoint")
+            if rank.reports_tokens:
+                scrape.add(catalog.TRAIN_TOKENS, rank.tokens, *labels)
+            if rank.reports_phases:
+                scrape.add(catalog.TRAIN_PHASE_SECONDS, rank.data_wait, *labels, "data_wait")
+                scrape.add(catalog.TRAIN_PHASE_SECONDS, rank.checkpoint, *labels, "checkpoint")
             scrape.add(catalog.TRAIN_NONFINITE, rank.nonfinite, *labels)
             for metric, value in ((catalog.TRAIN_LOSS, rank.loss), (catalog.TRAIN_GRAD_NORM, rank.grad_norm)):
                 if value is not None:
@@ -341,6 +359,20 @@ class TrainCollector:
         return resolve
 
 
+def _intake(address: str, clock: Callable[[], float]) -> Any:
+    """The OTLP intake at `address`, or None (logged) where the otlp extra is missing or the port taken."""
+    try:
+        from exporter.collectors.train_otlp import OtlpIntake
+
+        return OtlpIntake(address, clock)
+    except ImportError as exc:
+        log.warning("OTLP intake off: needs the otlp extra (pip install 'gpuscope[otlp]')",
+                    extra={"missing": exc.name})
+    except OSError as exc:
+        log.warning("OTLP intake off: cannot listen", extra={"address": address, "error": exc.strerror or str(exc)})
+    return None
+
+
 def _pci_prefix(bus_id: str) -> str:
     """"00000000:53:00.0" or "0000:53:00.0" as the GPU collector keys PCI addresses ("0000:53:00")."""
     parts = bus_id.lower().split(":")
@@ -352,6 +384,23 @@ def _pci_prefix(bus_id: str) -> str:
         return ""
 
 
+def parse_loopback_address(value: Any) -> str:
+    """`host:port` on loopback (127.0.0.0/8, ::1, localhost), or empty for none: the intake takes no
+    authentication, so it listens where only the node's own processes reach it."""
+    text = str(value or "").strip()
+    if not text:
+        return ""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid OTLP address {value!r} (a loopback host:port, e.g. 127.0.0.1:4318)")
+    return text
+
+
 OPTIONS = (
     Option("collector.train.dir", "", parse_directory,
            "the training spool directory (GPUSCOPE_TRAIN_DIR of the jobs; e.g. /run/gpuscope/train, on tmpfs); "
@@ -359,6 +408,10 @@ OPTIONS = (
     Option("collector.train.interval", "1s", positive_seconds, "how often the spool files are read"),
     Option("collector.train.stale", "15m", positive_seconds,
            "a rank silent this long (or whose file is gone) loses its series"),
+    Option("collector.train.otlp-address", "", parse_loopback_address,
+           "loopback host:port for OTLP metrics over HTTP (POST /v1/metrics, protobuf or JSON) from training "
+           "frameworks (Megatron-core's megatron.training.*), e.g. 127.0.0.1:4318; needs the otlp extra; "
+           "empty: off"),
 )
 
 
@@ -367,5 +420,5 @@ register(Registration(
              "grad norm, non-finite steps) from the spool its ranks write (--collector.train.dir)",
     lambda roots, options: TrainCollector(options), OPTIONS,
     lambda values: TrainOptions(values["collector.train.dir"], values["collector.train.interval"],
-                                values["collector.train.stale"]),
-    wanted=lambda values: bool(values["collector.train.dir"])))
+                                values["collector.train.stale"], values["collector.train.otlp-address"]),
+    wanted=lambda values: bool(values["collector.train.dir"] or values["collector.train.otlp-address"])))
