@@ -168,7 +168,33 @@ def job():
               description="The GPUs a stuck collective waits for: operations behind (1 for a process RAS lost), "
                           "named by their node. A healthy job's ranks a launch behind while progress moves are "
                           "its queries racing its launches, not shown."),
+        *training_panels(),
     ], LINKS)
+
+
+def training_panels() -> list[Panel]:
+    """The job's own loop, from the ranks' spool or OTLP (docs/training.md): step time across ranks
+    (three lines whatever the job's size), tokens a second, where the step time went, and the slowest
+    ranks with the GPU each drives."""
+    train = f'{CLUSTER}, job_id="$job_id"'
+    step_time = (f"rate({c.TRAIN_STEP_SECONDS.name}{{{train}}}[{RATE}]) / "
+                 f"rate({c.TRAIN_STEPS.name}{{{train}}}[{RATE}])")
+    phase_share = (f"sum by (job_id, phase) (rate({c.TRAIN_PHASE_SECONDS.name}{{{train}}}[{RATE}])) / ignoring "
+                   f"(phase) group_left sum by (job_id) (rate({c.TRAIN_STEP_SECONDS.name}{{{train}}}[{RATE}]))")
+    return [
+        Panel("timeseries", "Step time across the job's ranks: lowest, median, highest",
+              (q(f"min by (job_id) ({step_time})", "lowest"), q(f"quantile by (job_id) (0.5, {step_time})", "median"),
+               q(f"max by (job_id) ({step_time})", "highest")), unit="s", width=12,
+              description="The training loop's own step time (its ranks' spool or OTLP): a synchronous job's "
+                          "ranks step together, so the slowest is the job's pace."),
+        Panel("timeseries", "Tokens trained per second",
+              (q(f"sum by (job_id) (rate({c.TRAIN_TOKENS.name}{{{train}}}[{RATE}]))", "job {{job_id}}"),),
+              unit="short", width=12),
+        Panel("timeseries", "Share of the step time waiting for data or on checkpoints",
+              (q(phase_share, "{{phase}}"),), unit="percentunit", width=12),
+        Panel("table", "The 20 slowest ranks now, with the GPU each drives",
+              (q(f"sort_desc(topk(20, {step_time}))"),), unit="s", width=12),
+    ]
 
 
 def node():

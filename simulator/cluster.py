@@ -136,7 +136,8 @@ class Cluster:
              f"--collector.gpu.job-mapping-dir={node.directory}/job-mapping",
              f"--web.listen-address={node.address}", f"--collector.nccl.ras-address={self.ras_address(node)}",
              f"--collector.nccl.ras-hosts={ras_host(node.index)}",
-             f"--collector.nccl.ras-interval={self._ras['interval']}", *self._exporter_args,
+             f"--collector.nccl.ras-interval={self._ras['interval']}", f"--collector.train.dir={node.directory}/train",
+             *self._exporter_args,
              *self._node_args.get(node.index, ())],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()

@@ -81,3 +81,25 @@ def json_reply(handler: BaseHTTPRequestHandler, status: int, body: object) -> No
     handler.send_header("Content-Length", str(len(data)))
     handler.end_headers()
     handler.wfile.write(data)
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive ports free now, below the kernel's ephemeral range (32768 and
+    up), where the outgoing connections of tests running beside this one never take them."""
+    import random
+    import socket
+
+    while True:
+        base = random.randrange(20000, 32000 - count)
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()

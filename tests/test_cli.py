@@ -12,7 +12,7 @@ import yaml
 
 from exporter import __version__
 from exporter.config import DEFAULT_PORT, ConfigError, resolve
-from tests.helpers import free_port
+from tests.helpers import free_ports
 from tests.procs import exporter_process, run_cli, run_gpuscope
 
 
@@ -143,7 +143,7 @@ def test_busy_port_is_one_log_line_and_exit_1():
 def test_simulate_runs_a_cluster_plays_the_scenario_and_stops_everything(tmp_path):
     scenario = tmp_path / "stall.yml"
     scenario.write_text("name: quick stall\nnodes: 2\nsteps:\n  - {at: 1s, node: 1, fault: {kind: efa_stall}}\n")
-    port = free_port()
+    port = free_ports(2)  # node i listens on port + i
     result = run_gpuscope("simulate", f"--scenario={scenario}", f"--out={tmp_path}/sim", f"--base-port={port}",
                           "--duration=1s", timeout=60)
     assert result.returncode == 0, result.stderr
