@@ -8,6 +8,7 @@ COPY pyproject.toml README.md LICENSE NOTICE ./
 # The packages the wheel holds: the command, the node agent, the simulator (`--simulate`), the shared
 # library, the rules and dashboards (`alerts build`, `dashboards build` in the image too) and the receiver.
 COPY gpuscope ./gpuscope
+COPY gpuscope_train ./gpuscope_train
 COPY exporter ./exporter
 COPY simulator ./simulator
 COPY toolkit ./toolkit

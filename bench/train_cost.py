@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from exporter.collectors.train import SpoolReader, TrainCollector, TrainOptions
-from gpuscope.train import StepWriter
+from gpuscope_train import StepWriter
 
 RANKS, STEPS_PER_ROUND = 8, 10
 

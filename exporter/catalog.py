@@ -589,7 +589,7 @@ REMEDIATION_HELD = gauge("remediate", "gpuscope_remediation_nodes_held",
 REMEDIATION_ENFORCING = gauge("remediate", "gpuscope_remediation_enforcing",
                               "1 if the policy lets the receiver act, 0 in dry-run.")
 
-# The training job's own steps, per rank, from the spool files its ranks write (gpuscope/train.py;
+# The training job's own steps, per rank, from the spool files its ranks write (gpuscope_train/;
 # docs/training.md). Labels: the job, the global rank, and the GPU the rank drives (NVML index and
 # UUID, to join with gpuscope_gpu_info). Eight series a rank by default; samples and model FLOPs
 # only for ranks that report them.

@@ -1,5 +1,5 @@
 """A simulated training job's ranks on one node, writing the training spool as a real job would
-(through gpuscope's own writer, gpuscope/train.py), their pace set by the node's faults.
+(through gpuscope's own writer, gpuscope_train/), their pace set by the node's faults.
 
 Each rank steps every STEP_SECONDS while the node is healthy. What the node suffers changes that: a
 GPU held below its clock (a straggler, a thermal or power-brake slowdown) slows the synchronous job on
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpuscope.train import StepWriter
+from gpuscope_train import StepWriter
 from simulator.faults import NodeEffects
 from simulator.nvml import gpu_uuid
 

@@ -1,4 +1,4 @@
-"""The training spool: the job's writer (gpuscope/train.py, standard library only) and the exporter's
+"""The training spool: the job's writer (gpuscope_train/, standard library only) and the exporter's
 reader (exporter/collectors/train.py), exact on what they carry and bounded on what they refuse."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from exporter.collectors import Roots, build, close
 from exporter.collectors.gpu import GpuCollector, GpuOptions
 from exporter.collectors.train import READ_BUDGET, SpoolReader, TrainCollector, TrainOptions, parse_record
 from exporter.config import resolve
-from gpuscope.train import StepWriter, gpu_of
+from gpuscope_train import StepWriter, gpu_of
 from simulator.nvml import SimulatedNvml, gpu_uuid
 from tests.helpers import samples, scrape, series, value
 from tests.test_gpu import wait_for
@@ -54,10 +54,10 @@ def test_a_record_carries_every_field_in_base_units(tmp_path):
 
 
 def test_the_writer_imports_nothing_but_the_standard_library():
-    code = ("import sys; before = set(sys.modules); import gpuscope.train; "
+    code = ("import sys; before = set(sys.modules); import gpuscope_train; "
             "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] not in sys.stdlib_module_names))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
-    assert result.stdout.strip() == "['gpuscope', 'gpuscope.train']"
+    assert result.stdout.strip() == "['gpuscope_train']"
 
 
 def test_the_gpu_is_found_through_cuda_visible_devices():

@@ -1,4 +1,4 @@
-"""The training job's own steps, per rank, from the spool files its ranks write (gpuscope/train.py).
+"""The training job's own steps, per rank, from the spool files its ranks write (gpuscope_train/).
 
 `<dir>/<job>/rank-<rank>.jsonl`, one JSON object a completed step (docs/training.md has the format).
 A background thread reads every file from where it stopped (never again from the start), at most
@@ -28,6 +28,8 @@ from typing import Any
 from exporter import catalog
 from exporter.catalog import Family, Scrape
 from exporter.collectors.base import Registration, register
+from exporter.collectors.train_otlp import OtlpIntake
+from exporter.collectors.train_ranks import Rank
 from exporter.options import Option, parse_directory
 from toolkit.durations import positive_seconds
 
@@ -47,28 +49,6 @@ class TrainOptions:
     interval: float = 1.0  # how often the files are read
     stale: float = 900.0  # a rank silent this long loses its series
     otlp_address: str = ""  # loopback host:port of the OTLP intake (train_otlp.py); empty: none
-
-
-@dataclass
-class Rank:
-    """One rank's totals since gpuscope first read it."""
-
-    gpu: str = ""
-    steps: int = 0
-    seconds: float = 0.0
-    tokens: int = 0
-    samples: int = 0
-    flops: float = 0.0
-    data_wait: float = 0.0
-    checkpoint: float = 0.0
-    nonfinite: int = 0
-    loss: float | None = None
-    grad_norm: float | None = None
-    reports_tokens: bool = False  # the series of what a rank never reports are left out
-    reports_phases: bool = False
-    reports_samples: bool = False
-    reports_flops: bool = False
-    seen: float = 0.0  # monotonic time of its last record
 
 
 def parse_record(line: bytes) -> dict[str, Any] | str:
@@ -362,8 +342,6 @@ class TrainCollector:
 def _intake(address: str, clock: Callable[[], float]) -> Any:
     """The OTLP intake at `address`, or None (logged) where the otlp extra is missing or the port taken."""
     try:
-        from exporter.collectors.train_otlp import OtlpIntake
-
         return OtlpIntake(address, clock)
     except ImportError as exc:
         log.warning("OTLP intake off: needs the otlp extra (pip install 'gpuscope[otlp]')",

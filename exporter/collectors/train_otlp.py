@@ -22,7 +22,7 @@ from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from exporter.collectors.train import Rank
+from exporter.collectors.train_ranks import Rank
 
 log = logging.getLogger("gpuscope")
 

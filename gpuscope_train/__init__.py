@@ -1,7 +1,7 @@
 """The training job's side of gpuscope: one append-only JSON-lines spool file per rank, which the node's
 exporter reads (its `train` collector). Standard library only: it is imported inside the job.
 
-    from gpuscope.train import StepWriter
+    from gpuscope_train import StepWriter
 
     steps = StepWriter(job="4242", rank=rank, local_rank=local_rank)   # GPUSCOPE_TRAIN_DIR, or off
     ...
