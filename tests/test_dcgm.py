@@ -263,11 +263,14 @@ def _value(structs, fields, kind: str, number: float | int):
 
 def test_a_field_value_is_read_by_the_character_its_type_code_names():
     structs, fields, _ = gpu_dcgm.load_bindings((dcgm_engine.BINDINGS,))
-    assert gpu_dcgm.field_number(_value(structs, fields, fields.DCGM_FT_DOUBLE, 0.88)) == 0.88
-    assert gpu_dcgm.field_number(_value(structs, fields, fields.DCGM_FT_DOUBLE, 2.0 ** 47)) is None  # FP64 blank
-    assert gpu_dcgm.field_number(_value(structs, fields, fields.DCGM_FT_INT64, 1410)) == 1410.0
-    assert gpu_dcgm.field_number(_value(structs, fields, fields.DCGM_FT_INT64, 0x7FFFFFFFFFFFFFF2)) is None
-    assert gpu_dcgm.field_number(_value(structs, fields, fields.DCGM_FT_STRING, 0)) is None
+    def number(kind: str, value: float | int) -> float | None:
+        return gpu_dcgm.field_number(_value(structs, fields, kind, value), fields)
+
+    assert number(fields.DCGM_FT_DOUBLE, 0.88) == 0.88
+    assert number(fields.DCGM_FT_DOUBLE, 2.0 ** 47) is None  # FP64 blank
+    assert number(fields.DCGM_FT_INT64, 1410) == 1410.0
+    assert number(fields.DCGM_FT_INT64, 0x7FFFFFFFFFFFFFF2) is None
+    assert number(fields.DCGM_FT_STRING, 0) is None
 
 
 class _Slots:

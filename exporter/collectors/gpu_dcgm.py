@@ -59,7 +59,6 @@ SYSTEM_NAMES = {bit: name for name, bit in {**GPU_SYSTEMS, **SWITCH_SYSTEMS}.ite
 HEALTH_RESULTS = {0: 0.0, 10: 1.0, 20: 2.0}  # DCGM_HEALTH_RESULT_PASS/WARN/FAIL -> 0/1/2
 FE_GPU, FE_SWITCH = 1, 3  # dcgm_fields.DCGM_FE_GPU, DCGM_FE_SWITCH
 FP64_BLANK, INT64_BLANK = 2.0 ** 47, 0x7FFFFFFFFFFFFFF0  # a value at or above these is DCGM's "no value"
-FT_DOUBLE, FT_INT64 = "d", "i"  # dcgm_fields.DCGM_FT_*: characters; a value's fieldType holds their code
 CONNECTION_NOT_VALID, MULTI_PASS = -21, -38  # DCGM_ST_*
 # Why the engine refuses a part of what gpuscope asks, by DCGM return code (any other: "error").
 BLOCKED_BY_CODE = {-37: "locked", -38: "multi_pass", -36: "not_supported", -6: "not_supported",
@@ -365,7 +364,7 @@ class _Session:
             index = self._index_of.get(value.entityId)
             if value.status != 0 or index is None or value.fieldId not in PROFILING_FIELDS:
                 continue
-            number = field_number(value)
+            number = field_number(value, self._fields)
             if number is not None:
                 out.setdefault(index, []).append((PROFILING_FIELDS[value.fieldId], number))
         return out
@@ -406,14 +405,15 @@ def _rank(fields: list[int]) -> tuple[int, int]:
     return (len(fields), -min((RANK[f] for f in fields), default=len(RANK)))
 
 
-def field_number(value: Any) -> float | None:
+def field_number(value: Any, fields: ModuleType) -> float | None:
     """A c_dcgmFieldValue_v2's number, or None for a blank (DCGM has no value yet, or the counters were
-    taken) or a non-numeric type. `fieldType` is a c_short holding the type character's code."""
+    taken) or a non-numeric type. `fieldType` is a c_short holding the code of a `dcgm_fields.DCGM_FT_*`
+    character."""
     kind = chr(value.fieldType)
-    if kind == FT_DOUBLE:
+    if kind == fields.DCGM_FT_DOUBLE:
         number = value.value.dbl
         return None if number >= FP64_BLANK else number
-    if kind == FT_INT64:
+    if kind == fields.DCGM_FT_INT64:
         integer = value.value.i64
         return None if integer >= INT64_BLANK else float(integer)
     return None
