@@ -107,12 +107,11 @@ class Kind:
 KINDS: dict[str, Kind] = {}
 
 
-def kind(name: str, scope: str, needs: tuple[str, ...] = (), check: Callable[[dict[str, Any]], str] | None = None,
+def kind(name: str, scope: str, needs: tuple[str, ...] = (), check: Callable[[dict[str, Any]], str] = Kind.check,
          hang: bool = False) -> Callable[[Effect], Effect]:
     """Declares fault kind `name` with the effect it decorates."""
     def declare(effect: Effect) -> Effect:
-        KINDS[name] = Kind(scope, effect, ("gpu", *needs) if scope == "gpu" else needs,
-                           check or (lambda fault: ""), hang)
+        KINDS[name] = Kind(scope, effect, ("gpu", *needs) if scope == "gpu" else needs, check, hang)
         return effect
     return declare
 
@@ -145,10 +144,6 @@ def node_effects(faults: list[dict[str, Any]], profile: dict[str, Any], node: in
     for fault in faults:
         KINDS[fault["kind"]].effect(effects, fault, profile, node)
     return effects
-
-
-def in_scope(scope: str) -> tuple[str, ...]:
-    return tuple(name for name, declared in KINDS.items() if declared.scope == scope)
 
 
 # --- one GPU ---------------------------------------------------------------------------------------
@@ -351,7 +346,7 @@ def _nothing_on_the_node(effects: NodeEffects, fault: dict[str, Any], profile: d
 kind("ras_slow", "job")(_nothing_on_the_node)
 kind("ras_off", "job")(_nothing_on_the_node)
 
-JOB_KINDS = in_scope("job")
+JOB_KINDS = tuple(name for name, declared in KINDS.items() if declared.scope == "job")
 HANG_KINDS = tuple(name for name, declared in KINDS.items() if declared.hang)
 
 

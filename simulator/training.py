@@ -10,8 +10,6 @@ The ranks of one node are in lockstep, as a synchronous job's are.
 
 from __future__ import annotations
 
-from typing import Any
-
 from gpuscope_train import StepWriter
 from simulator.faults import NodeEffects
 from simulator.nvml import gpu_uuid
@@ -36,35 +34,27 @@ class TrainingRanks:
 
     def advance(self, dt: float, effects: NodeEffects, now: float) -> None:
         """Moves the ranks on by `dt` seconds of the node's time under its current faults."""
-        seconds = self.step_seconds(effects)
-        if seconds is None:
+        if effects.efa.traffic_scale == 0.0:
             return  # a stalled network: the collectives never complete, no step ends
+        phases = self._phases(effects)
+        slowest = min((f.sm_clock_mhz / self._max_clock for f in effects.gpus.values() if f.sm_clock_mhz), default=1.0)
+        seconds = STEP_SECONDS / max(slowest, 0.05) + sum(phases.values())
         self._progress += dt / seconds
         while self._progress >= 1.0 - 1e-9:  # a step whose time has come, to the float's rounding
             self._progress -= 1.0
             self.step += 1
-            self._write(seconds, effects, now)
+            loss = 2.0 + 8.0 / (1.0 + self.step / 100.0)
+            for steps in self._writers:
+                steps.step(self.step, seconds, tokens=TOKENS_PER_STEP, loss=loss, grad_norm=0.9, when=now, **phases)
 
-    def step_seconds(self, effects: NodeEffects) -> float | None:
-        """A step's wall seconds on this node now, or None when no step can end."""
-        if effects.efa.traffic_scale == 0.0:
-            return None
-        slowest = min((f.sm_clock_mhz / self._max_clock for f in effects.gpus.values() if f.sm_clock_mhz), default=1.0)
-        return STEP_SECONDS / max(slowest, 0.05) + self._data_wait(effects) + self._checkpoint(effects)
-
-    def _data_wait(self, effects: NodeEffects) -> float:
-        return LUSTRE_DATA_WAIT_SECONDS if effects.lustre.stalled_targets else DATA_WAIT_SECONDS
-
-    def _checkpoint(self, effects: NodeEffects) -> float:
-        return CHECKPOINT_SAVE_SECONDS if effects.nccl.paused and effects.efa.traffic_scale else 0.0
-
-    def _write(self, seconds: float, effects: NodeEffects, now: float) -> None:
-        phases: dict[str, Any] = {"data_wait": self._data_wait(effects)}
-        if self._checkpoint(effects):
-            phases["checkpoint_save"] = self._checkpoint(effects)
-        loss = 2.0 + 8.0 / (1.0 + self.step / 100.0)
-        for steps in self._writers:
-            steps.step(self.step, seconds, tokens=TOKENS_PER_STEP, loss=loss, grad_norm=0.9, when=now, **phases)
+    @staticmethod
+    def _phases(effects: NodeEffects) -> dict[str, float]:
+        """The seconds a step spends beyond computing: waiting for data (long on an evicted Lustre
+        target), and saving a checkpoint (the job paused with its network up)."""
+        phases = {"data_wait": LUSTRE_DATA_WAIT_SECONDS if effects.lustre.stalled_targets else DATA_WAIT_SECONDS}
+        if effects.nccl.paused:
+            phases["checkpoint_save"] = CHECKPOINT_SAVE_SECONDS
+        return phases
 
     def close(self) -> None:
         for steps in self._writers:

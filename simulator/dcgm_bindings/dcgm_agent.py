@@ -32,8 +32,13 @@ def _api(fn):
     return call
 
 
+def _id(handle):
+    """A c_void_p handle (group, field group, connection) as the integer the engine keys it by."""
+    return handle.value if isinstance(handle, c_void_p) else handle
+
+
 def _session(handle, call):
-    engine, inner = _CONNECTED.get(handle.value if isinstance(handle, c_void_p) else handle, (None, 0))
+    engine, inner = _CONNECTED.get(_id(handle), (None, 0))
     if engine is None:
         raise dcgm_engine.EngineError(dcgm_structs.DCGM_ST_CONNECTION_NOT_VALID)
     return engine, engine.session(inner, call)
@@ -43,10 +48,6 @@ def _handle(engine, inner):
     key = id(engine) * 1000 + inner
     _CONNECTED[key] = (engine, inner)
     return c_void_p(key)
-
-
-def _id(handle):
-    return handle.value if isinstance(handle, c_void_p) else handle
 
 
 @_api
