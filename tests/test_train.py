@@ -140,6 +140,48 @@ def test_bad_input_is_counted_by_reason_and_costs_the_other_ranks_nothing(tmp_pa
     assert (ranks[("4242", 1)].steps, ranks[("4242", 1)].seconds) == (1, 1.0)
 
 
+def test_a_file_rewritten_in_place_is_told_apart_by_its_head_even_when_first_seen_empty(tmp_path):
+    """A freed inode number can come back for a new file: its first bytes tell it apart, also for a
+    file that was empty when the reader first met it."""
+    path = tmp_path / "4242" / "rank-0.jsonl"
+    path.parent.mkdir()
+    path.write_bytes(b"")
+    spool = reader(tmp_path)
+    spool.read_round()
+    line = '{{"v":1,"job":"4242","rank":0,"gpu":"0","step":{},"seconds":1,"tokens":{}}}\n'
+    path.write_text("".join(line.format(step, 1) for step in range(10)))  # more than HEAD bytes at once
+    spool.read_round()
+    with open(path, "r+") as handle:  # the same inode, another file's content
+        handle.write("".join(line.format(step, 100) for step in range(12)))
+    spool.read_round()
+    ranks, dropped = spool.view()
+    assert (ranks[("4242", 0)].steps, ranks[("4242", 0)].tokens, dropped) == (22, 1210, {"lost": 1})
+
+
+def test_a_refused_path_that_becomes_a_regular_file_is_read_and_nothing_counted_lost(tmp_path):
+    folder = tmp_path / "4242"
+    folder.mkdir()
+    os.mkfifo(folder / "rank-0.jsonl")
+    spool = reader(tmp_path)
+    spool.read_round()
+    os.unlink(folder / "rank-0.jsonl")
+    writer(tmp_path).step(1, 0.5)
+    spool.read_round()
+    ranks, dropped = spool.view()
+    assert (ranks[("4242", 0)].steps, dropped) == (1, {"not_regular": 1})
+
+
+def test_a_non_finite_step_time_counts_the_step_and_adds_no_seconds(tmp_path):
+    path = tmp_path / "4242" / "rank-0.jsonl"
+    path.parent.mkdir()
+    path.write_bytes(b'{"v":1,"job":"4242","rank":0,"step":1,"seconds":Infinity}\n'
+                     b'{"v":1,"job":"4242","rank":0,"step":2,"seconds":0.5}\n')
+    spool = reader(tmp_path)
+    spool.read_round()
+    rank = spool.view()[0][("4242", 0)]
+    assert (rank.steps, rank.seconds) == (2, 0.5)
+
+
 def test_a_round_reads_at_most_its_budget_of_a_fast_file(tmp_path):
     fast, slow = writer(tmp_path, rank=0, max_bytes=64 << 20), writer(tmp_path, rank=1)
     for step in range(60_000):  # about 8 MB

@@ -74,19 +74,19 @@ def add_record(rank: Rank, record: dict[str, Any], now: float) -> None:
     phases = record.get("phases") if isinstance(record.get("phases"), dict) else {}
     rank.gpu = str(record.get("gpu", rank.gpu))
     rank.steps += 1
-    rank.seconds += max(0.0, float(record["seconds"]))
+    rank.seconds += _positive(float(record["seconds"]))  # JSON's Infinity and NaN count as nothing
     if "tokens" in record:
         rank.tokens += _count(record["tokens"])
         rank.reports_tokens = True
     if phases:
-        rank.data_wait += _seconds(phases.get("data_wait"))
-        rank.checkpoint += _seconds(phases.get("checkpoint_save")) + _seconds(phases.get("checkpoint_load"))
+        rank.data_wait += _positive(phases.get("data_wait"))
+        rank.checkpoint += _positive(phases.get("checkpoint_save")) + _positive(phases.get("checkpoint_load"))
         rank.reports_phases = True
     if "samples" in record:
         rank.samples += _count(record["samples"])
         rank.reports_samples = True
     if "flops" in record:
-        rank.flops += _seconds(record["flops"])
+        rank.flops += _positive(record["flops"])
         rank.reports_flops = True
     finite = True
     for name in ("loss", "grad_norm"):
@@ -103,17 +103,20 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def _seconds(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value) and value > 0 else 0.0
-
-
 def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
         and math.isfinite(value) else None
 
 
-HEAD = 64  # bytes of a file's start that tell it from a later file of the same inode number
+def _positive(value: Any) -> float:
+    """A finite number above 0, else 0 (seconds, FLOPs: what adds to a counter)."""
+    number = _finite(value)
+    return number if number is not None and number > 0 else 0.0
+
+
+# Bytes of a file's start that tell it from a later file of the same inode number: the whole first
+# record (its step and time; the first 64 bytes of a rank's records are all alike).
+HEAD = 512
 
 
 @dataclass
@@ -139,6 +142,7 @@ class SpoolReader:
         self._options = options
         self._clock = clock
         self._files: dict[str, _File] = {}
+        self._refused: set[str] = set()  # paths counted not_regular once, tried again every round
         self._ranks: dict[tuple[str, int], Rank] = {}
         self._owner: dict[tuple[str, int], str] = {}  # the file a job's rank is read from
         self._dropped: Counter[str] = Counter()
@@ -175,6 +179,7 @@ class SpoolReader:
             self._read(path, now)
         for path in set(self._files) - set(present):
             del self._files[path]
+        self._refused &= set(present)
         for key in [k for k, rank in self._ranks.items()
                     if now - rank.seen > self._options.stale or self._owner.get(k) not in self._files]:
             del self._ranks[key]
@@ -197,14 +202,17 @@ class SpoolReader:
     def _read(self, path: str, now: float) -> None:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return  # removed since the listing: gone from the next round's
         except OSError:
-            self._refuse(path)
+            self._refuse(path)  # a symbolic link (ELOOP), or not ours to read
             return
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 self._refuse(path)
                 return
+            self._refused.discard(path)
             tracked = self._files.get(path)
             if tracked is not None and not tracked.is_file(fd, info.st_ino):  # rotated: finish the old file
                 self._finish_rotated(path, tracked, now)
@@ -216,9 +224,9 @@ class SpoolReader:
             os.close(fd)
 
     def _refuse(self, path: str) -> None:
-        if path not in self._files:
+        if path not in self._refused:
             self._dropped["not_regular"] += 1
-            self._files[path] = _File(-1)  # counted once, tried again only if it changes inode
+            self._refused.add(path)
 
     def _finish_rotated(self, path: str, tracked: _File, now: float) -> None:
         try:
@@ -237,7 +245,7 @@ class SpoolReader:
     def _consume(self, fd: int, path: str, tracked: _File, now: float) -> None:
         data = os.pread(fd, READ_BUDGET, tracked.offset)
         tracked.offset += len(data)
-        if len(tracked.head) < HEAD and tracked.offset <= HEAD:  # a file begun with less than HEAD bytes
+        if len(tracked.head) < HEAD:  # a file seen shorter than HEAD: its head grows with it
             tracked.head = os.pread(fd, HEAD, 0)
         if tracked.skipping:
             end = data.find(b"\n")
