@@ -7,13 +7,18 @@ answer comes from here, with the rules of DCGM's own engine (dcgmlib/src, module
 - the node's GPUs as the simulated NVML has them (UUIDs, activity), numbered DCGM's own way;
 - profiling metric groups with a major and a minor id (`dcgmProfGetSupportedMetricGroups`): groups of
   different majors are counted at once, minors of one major take a pass each and are multiplexed, up
-  to five passes (DLG_MAX_METRIC_GROUPS, NVIDIA's test_prof.py), -38 beyond; the passes are those of
-  every client's watches together, since the engine has one set of counters;
-- field-group names unique across all clients of the engine (-26), at most 64 groups and 64 field
-  groups engine-wide (-24); a client's groups, field groups and watches go with its connection;
+  to five passes (DLG_MAX_METRIC_GROUPS, NVIDIA's test_prof.py), -38 beyond; the passes are counted
+  over every client's watches together (the emulator's reading: the engine has one set of counters,
+  and test_prof.py's two-client test shares the watches; no published source states the sum);
+- field-group names unique across all clients of the engine (-26, DcgmFieldGroup.cpp AddFieldGroup),
+  at most 64 groups and 64 field groups engine-wide (-24, DCGM_MAX_NUM_GROUPS/_FIELD_GROUPS); group
+  names may repeat (DcgmGroupManager.cpp AddNewGroup checks none); a client's groups, field groups and
+  watches go with its connection (RemoveAllGroupsForConnection);
 - refusals of profiling: another owner of the counters (-37), an engine not running as root (-29, at
-  the watch), no profiling module (-33) or no support (-6), at every profiling call; and no NVSwitch
-  module (-33 from `dcgmGetEntityGroupEntities(DCGM_FE_SWITCH)`);
+  the watch: DcgmLopGpu::BeginSession), no profiling module (-33) or no support (-6) at every
+  profiling call (test_prof.py's helper_check_profiling_environment meets both at
+  dcgmProfGetSupportedMetricGroups); and no NVSwitch module (-33 from
+  `dcgmGetEntityGroupEntities(DCGM_FE_SWITCH)`, as DcgmGroupManager.cpp expects of it);
 - the faults injected: the engine stopped or restarted, health incidents.
 Engines are found by the address a client connects to; "embedded" is the one `dcgmStartEmbedded` starts.
 """
